@@ -1,0 +1,266 @@
+"""What a model costs: parameters, multiply-adds and latency, one function each.
+
+Training logs, ``eval.py``, the report and the benchmarks all call these, so every number dsnet
+prints is counted the same way.
+
+Units: ``macs`` are multiply-accumulates (one multiply and one add), the unit of the MobileNet
+papers. ``torch.utils.flop_counter`` reports FLOPs, two per multiply-add; we halve them. Like the
+papers, only convolutions and fully connected layers count (norms, activations, pooling, biases do not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+# torch.utils.benchmark imports cpp_extension, which warns "No CUDA runtime is found" on every
+# CPU-only machine although nothing is compiled: keep that noise out of every dsnet command.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
+
+LAYER_TYPES = ("standard", "depthwise", "pointwise", "grouped", "linear")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters (batch-norm scale and shift included, running stats not)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def layer_type(module: nn.Module) -> str | None:
+    """Which of :data:`LAYER_TYPES` ``module`` is, or None when it does no multiply-adds we count."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if not isinstance(module, nn.Conv2d):
+        return None
+    if module.groups == 1:
+        return "pointwise" if module.kernel_size == (1, 1) else "standard"
+    if module.groups == module.in_channels:
+        return "depthwise"
+    return "grouped"
+
+
+@dataclass
+class LayerCost:
+    """One convolution or linear layer's cost for one image."""
+
+    name: str
+    layer_type: str
+    params: int
+    macs: int  # forward
+    input_requires_grad: bool  # False for the first layer: its input gradient is never computed
+
+
+def _dummy_input(model: nn.Module, input_size: tuple[int, int, int]) -> torch.Tensor:
+    if len(input_size) != 3 or any(int(s) < 1 for s in input_size):
+        raise ValueError(f"input_size={tuple(input_size)!r} must be (channels, height, width), all positive")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else "cpu"
+    return torch.zeros(1, *input_size, device=device)
+
+
+def layer_costs(model: nn.Module, input_size: tuple[int, int, int]) -> list[LayerCost]:
+    """Per-layer forward multiply-adds of one (C, H, W) image, counted by ``torch.utils.flop_counter``."""
+    leaves = {name: module for name, module in model.named_modules() if layer_type(module)}
+    grad_flags: dict[str, bool] = {}
+
+    def remember_input_grad(name):
+        return lambda module, inputs: grad_flags.__setitem__(name, inputs[0].requires_grad)
+
+    hooks = [m.register_forward_pre_hook(remember_input_grad(n)) for n, m in leaves.items()]
+    was_training = model.training
+    model.eval()  # batch-norm in train mode would update running stats
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(_dummy_input(model, input_size))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    flops = counter.get_flop_counts()
+    root = type(model).__name__
+    costs = []
+    for name, module in leaves.items():
+        if name not in grad_flags:  # a layer the forward pass never reached
+            continue
+        key = f"{root}.{name}" if name else root  # the counter names modules by path from the root
+        layer_flops = sum(flops.get(key, {}).values())
+        costs.append(LayerCost(
+            name=name,
+            layer_type=layer_type(module),
+            params=sum(p.numel() for p in module.parameters()),
+            macs=layer_flops // 2,
+            input_requires_grad=grad_flags[name],
+        ))
+    return costs
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    """Multiply-adds of one forward pass for one image of shape ``input_size`` = (C, H, W)."""
+    return sum(cost.macs for cost in layer_costs(model, input_size))
+
+
+def count_train_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    """Multiply-adds of one training step (forward + backward) for one image.
+
+    The backward of a layer computes the weight gradient (as many multiply-adds as its forward) and,
+    unless the layer sees the raw input, the input gradient (as many again). Counted here per layer,
+    because ``FlopCounterMode`` multiplies the weight gradient of a grouped convolution by its
+    group count.
+    """
+    total = 0
+    for cost in layer_costs(model, input_size):
+        total += cost.macs * (2 + int(cost.input_requires_grad))
+    return total
+
+
+def macs_breakdown(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, dict[str, int]]:
+    """Parameters and forward multiply-adds per layer type (the paper's Table 2, generalised)."""
+    breakdown = {kind: {"params": 0, "macs": 0} for kind in LAYER_TYPES}
+    for cost in layer_costs(model, input_size):
+        breakdown[cost.layer_type]["params"] += cost.params
+        breakdown[cost.layer_type]["macs"] += cost.macs
+    return breakdown
+
+
+# --- latency -------------------------------------------------------------------------------------
+
+def git_revision() -> str:
+    """Short git revision of the dsnet checkout, ``+dirty`` when it has local changes; 'unknown' outside git."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment(device: str = "cpu") -> dict:
+    """What a latency number depends on: device, library versions, threads, code revision."""
+    import torchvision
+
+    device_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else _cpu_name()
+    return {
+        "device": device,
+        "device_name": device_name,
+        "num_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_rev": git_revision(),
+    }
+
+
+def _check_latency_args(device: str, precision: str, batch_size: int, throughput_batch_size: int) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device={device!r}; expected 'cpu' or 'cuda[:N]'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA device is available; use device=cpu")
+    if precision == "fp16" and device == "cpu":
+        raise ValueError("precision='fp16' is only supported on cuda; use fp32 or bf16 on cpu")
+    for name, value in (("batch_size", batch_size), ("throughput_batch_size", throughput_batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def _time_forward(model, x, device, precision, num_threads, min_run_time) -> benchmark.Measurement:
+    dtype = PRECISIONS[precision]
+    autocast = torch.autocast(device.split(":")[0], dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def forward():
+        with torch.inference_mode(), autocast:
+            return model(x)
+
+    for _ in range(3):  # warm-up: allocator, cuDNN autotuning and compilation stay out of the timing
+        forward()
+    # Timer synchronises CUDA around each timed block; on CPU it pins the thread count.
+    timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=num_threads)
+    return timer.blocked_autorange(min_run_time=min_run_time)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    return torch.tensor(values, dtype=torch.float64).quantile(q).item()
+
+
+def measure_latency(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    *,
+    device: str = "cpu",
+    num_threads: int | None = None,
+    channels_last: bool = False,
+    precision: str = "fp32",
+    compile: bool = False,
+    batch_size: int = 1,
+    throughput_batch_size: int = 64,
+    min_run_time: float = 1.0,
+) -> dict:
+    """Inference latency at ``batch_size`` and throughput at ``throughput_batch_size``.
+
+    Runs in ``eval()`` and ``inference_mode()`` with fixed shapes; warm-up calls are excluded and
+    ``torch.utils.benchmark`` synchronises CUDA and repeats until ``min_run_time`` seconds are spent.
+    Percentiles are over the timed blocks (each the mean of several calls).
+
+    Returns:
+        ``latency_ms_p50``, ``latency_ms_p90``, ``latency_ms_iqr``, ``throughput_img_s`` and the
+        settings and :func:`environment` they were measured in.
+    """
+    _check_latency_args(device, precision, batch_size, throughput_batch_size)
+    num_threads = num_threads or torch.get_num_threads()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    was_training = model.training
+    model = model.to(device, memory_format=memory_format).eval()
+    runner = torch.compile(model) if compile else model
+    try:
+        latency = _time_forward(
+            runner, torch.randn(batch_size, *input_size, device=device).to(memory_format=memory_format),
+            device, precision, num_threads, min_run_time,
+        )
+        throughput = _time_forward(
+            runner,
+            torch.randn(throughput_batch_size, *input_size, device=device).to(memory_format=memory_format),
+            device, precision, num_threads, min_run_time,
+        )
+    finally:
+        model.train(was_training)
+    times_ms = [t * 1e3 for t in latency.times]
+    env = environment(device)
+    env["num_threads"] = num_threads
+    return {
+        "latency_ms_p50": latency.median * 1e3,
+        "latency_ms_p90": _quantile(times_ms, 0.9),
+        "latency_ms_iqr": latency.iqr * 1e3,
+        "latency_repeats": len(latency.times),
+        "throughput_img_s": throughput_batch_size / throughput.median,
+        "batch_size": batch_size,
+        "throughput_batch_size": throughput_batch_size,
+        "input_size": list(input_size),
+        "precision": precision,
+        "channels_last": channels_last,
+        "compile": compile,
+        **env,
+    }

@@ -1,0 +1,66 @@
+"""Backbones and the one way to build them: :func:`create_model`."""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+
+from torch import nn
+
+from dsnet.blocks import CONV_TYPES
+from dsnet.models import mobilenet_v1, mobilenet_v2  # noqa: F401  (registers the models)
+from dsnet.models._registry import get_model_fn, list_models
+from dsnet.models.mobilenet_v1 import MobileNetV1
+from dsnet.models.mobilenet_v2 import MobileNetV2
+
+__all__ = ["create_model", "list_models", "MobileNetV1", "MobileNetV2"]
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def create_model(
+    arch: str,
+    *,
+    conv: str = "dsconv",
+    width: float = 1.0,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    **arch_options,
+) -> nn.Module:
+    """Build backbone ``arch`` with convolution type ``conv`` and width multiplier ``width``.
+
+    Args:
+        arch: one of :func:`list_models`.
+        conv: ``standard``, ``dsconv`` or ``group`` (the latter needs ``groups=...``).
+        width: width multiplier α, any positive number; channel counts are rounded to multiples of 8.
+        num_classes: size of the classifier output.
+        in_chans: input channels (1 for grayscale data).
+        **arch_options: the architecture's own options, e.g. ``small_input``, ``groups``, ``dropout``.
+
+    Raises:
+        ValueError: an unknown arch, conv type or option, or a value out of range, named in the message.
+    """
+    model_cls = get_model_fn(arch)
+    if conv not in CONV_TYPES:
+        raise ValueError(f"unknown conv type {conv!r}; expected one of {', '.join(CONV_TYPES)}")
+    if isinstance(width, bool) or not isinstance(width, numbers.Real) or not width > 0:
+        raise ValueError(f"width={width!r} must be a positive number")
+    _positive_int("num_classes", num_classes)
+    _positive_int("in_chans", in_chans)
+
+    common = {"conv", "width", "num_classes", "in_chans"}
+    allowed = sorted(set(inspect.signature(model_cls).parameters) - common)
+    unknown = sorted(set(arch_options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for arch {arch!r}; expected any of {', '.join(allowed)}"
+        )
+    groups = arch_options.get("groups")
+    if conv == "group":
+        _positive_int("groups", groups)
+    elif groups is not None:
+        raise ValueError(f"groups={groups!r} is only used with conv='group' (got conv={conv!r})")
+    return model_cls(conv=conv, width=float(width), num_classes=num_classes, in_chans=in_chans, **arch_options)

@@ -1,0 +1,90 @@
+"""MobileNetV1 (Howard et al. 2017, "MobileNets: Efficient Convolutional Neural Networks for
+Mobile Vision Applications", arXiv:1704.04861), with the convolution type as a switch.
+
+``conv="dsconv"`` is the paper's MobileNet, ``conv="standard"`` its "Conv MobileNet" (Table 4),
+``conv="group"`` replaces the depthwise step with a ``groups``-way grouped one. ``width`` is the
+paper's width multiplier α (Table 6); the input resolution is free (Table 7's ρ).
+
+``small_input=True`` is the small-image variant used by the well-known CIFAR ports (e.g.
+kuangliu/pytorch-cifar): the stem has stride 1 instead of 2, so a 32 px input ends at 2×2
+(total stride 16) instead of collapsing to 1×1. Nothing else changes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from dsnet.blocks import ConvNormAct, create_conv_block, init_weights, make_divisible
+from dsnet.models._common import ClassifierHead, naming_layer
+from dsnet.models._registry import register_model
+
+
+class Layer(NamedTuple):
+    out_chs: int
+    stride: int
+
+
+STEM_CHS = 32  # Table 1, row 1: full 3×3 conv, stride 2
+
+# Table 1 after the stem: each row is "Conv dw 3×3 + Conv 1×1" with conv="dsconv",
+# one full 3×3 conv with conv="standard".
+#      out_chs stride     # feature map at 224 px
+LAYERS = (
+    Layer(64, 1),         # 112
+    Layer(128, 2),        # 56
+    Layer(128, 1),
+    Layer(256, 2),        # 28
+    Layer(256, 1),
+    Layer(512, 2),        # 14
+    *[Layer(512, 1)] * 5,
+    Layer(1024, 2),       # 7
+    Layer(1024, 1),       # Table 1 prints s2, but its output stays 7×7: a known typo
+)
+
+
+class MobileNetV1(nn.Module):
+    """MobileNetV1 with a switchable convolution type; see the module docstring."""
+
+    def __init__(
+        self,
+        conv: str = "dsconv",
+        width: float = 1.0,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        small_input: bool = False,
+        groups: int | None = None,
+        depth_multiplier: int = 1,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        in_chs = make_divisible(STEM_CHS * width)
+        with naming_layer("stem"):
+            self.stem = ConvNormAct(in_chans, in_chs, 3, stride=1 if small_input else 2)
+        layers = []
+        for i, layer in enumerate(LAYERS):
+            out_chs = make_divisible(layer.out_chs * width)
+            with naming_layer(f"features.{i} ({in_chs} -> {out_chs} channels)"):
+                layers.append(create_conv_block(
+                    conv, in_chs, out_chs, 3, layer.stride, groups=groups, depth_multiplier=depth_multiplier,
+                ))
+            in_chs = out_chs
+        self.features = nn.Sequential(*layers)
+        self.num_features = in_chs
+        self.head = ClassifierHead(in_chs, num_classes, dropout)
+        init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+register_model("mobilenet_v1", MobileNetV1)

@@ -1,0 +1,151 @@
+"""Backbones: every arch × conv type runs and trains; golden counts against the papers and references."""
+
+import pytest
+import timm
+import torch
+import torchvision
+
+from dsnet.models import create_model, list_models
+from dsnet.measure import count_macs, count_params
+
+CONVS = [("standard", {}), ("dsconv", {}), ("group", {"groups": 2})]
+IMAGENET = (3, 224, 224)
+
+
+@pytest.mark.parametrize("arch", list_models())
+@pytest.mark.parametrize("conv,options", CONVS, ids=[c for c, _ in CONVS])
+def test_forward_backward_every_parameter_gets_a_gradient(arch, conv, options):
+    torch.manual_seed(0)
+    model = create_model(arch, conv=conv, width=0.25, num_classes=7, in_chans=1, small_input=True, **options)
+    x = torch.randn(4, 1, 28, 28)
+    logits = model(x)
+    assert logits.shape == (4, 7)
+    torch.nn.functional.cross_entropy(logits, torch.arange(4)).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("arch,size,final", [("mobilenet_v1", 32, 2), ("mobilenet_v2", 32, 4)])
+def test_small_input_variant_downsamples_less(arch, size, final):
+    x = torch.randn(1, 3, size, size)
+    small = create_model(arch, small_input=True, width=0.25).eval().forward_features(x)
+    full = create_model(arch, width=0.25).eval().forward_features(x)
+    assert small.shape[-1] == final
+    assert full.shape[-1] == 1
+
+
+def test_input_resolution_is_free():
+    model = create_model("mobilenet_v1", width=0.25, num_classes=3).eval()
+    for size in (96, 128, 161):
+        assert model(torch.randn(1, 3, size, size)).shape == (1, 3)
+
+
+# Howard et al. 2017 at 224 px, 1000 classes. Exact counts of this implementation (parameters include
+# batch-norm scale and shift; multiply-adds count convolutions and the FC layer) next to the paper's
+# printed figures: Table 4 (full vs separable), Table 6 (width), Table 7 (resolution).
+#              conv        width  size  params      macs        paper M params  paper M macs
+MOBILENET_V1_GOLDEN = [
+    ("dsconv",   1.0,  224, 4_231_976,  568_740_352,   4.2,  569),
+    ("standard", 1.0,  224, 29_294_088, 4_867_293_184, 29.3, 4866),
+    ("dsconv",   0.75, 224, 2_585_560,  325_400_448,   2.6,  325),
+    ("dsconv",   0.5,  224, 1_331_592,  149_497_088,   1.3,  149),
+    ("dsconv",   0.25, 224, 470_072,    41_030_272,    0.5,  41),
+    ("dsconv",   1.0,  192, 4_231_976,  418_121_728,   4.2,  418),
+    ("dsconv",   1.0,  160, 4_231_976,  290_675_200,   4.2,  290),
+    ("dsconv",   1.0,  128, 4_231_976,  186_400_768,   4.2,  186),
+]
+
+
+@pytest.mark.parametrize("conv,width,size,params,macs,paper_params_m,paper_macs_m", MOBILENET_V1_GOLDEN)
+def test_mobilenet_v1_counts_match_the_paper(conv, width, size, params, macs, paper_params_m, paper_macs_m):
+    model = create_model("mobilenet_v1", conv=conv, width=width)
+    assert count_params(model) == params
+    assert count_macs(model, (3, size, size)) == macs
+    assert round(params / 1e6, 1) == paper_params_m
+    # The paper's last digit is sometimes truncated rather than rounded (290.7M printed as 290M,
+    # 4867.3M as 4866M): within 0.05% of every printed figure.
+    assert macs / 1e6 == pytest.approx(paper_macs_m, rel=5e-4, abs=0.75)
+
+
+def test_mobilenet_v1_params_follow_table_1_by_formula():
+    """4.2M = stem + Σ(9·C_in + C_in·C_out) + FC, + 2 batch-norm parameters per channel."""
+    chans = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]
+    pairs = list(zip(chans, chans[1:]))
+    convs = 27 * 32 + sum(9 * cin + cin * cout for cin, cout in pairs)
+    bn = 2 * (32 + sum(cin + cout for cin, cout in pairs))
+    fc = 1024 * 1000 + 1000
+    assert count_params(create_model("mobilenet_v1")) == convs + bn + fc
+    full = 27 * 32 + sum(9 * cin * cout for cin, cout in pairs) + 2 * (32 + sum(c for _, c in pairs)) + fc
+    assert count_params(create_model("mobilenet_v1", conv="standard")) == full
+
+
+def test_mobilenet_v1_equals_timm_mobilenetv1_100():
+    ours, theirs = create_model("mobilenet_v1"), timm.create_model("mobilenetv1_100")
+    assert count_params(ours) == count_params(theirs) == 4_231_976
+    assert count_macs(ours, IMAGENET) == count_macs(theirs, IMAGENET)
+
+
+def test_mobilenet_v2_equals_torchvision():
+    ours, theirs = create_model("mobilenet_v2"), torchvision.models.mobilenet_v2()
+    assert count_params(ours) == count_params(theirs) == 3_504_872
+    assert count_macs(ours, IMAGENET) == count_macs(theirs, IMAGENET) == 300_774_272
+
+
+def test_mobilenet_v2_width_matches_torchvision():
+    ours = create_model("mobilenet_v2", width=0.5)
+    theirs = torchvision.models.mobilenet_v2(width_mult=0.5)
+    assert count_params(ours) == count_params(theirs)
+
+
+def test_group_conv_model_layers_follow_the_grouped_formula():
+    """Each layer: grouped 3×3 (C_in -> C_in, g groups) then pointwise, 9·C_in·C_in/g + C_in·C_out weights."""
+    model = create_model("mobilenet_v1", conv="group", groups=8, width=0.5)
+    first = model.features[0]  # 16 -> 32 channels
+    assert first.conv_dw.groups == 8
+    assert first.conv_dw.weight.numel() + first.conv_pw.weight.numel() == 9 * 16 * 16 // 8 + 16 * 32
+    ds = create_model("mobilenet_v1", conv="dsconv", width=0.5)
+    std = create_model("mobilenet_v1", conv="standard", width=0.5)
+    assert count_params(ds) < count_params(model) < count_params(std)
+
+
+def test_in_chans_and_num_classes():
+    model = create_model("mobilenet_v2", width=0.5, num_classes=17, in_chans=5)
+    assert model.stem.conv.in_channels == 5
+    assert model.head.fc.out_features == 17 == model.num_classes
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"arch": "resnet50"}, "unknown arch 'resnet50'; expected one of mobilenet_v1, mobilenet_v2"),
+    ({"arch": "mobilenet_v1", "conv": "separable"}, "unknown conv type 'separable'; expected one of standard, dsconv, group"),
+    ({"arch": "mobilenet_v1", "width": 0}, "width=0 must be a positive number"),
+    ({"arch": "mobilenet_v1", "width": -0.5}, "width=-0.5 must be a positive number"),
+    ({"arch": "mobilenet_v1", "width": "wide"}, "width='wide' must be a positive number"),
+    ({"arch": "mobilenet_v1", "num_classes": 0}, "num_classes=0 must be a positive integer"),
+    ({"arch": "mobilenet_v1", "in_chans": 2.5}, "in_chans=2.5 must be a positive integer"),
+    ({"arch": "mobilenet_v1", "depth": 3}, "unknown option(s) depth for arch 'mobilenet_v1'; expected any of depth_multiplier, dropout, groups, small_input"),
+    ({"arch": "mobilenet_v2", "depth_multiplier": 2}, "unknown option(s) depth_multiplier for arch 'mobilenet_v2'"),
+    ({"arch": "mobilenet_v1", "conv": "group"}, "groups=None must be a positive integer"),
+    ({"arch": "mobilenet_v1", "conv": "dsconv", "groups": 2}, "groups=2 is only used with conv='group'"),
+])
+def test_create_model_rejects_bad_input(kwargs, message):
+    arch = kwargs.pop("arch")
+    with pytest.raises(ValueError) as err:
+        create_model(arch, **kwargs)
+    assert message in str(err.value)
+
+
+def test_groups_that_do_not_divide_name_the_layer():
+    with pytest.raises(ValueError, match=r"features\.0 \(32 -> 64 channels\): groups=3 must divide both in_chs=32"):
+        create_model("mobilenet_v1", conv="group", groups=3)
+    # MobileNetV2: groups=32 divides the hidden widths 32 and 96 of the first blocks, not 24·6 = 144.
+    with pytest.raises(ValueError, match=r"features\.2 \(24 -> 24 channels\): groups=32 must divide both in_chs=144 and out_chs=144"):
+        create_model("mobilenet_v2", conv="group", groups=32)
+
+
+def test_depth_multiplier_widens_the_depthwise_step():
+    model = create_model("mobilenet_v1", depth_multiplier=2, width=0.25)
+    first = model.features[0]
+    assert first.conv_dw.out_channels == 2 * first.conv_dw.in_channels
+    assert first.conv_dw.groups == first.conv_dw.in_channels
