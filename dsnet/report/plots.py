@@ -1,0 +1,152 @@
+"""Accuracy against parameters, multiply-adds and latency, with the Pareto front drawn in.
+
+Figures are drawn with matplotlib's Agg canvas directly (no pyplot, no display) and saved as PNG
+and as SVG without a date, so the same rows give the same SVG drawing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
+
+from dsnet.report.tables import conv_label, conv_rank
+
+# (row key, axis label, file stem) of the cost axes accuracy is plotted against.
+COST_AXES = (("params", "parameters", "top1_vs_params"),
+             ("macs", "multiply-adds per image", "top1_vs_macs"),
+             ("latency_ms_p50", "latency p50 in ms", "top1_vs_latency"))
+_CONV_STYLE = {"standard": ("tab:blue", "s"), "dsconv": ("tab:orange", "o")}
+_GROUP_COLOURS = ("tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+_FRONT_LABEL = "Pareto front"
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the ``(cost, accuracy)`` points no other point beats, ordered by cost.
+
+    A point is dominated when another costs no more and is no less accurate, and is strictly
+    better in one of the two. Equal points do not dominate each other, so both stay on the front.
+    """
+    front = [
+        i for i, (cost, acc) in enumerate(points)
+        if not any(c <= cost and a >= acc and (c < cost or a > acc) for c, a in points)
+    ]
+    return sorted(front, key=lambda i: (points[i][0], i))
+
+
+def _series_styles(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """Colour and marker per conv label; each group count gets its own colour."""
+    styles = {}
+    for row in sorted(rows, key=lambda r: (conv_rank(r["conv"]), r["groups"] or 0)):
+        label = conv_label(row)
+        if label not in styles:
+            n_group = sum(1 for s in styles if s.startswith("group"))
+            styles[label] = _CONV_STYLE.get(row["conv"]) or (
+                (_GROUP_COLOURS[n_group % len(_GROUP_COLOURS)], "^") if row["conv"] == "group"
+                else ("tab:gray", "D"))
+    return styles
+
+
+def _point_label(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+    """Width always; resolution and arch only where the panel mixes several."""
+    parts = [f"{row['width']:g}x"]
+    if len({r["image_size"] for r in rows}) > 1:
+        parts.append(f"{row['image_size']}px")
+    if len({r["arch"] for r in rows}) > 1:
+        parts.append(row["arch"])
+    return " ".join(parts)
+
+
+def _format_axes(ax, xs: Sequence[float], x_key: str, x_label: str) -> None:
+    """A log cost axis labelled so that narrow sweeps stay readable; accuracy in percent."""
+    ax.set_xscale("log")
+    # Short labels ("200k", "1.5") at 1-2-5 steps for narrow sweeps: matplotlib's default minor
+    # labels ("4x10^5") collide when a sweep spans less than two decades.
+    xs = list(xs) or [1.0]
+    narrow = max(xs) / min(xs) < 100
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
+    is_ms = x_key.startswith("latency")  # milliseconds: "0.5", not EngFormatter's "500m"
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}") if is_ms
+                                 else EngFormatter(sep=""))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.1, y=0.1)
+    ax.set_xlabel(x_label + " (log scale)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(True, which="both", alpha=0.25)
+
+
+def _draw_panel(ax, rows: Sequence[dict[str, Any]], x_key: str, x_label: str,
+                styles: dict[str, tuple[str, str]]) -> None:
+    """Top-1 (mean ± std over seeds) against one cost, a series per conv label, and the front."""
+    rows = [r for r in rows if r["top1_mean"] is not None and r[x_key] > 0]  # log axis needs > 0
+    for label, (colour, marker) in styles.items():
+        pts = [r for r in rows if conv_label(r) == label]
+        if pts:
+            ax.errorbar([r[x_key] for r in pts], [100 * r["top1_mean"] for r in pts],
+                        yerr=[100 * (r["top1_std"] or 0.0) for r in pts], fmt=marker,
+                        color=colour, label=label, markersize=7, capsize=3, zorder=3)
+    for r in rows:
+        ax.annotate(_point_label(r, rows), (r[x_key], 100 * r["top1_mean"]), fontsize=8,
+                    textcoords="offset points", xytext=(6, -10), zorder=4)
+    front = pareto_front([(r[x_key], r["top1_mean"]) for r in rows])
+    if front:
+        # Step "post": the best accuracy reachable at a cost is that of the last front point
+        # at or below it.
+        ax.step([rows[i][x_key] for i in front], [100 * rows[i]["top1_mean"] for i in front],
+                where="post", color="0.45", linestyle="--", linewidth=1.2, label=_FRONT_LABEL,
+                zorder=2)
+    _format_axes(ax, [r[x_key] for r in rows], x_key, x_label)
+
+
+def _shared_legend(fig: Figure, axes: Sequence[Any]) -> None:
+    """One legend entry per series across all panels, series first and the front last."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if _FRONT_LABEL in handles:
+        handles[_FRONT_LABEL] = handles.pop(_FRONT_LABEL)
+    fig.legend(list(handles.values()), list(handles), loc="outside upper center",
+               ncol=len(handles), frameon=False)
+
+
+def _figure(rows: Sequence[dict[str, Any]], axes: Sequence[tuple[str, str, str]]) -> Figure:
+    """One row of panels per dataset, one column per cost axis, a shared legend on top."""
+    datasets = sorted({r["dataset"] for r in rows})
+    styles = _series_styles(rows)
+    fig = Figure(figsize=(5.4 * len(axes), 4.3 * len(datasets) + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)  # Agg explicitly: no display, no pyplot global state
+    grid = fig.subplots(len(datasets), len(axes), squeeze=False)
+    for i, dataset in enumerate(datasets):
+        subset = [r for r in rows if r["dataset"] == dataset]
+        for j, (x_key, x_label, _) in enumerate(axes):
+            _draw_panel(grid[i][j], subset, x_key, x_label, styles)
+            title = dataset
+            if x_key.startswith("latency"):
+                title += " — " + ", ".join(sorted({r["device_name"] for r in subset}))
+            grid[i][j].set_title(title, fontsize=10)
+    _shared_legend(fig, grid.flat)
+    return fig
+
+
+def plot_tradeoffs(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[str]:
+    """Writes top-1 against each cost axis, and all three in ``tradeoff``, as PNG and SVG.
+
+    Returns:
+        The file names written; none when no configuration has accuracy.
+    """
+    rows = [r for r in rows if r["top1_mean"] is not None]
+    if not rows:
+        return []
+    names = []
+    for stem, axes in [*((a[2], [a]) for a in COST_AXES), ("tradeoff", COST_AXES)]:
+        fig = _figure(rows, axes)
+        fig.savefig(out_dir / f"{stem}.png", dpi=150)
+        # No date in the SVG: a rerun differs only in matplotlib's random element ids.
+        fig.savefig(out_dir / f"{stem}.svg", metadata={"Date": None})
+        names += [f"{stem}.png", f"{stem}.svg"]
+    return names
