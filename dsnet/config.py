@@ -1,0 +1,66 @@
+"""OmegaConf resolvers the Hydra configs use, registered when this module is imported.
+
+``train.py`` imports it before Hydra composes anything; tests import it before ``compose``.
+Registering twice is harmless (``replace=True``), so re-imports and reloads are safe.
+
+- ``${dsnet.small_input:${data.image_size}}`` -> True for images of at most 64 px, which get the
+  small-image stem (fewer early stride-2 steps) of the backbones.
+- ``${dsnet.num_classes:${data.data_dir},${data.classes}}`` -> the number of classes an ImageNet
+  subset has, counted by ``dsnet.data.resolve_classes`` (one place decides what a subset holds).
+- ``${dsnet.ddp_start_method:}`` -> how DDP starts its processes; see :func:`ddp_start_method`.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from omegaconf import OmegaConf
+
+SMALL_INPUT_MAX_PX = 64  # largest image side (px) that still gets the small-image stem
+
+
+def small_input(image_size) -> bool:
+    """True when ``image_size`` (px) is small enough for the small-image stem (<= 64 px).
+
+    Raises:
+        ValueError: ``image_size`` is not a positive integer.
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
+        raise ValueError(f"image_size={image_size!r} must be a positive integer (pixels)")
+    return image_size <= SMALL_INPUT_MAX_PX
+
+
+def num_classes(data_dir, classes) -> int:
+    """Number of classes of the dataset subset ``classes`` under ``data_dir``."""
+    from dsnet.data import resolve_classes  # lazy: composing a config must not import the data stack
+
+    return len(resolve_classes(data_dir, classes))
+
+
+def ddp_start_method() -> str:
+    """``"popen"`` in a single Hydra run, ``"spawn"`` everywhere else.
+
+    Lightning's default DDP launcher ("popen") starts ranks > 0 by re-running ``sys.argv``. That is
+    right for ``python train.py ...`` (Lightning appends the run's ``hydra.run.dir``), but wrong in a
+    multirun (the argv holds ``-m`` and the whole sweep, so each rank would start a new sweep; and the
+    job process keeps the first job's ``LOCAL_RANK``/process group, so the next job hangs) and when
+    ``train(cfg)`` is called from Python (the argv is pytest's or a notebook's). "spawn" starts the
+    ranks with ``torch.multiprocessing`` inside the job, which needs no argv, and an error in any
+    rank comes back as an exception of that job only.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:
+        return "popen"
+    return "spawn"
+
+
+def register_resolvers() -> None:
+    """Registers the ``dsnet.*`` resolvers (again: replacing them is harmless)."""
+    OmegaConf.register_new_resolver("dsnet.small_input", small_input, replace=True)
+    OmegaConf.register_new_resolver("dsnet.num_classes", num_classes, replace=True)
+    OmegaConf.register_new_resolver("dsnet.ddp_start_method", ddp_start_method, replace=True)
+
+
+register_resolvers()

@@ -1,0 +1,184 @@
+"""The training task: config in, trained and tested model plus ``metrics.json`` out.
+
+``train.py`` is the Hydra entry point around :func:`train`; tests call :func:`train` directly with
+a composed config. Every object is built from its config group with ``hydra.utils.instantiate``:
+``data`` -> LightningDataModule, ``model`` -> network, ``module`` -> ClassifierModule around it,
+``callbacks``/``logger`` -> lists, ``trainer`` -> Trainer.
+
+Outputs, all in ``cfg.paths.output_dir`` (the run directory) and written by rank 0 only:
+``checkpoints/`` (ModelCheckpoint), ``metrics.json`` (atomically), ``config.yaml`` (the resolved
+config; Hydra keeps the unresolved one in ``.hydra/``) and, when the run fails, ``error.txt``.
+
+A failed run still raises. In a multirun that is what we want: Hydra's launcher stores each job's
+exception and runs the remaining jobs (``hydra.core.utils.run_job``); its sweeper re-raises the first
+one after the batch, so ``train.py -m`` exits non-zero, with every job's outcome on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
+from dsnet.measure import count_macs, count_params
+from dsnet.results import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+# metrics.json: these logged metrics, then the run's identity and cost (see train()).
+LOGGED_KEYS = ("test/acc", "test/acc5", "test/loss", "val/acc_best")
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fits ``cfg.module`` on ``cfg.data``, tests the best checkpoint, writes ``metrics.json``.
+
+    Args:
+        cfg: the composed ``configs/train.yaml``; ``cfg.paths.output_dir`` is the run directory.
+
+    Returns:
+        ``(metrics, objects)``: the ``metrics.json`` contents, and the built ``cfg``, ``datamodule``,
+        ``net``, ``module``, ``trainer``, ``callbacks`` and ``loggers``.
+
+    Raises:
+        Whatever the run raised, after writing its traceback to ``<run_dir>/error.txt``, so that
+        a sweep leaves a record in each failed job's directory.
+    """
+    run_dir = Path(cfg.paths.output_dir)
+    try:
+        return _train(cfg, run_dir)
+    except Exception:
+        if rank_zero_only.rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _write_text_atomic(run_dir / "error.txt", traceback.format_exc())
+            log.exception("training failed; traceback in %s", run_dir / "error.txt")
+        raise
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    net = instantiate(cfg.model)
+    module = instantiate(cfg.module, net=net)
+    callbacks = instantiate_group(cfg, "callbacks")
+    loggers = instantiate_group(cfg, "logger")
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    cost = model_cost(net, cfg.data)
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        log.info(_summary(cfg, cost))
+    for logger in trainer.loggers:
+        logger.log_hyperparams({**cost, "cfg": OmegaConf.to_container(cfg, resolve=True)})
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    fit_metrics = dict(trainer.callback_metrics)  # test() replaces callback_metrics
+    if cfg.get("test", True):
+        _sync_csv_columns(trainer.loggers)
+        trainer.test(module, datamodule=datamodule, ckpt_path=_best_checkpoint(trainer), weights_only=True)
+
+    logged = {**fit_metrics, **trainer.callback_metrics}
+    metrics = {key: _number(logged.get(key)) for key in LOGGED_KEYS}
+    metrics.update(
+        cost,
+        epochs=int(_number(logged.get("epochs")) or 0),
+        time_per_epoch_s=_number(logged.get("time/epoch_s_mean")),
+        arch=cfg.model.arch,
+        conv=cfg.model.conv,
+        width=float(cfg.model.width),
+        image_size=int(cfg.data.image_size),
+        dataset=getattr(datamodule, "name", type(datamodule).__name__),
+        seed=cfg.seed,
+    )
+    if rank_zero_only.rank == 0:
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        log.info("metrics: %s", metrics)
+    objects = dict(cfg=cfg, datamodule=datamodule, net=net, module=module, trainer=trainer,
+                   callbacks=callbacks, loggers=loggers)
+    return metrics, objects
+
+
+def model_cost(net, data_cfg: DictConfig) -> dict[str, int]:
+    """Parameters and forward multiply-adds of one (in_chans, image_size, image_size) image."""
+    return {"params": count_params(net), "macs": count_macs(net, _input_size(data_cfg))}
+
+
+def _input_size(data_cfg: DictConfig) -> tuple[int, int, int]:
+    return int(data_cfg.in_chans), int(data_cfg.image_size), int(data_cfg.image_size)
+
+
+def _summary(cfg: DictConfig, cost: dict[str, int]) -> str:
+    m, d = cfg.model, cfg.data
+    return (
+        f"model {m.arch} conv={m.conv} width={m.width} | input {d.in_chans}x{d.image_size}x{d.image_size} "
+        f"| {cost['params'] / 1e6:.3f} M params | {cost['macs'] / 1e6:.2f} M MACs per image"
+    )
+
+
+def instantiate_group(cfg: DictConfig, group: str) -> list:
+    """One object per entry of ``cfg[group]`` (callbacks, logger); an entry set to null is skipped,
+    which is how one is switched off: ``callbacks.lr_monitor=null``.
+
+    Raises:
+        ValueError: an entry is neither null nor a config with a ``_target_``.
+    """
+    objects = []
+    for key, node in (cfg.get(group) or {}).items():
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise ValueError(f"{group}.{key} must be a config with a _target_, or null to switch it off; got {node!r}")
+        objects.append(instantiate(node))
+    return objects
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    """Path of the best checkpoint, or None (test the weights in memory) when there is none."""
+    callback = trainer.checkpoint_callback
+    path = getattr(callback, "best_model_path", "") if callback is not None else ""
+    if not path:
+        log.warning("no best checkpoint was saved (fast_dev_run or no validation): testing the final weights")
+        return None
+    return path
+
+
+def _sync_csv_columns(loggers: list) -> None:
+    """Tells each CSVLogger which columns its metrics.csv already has.
+
+    When DDP ran the fit in spawned processes, this process's CSVLogger never saw the columns they
+    wrote; Lightning would then rewrite the file under the test columns only and fail on the rows.
+    """
+    if rank_zero_only.rank != 0:  # other ranks hold no CSV writer
+        return
+    for logger in loggers:
+        if isinstance(logger, CSVLogger) and os.path.isfile(logger.experiment.metrics_file_path):
+            with open(logger.experiment.metrics_file_path, newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f), [])
+            logger.experiment.metrics_keys = sorted(set(logger.experiment.metrics_keys) | set(header))
+
+
+def _number(value) -> float | None:
+    """A logged metric (tensor or number) as a Python float; None when it was not logged."""
+    return None if value is None else float(value)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

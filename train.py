@@ -1,0 +1,17 @@
+"""Train a backbone and test it: ``python train.py [overrides]``; see configs/train.yaml."""
+
+import hydra
+from omegaconf import DictConfig
+
+import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers before Hydra composes)
+from dsnet.task import train
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics, _ = train(cfg)
+    return metrics["test/acc"]  # what a Hydra sweeper (e.g. Optuna) would optimise
+
+
+if __name__ == "__main__":
+    main()
