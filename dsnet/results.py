@@ -210,15 +210,13 @@ def _check_values(record: ResultsRecord) -> None:
 # ----------------------------------------------------------------------------- files
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Writes ``obj`` as JSON so that ``path`` holds either the old file or the whole new one.
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` so that ``path`` holds either the old file or the whole new one.
 
-    The text is serialised before any file is touched (``allow_nan=False``: NaN is not JSON),
-    then written to a temporary file in the same directory, synced, and moved over ``path``
-    with ``os.replace`` (atomic within one filesystem).
+    The text goes to a temporary file in the same directory, is synced, and is moved over
+    ``path`` with ``os.replace`` (atomic within one filesystem).
     """
     path = Path(path)
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -229,6 +227,14 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Writes ``obj`` as JSON atomically (see :func:`write_text_atomic`).
+
+    The text is serialised before any file is touched (``allow_nan=False``: NaN is not JSON).
+    """
+    write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def write_results(path: str | os.PathLike, record: ResultsRecord | Mapping[str, Any]) -> None:

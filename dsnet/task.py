@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
 from dsnet.measure import count_macs, count_params
-from dsnet.results import write_json_atomic
+from dsnet.results import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     except Exception:
         if rank_zero_only.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
-            _write_text_atomic(run_dir / "error.txt", traceback.format_exc())
+            write_text_atomic(run_dir / "error.txt", traceback.format_exc())
             log.exception("training failed; traceback in %s", run_dir / "error.txt")
         raise
 
@@ -77,7 +76,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, An
     cost = model_cost(net, cfg.data)
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         log.info(_summary(cfg, cost))
     for logger in trainer.loggers:
         logger.log_hyperparams({**cost, "cfg": OmegaConf.to_container(cfg, resolve=True)})
@@ -171,14 +170,3 @@ def _sync_csv_columns(loggers: list) -> None:
 def _number(value) -> float | None:
     """A logged metric (tensor or number) as a Python float; None when it was not logged."""
     return None if value is None else float(value)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
