@@ -1,0 +1,67 @@
+"""Smoke runs of the benchmark scripts at minimal sizes (synthetic data, a few batches).
+
+They check that each script runs end to end on the real configs, prints its ratio lines and the
+environment, and that the ratios it prints are the ones its raw numbers give. No timing is
+asserted: the machine the tests run on is shared, so any speed threshold would be flaky.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+# The synthetic data set keeps the runs offline and short: 256 training images of 16 px.
+SYNTHETIC = ("data=synthetic", "data.image_size=16", "data.num_train=320", "data.val_size=64",
+             "data.num_test=32", "data.batch_size=32")
+
+
+def run_script(name: str, *args: str, cwd) -> str:
+    """stdout of ``python scripts/<name> *args``; fails with the script's stderr."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+def ratio_lines(out: str) -> dict[str, float]:
+    """``ratio <name>: <number>`` lines -> {name: number}."""
+    return {name: float(value) for name, value in re.findall(r"^ratio (\S+): ([0-9.]+)", out, re.M)}
+
+
+def test_bench_data_prints_both_ratios_from_its_rates(tmp_path):
+    out = run_script("bench_data.py", "--threads", "1", "--repeats", "2", "--memory-batches", "2",
+                     "--torchvision-batches", "2", "--train-steps", "1", "--warmup", "1",
+                     "--json", str(tmp_path / "raw.json"), *SYNTHETIC, cwd=tmp_path)
+    ratios = ratio_lines(out)
+    assert set(ratios) == {"data/train", "memory/torchvision"}
+    assert "target >= 20x" in out and "target >= 3x" in out
+    assert "num_threads=1" in out and "torch=" in out and "load average" in out
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    rates = raw["images_per_s"]
+    assert all(len(rates[path]) == 2 and min(rates[path]) > 0 for path in ("memory", "torchvision", "train"))
+    per_round = [m / t for m, t in zip(rates["memory"], rates["train"])]
+    assert raw["ratio_data_over_train"] == pytest.approx(per_round)
+    # The printed ratio is the median over rounds (of two rounds: their mean), to one decimal.
+    assert ratios["data/train"] == pytest.approx(sum(per_round) / 2, abs=0.051)
+
+
+def test_bench_train_prints_ratio_and_overhead_per_step(tmp_path):
+    out = run_script("bench_train.py", "--threads", "1", "--steps", "3", "--val-batches", "1", "--repeats", "1",
+                     "--json", str(tmp_path / "raw.json"), *SYNTHETIC, cwd=tmp_path)
+    assert set(ratio_lines(out)) == {"dsnet/plain"}
+    assert re.search(r"^overhead per step: -?[0-9.]+ .* ms from wall epoch, .* ms from CPU epoch; target <= 1 ms$",
+                     out, re.M)
+    assert "plain PyTorch loop" in out and "dsnet train() (Lightning)" in out and "num_threads=1" in out
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    assert raw["steps"] == 3
+    # Both sides: one clock read at the epoch's start and one per step of the timed epoch.
+    assert [len(s) for side in ("plain", "dsnet") for s in raw["stamps_wall_cpu_s"][side]] == [4, 4]
+    walls = raw["epoch_wall_s"]
+    assert raw["ratio"]["wall"] == pytest.approx([walls["dsnet"][0] / walls["plain"][0]])
+    assert not list(tmp_path.glob("outputs")), "the dsnet runs must write into temporary directories"
