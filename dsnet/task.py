@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
+from dsnet.guards import TrainInputError, validate
 from dsnet.measure import count_macs, count_params
 from dsnet.results import write_json_atomic, write_text_atomic
 
@@ -56,15 +57,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     run_dir = Path(cfg.paths.output_dir)
     try:
         return _train(cfg, run_dir)
-    except Exception:
+    except Exception as err:
         if rank_zero_only.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_dir / "error.txt", traceback.format_exc())
-            log.exception("training failed; traceback in %s", run_dir / "error.txt")
+            if isinstance(err, TrainInputError):  # the user's to fix: the message says it all
+                log.error("%s", err)
+            else:
+                log.exception("training failed; traceback in %s", run_dir / "error.txt")
         raise
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    validate(cfg)  # settings that would fail late, train nothing or hang: refused before anything is built
     L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     net = instantiate(cfg.model)

@@ -1,0 +1,143 @@
+"""Guards against runs that cannot succeed: settings checked before anything is built, and a
+callback that stops training at the first non-finite loss.
+
+:func:`validate` catches, in milliseconds and with one line naming the key, the settings that would
+otherwise fail late (a crash inside the scheduler after the data was loaded), silently train nothing
+(``max_epochs=0``, ``lr=0``: exit 0 and a ``metrics.json`` of an untrained network) or hang (64 DDP
+processes on a 2-core machine wait for each other forever).
+
+:class:`NonFiniteLossGuard` raises at the first NaN/inf training loss, before its backward pass,
+so the weights in memory and every checkpoint on disk stay finite; the message names the step and
+the last checkpoint written before it, the one to resume from with a smaller learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+
+class TrainInputError(ValueError):
+    """A training setting or resume checkpoint that cannot work; the message names key and value.
+
+    ``train.py`` turns it into one line on stderr and exit status 1, as ``eval.py`` does for
+    ``EvalInputError``.
+    """
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message says when and where to resume from."""
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks the training settings that Lightning and torch accept but cannot train with.
+
+    Args:
+        cfg: the composed ``configs/train.yaml``.
+
+    Raises:
+        TrainInputError: naming the key, the value and what is allowed.
+    """
+    trainer = cfg.trainer
+    max_epochs = trainer.get("max_epochs")
+    if trainer.get("max_steps", -1) in (-1, None) and not _is_int(max_epochs, minimum=1):
+        raise TrainInputError(f"trainer.max_epochs={max_epochs!r} must be an integer >= 1 (or set trainer.max_steps)")
+    lr = cfg.optim.optimizer.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise TrainInputError(f"optim.optimizer.lr={lr!r} must be a finite number > 0")
+    _check_devices(trainer.get("accelerator", "auto"), trainer.get("devices", 1))
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path not in (None, "last", "best", "hpc", "registry"):  # Lightning resolves those names itself
+        check_checkpoint(ckpt_path)
+
+
+def check_checkpoint(path) -> None:
+    """Refuses a resume checkpoint that is missing or holds more than tensors and plain values.
+
+    Read as ``Trainer.fit`` will read it, ``torch.load(weights_only=True)``, but memory-mapped, so
+    checking a large file costs little; a pickle that would run code is refused before anything runs.
+
+    Raises:
+        TrainInputError: ``ckpt_path`` is not a file, or not a weights-only loadable checkpoint.
+    """
+    file = Path(str(path)).expanduser()
+    if not file.is_file():
+        raise TrainInputError(f"ckpt_path={str(path)!r}: no such file")
+    try:
+        torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001  (the unpickler raises many types; all mean "refused")
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise TrainInputError(
+            f"ckpt_path={str(path)!r}: refused by torch.load(weights_only=True), not loaded: "
+            f"{type(err).__name__}: {first_line}"
+        ) from None
+
+
+def _check_devices(accelerator: str, devices) -> None:
+    """``trainer.devices`` must not ask for more devices than this machine has."""
+    if not _is_int(devices, minimum=1):
+        return  # "auto", -1 and lists are Lightning's to check
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        available, what = torch.cuda.device_count(), "GPUs"
+    elif accelerator in ("cpu", "auto"):
+        # One process per device: more processes than cores only time-share them, and far more
+        # wait on each other's start-up until the DDP rendezvous times out.
+        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        what = "CPU cores"
+    else:
+        return
+    if devices > available:
+        raise TrainInputError(
+            f"trainer.devices={devices} but this machine has {available} {what} "
+            f"(trainer.accelerator={accelerator}); use at most {available}"
+        )
+
+
+def _is_int(value, *, minimum: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
+
+
+class NonFiniteLossGuard(L.Callback):
+    """Stops training with :class:`NonFiniteLossError` when the training loss is NaN or infinite.
+
+    Checked before the backward pass, so the bad step never reaches the weights. Reading the loss
+    waits for the device (one sync per check): ``every_n_steps`` trades detection delay for that.
+
+    Args:
+        every_n_steps: check the loss of every n-th optimizer step (1 = every step).
+    """
+
+    def __init__(self, every_n_steps: int = 1) -> None:
+        if not _is_int(every_n_steps, minimum=1):
+            raise ValueError(f"every_n_steps={every_n_steps!r} must be a positive integer")
+        self.every_n_steps = every_n_steps
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps or bool(torch.isfinite(loss.detach()).all()):
+            return
+        value = loss.detach().float().cpu()
+        ckpt = last_checkpoint(trainer)
+        resume = f"last good checkpoint: {ckpt} (resume with ckpt_path={ckpt} and a smaller lr)" if ckpt else \
+            "no checkpoint was written before it"
+        raise NonFiniteLossError(
+            f"training loss is {value.item() if value.numel() == 1 else value.tolist()} at global step {step} "
+            f"(epoch {trainer.current_epoch}); "
+            f"stopped before the update; {resume}"
+        )
+
+
+def last_checkpoint(trainer: L.Trainer) -> str | None:
+    """The most recently written checkpoint file of the trainer's ``ModelCheckpoint`` callbacks."""
+    paths = []
+    for callback in trainer.checkpoint_callbacks:
+        paths += [getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")]
+    existing = [Path(p) for p in paths if p and Path(p).is_file()]
+    return str(max(existing, key=lambda p: p.stat().st_mtime_ns)) if existing else None
