@@ -3,8 +3,9 @@
 A dataset module only says where its images come from (``_source``) and what they are (class
 attributes ``name``, ``mean``, ``std``); this base does the rest the same way for all of them:
 
-- the validation split is held out of the training set with a fixed seed; the test split is the
-  dataset's own test set and is only used for final evaluation;
+- the validation split is held out of the training set with a fixed seed; ``train_size`` optionally
+  keeps a seeded random subset of the rest (short CPU recipes); the test split is the dataset's own
+  test set, always whole, and is only used for final evaluation;
 - ``loader="memory"`` (the fast path): whole uint8 batches by one indexing op, then per-sample crop,
   flip, resize and normalisation on the device in ``on_after_batch_transfer`` (``gpu_augment``);
 - ``loader="torchvision"`` (the ordinary path): per-image ``transforms.v2`` in worker processes;
@@ -50,6 +51,26 @@ def match_dataset(key: str, given: int | None, actual: int, dataset: str) -> int
     return actual
 
 
+def subset_indices(indices: Tensor, size: int | float | None, seed: int) -> Tensor:
+    """A seeded random ``size`` of ``indices`` (a count, or a fraction rounded to >= 1), sorted;
+    all of them when ``size`` is None.
+
+    Raises:
+        ValueError: a count larger than ``len(indices)``.
+    """
+    if size is None:
+        return indices
+    count = max(1, round(size * len(indices))) if isinstance(size, float) else size
+    if count > len(indices):
+        raise ValueError(
+            f"train_size={size!r} asks for {count} training items, but only {len(indices)} are left "
+            f"after the validation split; allowed: 1..{len(indices)}, a fraction in (0, 1] or null"
+        )
+    # Its own stream (seed + 1): the split's permutation already used `seed`.
+    order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed + 1))
+    return indices[order[:count].sort().values]
+
+
 class ImageDataModule(L.LightningDataModule):
     """Train/val/test loaders for one image-classification dataset.
 
@@ -63,7 +84,11 @@ class ImageDataModule(L.LightningDataModule):
             the main process: it gathers a whole batch in one op, which workers would only have to
             copy to the main process again.
         val_size: validation images held out of the training set: a count (int) or a fraction (float).
-        seed: seed of the train/val split, the shuffles and the device-side augmentation.
+        train_size: training images kept of those left after the validation split: a count (int), a
+            fraction of them (float in (0, 1]), or None for all. The subset is drawn with ``seed``;
+            validation and test splits are unaffected.
+        seed: seed of the train/val split, the training subset, the shuffles and the device-side
+            augmentation.
         loader: ``"memory"`` (whole uint8 batches, augmented on the device) or ``"torchvision"``
             (per-image ``transforms.v2`` in workers).
         crop_padding: zero padding of the training random crop, in pixels of the native image; None
@@ -88,6 +113,7 @@ class ImageDataModule(L.LightningDataModule):
         in_chans: int,
         num_workers: int = 0,
         val_size: int | float = 5000,
+        train_size: int | float | None = None,
         seed: int = 0,
         loader: str = "memory",
         crop_padding: int | None = None,
@@ -107,6 +133,12 @@ class ImageDataModule(L.LightningDataModule):
         else:
             check_int("val_size", val_size, 1)
         self.val_size = val_size
+        if isinstance(train_size, float):
+            if not 0.0 < train_size <= 1.0:
+                raise ValueError(f"train_size must be a count >= 1, a fraction in (0, 1] or None, got {train_size!r}")
+        elif train_size is not None:
+            check_int("train_size", train_size, 1)
+        self.train_size = train_size
         self.seed = check_int("seed", seed, 0)
         if loader not in LOADERS:
             raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
@@ -185,6 +217,7 @@ class ImageDataModule(L.LightningDataModule):
                 # Train and val come from one read of the training set, so it is read once.
                 source = self._source(train=True)
                 train_idx, val_idx = split_indices(len(source), self.val_size, self.seed)
+                train_idx = subset_indices(train_idx, self.train_size, self.seed)
                 self._datasets["train"] = self._wrap(source, train_idx, train=True)
                 self._datasets["val"] = self._wrap(source, val_idx, train=False)
         return self._datasets[split]
