@@ -15,6 +15,9 @@ Units and conventions (they are in the key names where a unit applies):
   set otherwise); ``latency_ms_iqr`` is the interquartile range (p75 - p25), the spread beside the
   median ``latency_ms_p50``.
 * ``throughput_img_s``: images per second at batch size ``batch_size``.
+* ``cpu_contention``: the fraction in [0, 1] of all CPUs that *other* processes (and VM neighbours,
+  as steal time) used while latency was timed; ``None`` when unknown. Above a few percent the
+  latency and throughput of a CPU run are inflated, often by several times.
 * ``macs_breakdown``: per layer type (``pointwise``, ``depthwise``, ``standard``, ``grouped``,
   ``linear``, ...) a ``{"params": int, "macs": int}`` dict; it partitions the counted layers, so
   its sums never exceed ``params`` / ``macs`` (the remainder is e.g. normalisation parameters).
@@ -80,6 +83,7 @@ class ResultsRecord:
     schema_version: int = SCHEMA_VERSION
     # Added after version 1 files were first written: optional on read, absent means its default.
     latency_batch_size: int = 1
+    cpu_contention: float | None = None
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -103,7 +107,7 @@ class ResultsRecord:
 
         Args:
             data: one value per key of the schema, no more, no less (keys added since version 1,
-                ``latency_batch_size``, may be absent and then take their default).
+                ``latency_batch_size`` and ``cpu_contention``, may be absent: they take their default).
             source: where ``data`` came from (a file path), named in every error.
 
         Raises:
@@ -170,7 +174,7 @@ def _type_name(hint: Any) -> str:
 
 
 RESULT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ResultsRecord))
-_OPTIONAL_KEYS = frozenset({"latency_batch_size"})  # see the field: older files lack it
+_OPTIONAL_KEYS = frozenset({"latency_batch_size", "cpu_contention"})  # see the fields: older files lack them
 _FLOAT_KEYS = frozenset(  # keys whose values are stored as float even when JSON wrote an int
     name for name, hint in typing.get_type_hints(ResultsRecord).items() if float in _args(hint)
 )
@@ -188,7 +192,7 @@ def _check_values(record: ResultsRecord) -> None:
                 "latency_ms_iqr", "throughput_img_s"):
         if getattr(record, key) < 0:
             raise ValueError(f"key {key!r}: expected >= 0, got {getattr(record, key)!r}")
-    for key in ("top1", "top5"):
+    for key in ("top1", "top5", "cpu_contention"):
         value = getattr(record, key)
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"key {key!r}: expected a fraction in [0, 1] or null, got {value!r}")

@@ -1,0 +1,220 @@
+"""The evaluation task: results.json from the real configs, the accuracy round trip with training,
+and bad checkpoints refused before anything is written."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, compose_train
+
+from dsnet.evaluate import EvalInputError, evaluate, time_network
+from dsnet.measure import count_macs, count_params, count_train_macs, macs_breakdown
+from dsnet.models import create_model
+from dsnet.results import RESULT_KEYS, load_results
+from dsnet.task import train
+
+FAST_LATENCY = ("latency.rounds=1", "latency.min_run_time=0.01", "latency.throughput_batch_size=2")
+QUIET = ("+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false")
+
+
+def eval_cfg(run_dir: Path, *overrides: str):
+    """configs/eval.yaml on conftest's tiny data (that of ``trained_run``), timed briefly."""
+    return compose_train(*QUIET, *FAST_LATENCY, *overrides, run_dir=run_dir, config_name="eval")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A finished tiny training run: its directory, metrics.json contents and best checkpoint."""
+    run_dir = tmp_path_factory.mktemp("train")
+    cfg = compose_train(*QUIET, "~callbacks.progress_bar", "~callbacks.model_summary", run_dir=run_dir)
+    metrics, objects = train(cfg)
+    return run_dir, metrics, Path(objects["trainer"].checkpoint_callback.best_model_path)
+
+
+# --- cost only -------------------------------------------------------------------------------------
+
+def test_cost_only_eval_writes_valid_results_with_exact_counts(tmp_path):
+    out = tmp_path / "eval"
+    cfg = compose_train("model=group", "model.width=0.25", "data.image_size=16", *FAST_LATENCY,
+                        run_dir=out, config_name="eval", tiny=False)
+    results, objects = evaluate(cfg)
+
+    record = load_results(out / "results.json")  # validates against the schema
+    assert record.to_dict() == results and tuple(results) == RESULT_KEYS
+    # The counts of the same network built by hand, not through the config.
+    net = create_model("mobilenet_v1", conv="group", groups=2, width=0.25, num_classes=10, in_chans=1,
+                       small_input=True)
+    size = (1, 16, 16)
+    assert (record.params, record.macs, record.train_macs) == (
+        count_params(net), count_macs(net, size), count_train_macs(net, size))
+    assert record.macs_breakdown == macs_breakdown(net, size)
+    assert record.macs_breakdown["grouped"]["macs"] > 0 and record.macs_breakdown["depthwise"]["macs"] == 0
+    assert (record.arch, record.conv, record.width, record.groups) == ("mobilenet_v1", "group", 0.25, 2)
+    assert (record.dataset, record.image_size, record.in_chans, record.num_classes) == ("Fashion-MNIST", 16, 1, 10)
+    assert record.top1 is record.top5 is record.seed is record.ckpt_path is None
+    assert (record.batch_size, record.latency_batch_size, record.device, record.num_threads) == (2, 1, "cpu", 1)
+    assert 0 < record.latency_ms_p50 <= record.latency_ms_p90 and record.throughput_img_s > 0
+    assert 0.0 <= record.cpu_contention <= 1.0  # measured on Linux (/proc/stat)
+    assert record.run_dir == str(out.resolve())
+    # Cost only never builds or downloads the data set.
+    assert "datamodule" not in objects and not (out / "data").exists()
+
+
+def test_results_keys_added_by_eval_are_optional_on_read_and_range_checked(tmp_path):
+    results = dict(
+        arch="mobilenet_v1", conv="dsconv", width=0.5, groups=None, image_size=224, in_chans=1,
+        num_classes=10, dataset="Fashion-MNIST", seed=None, params=823_018, macs=145_380_000,
+        train_macs=434_330_000, macs_breakdown={}, top1=None, top5=None, latency_ms_p50=7.5,
+        latency_ms_p90=9.1, latency_ms_iqr=1.0, throughput_img_s=80.0, batch_size=64, device="cpu",
+        device_name="AMD EPYC", precision="fp32", channels_last=False, num_threads=1, torch="2.14.1",
+        git_rev="2b4cca2", ckpt_path=None, run_dir="/runs/eval", schema_version=1,
+        latency_batch_size=1, cpu_contention=0.02,
+    )
+    assert tuple(results) == RESULT_KEYS
+    older = {k: v for k, v in results.items() if k not in ("latency_batch_size", "cpu_contention")}
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    record = load_results(tmp_path / "old.json")  # a file written before the two keys existed
+    assert (record.latency_batch_size, record.cpu_contention) == (1, None)
+    (tmp_path / "bad.json").write_text(json.dumps({**results, "cpu_contention": 1.5}))
+    with pytest.raises(ValueError, match="key 'cpu_contention': expected a fraction in"):
+        load_results(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("latency.precision=fp16", "precision='fp16' is only supported on cuda"),
+    ("latency.rounds=0", "latency.rounds=0 must be a positive integer"),
+])
+def test_bad_latency_setting_is_refused_before_writing(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate(eval_cfg(tmp_path, override))
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_rounds_report_the_median_of_the_per_round_timings():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    net(torch.zeros(1, 1, 8, 8))  # materialise the lazy layer
+    timing = time_network(net, (1, 8, 8), rounds=3, min_run_time=0.01, throughput_batch_size=2)
+    p50s = timing["round_p50s_ms"]
+    assert len(p50s) == 3 and timing["latency_ms_p50"] == sorted(p50s)[1]
+    assert timing["throughput_batch_size"] == 2 and timing["throughput_img_s"] > 0  # from round 1
+    assert timing["cpu_busy_other"] is None or 0.0 <= timing["cpu_busy_other"] <= 1.0
+
+
+# --- with a checkpoint -----------------------------------------------------------------------------
+
+def test_eval_reproduces_the_training_test_accuracy_exactly(trained_run, tmp_path):
+    run_dir, metrics, best = trained_run
+    # model=conv must be ignored: the network comes from the training run's config.
+    results, objects = evaluate(eval_cfg(tmp_path, f"ckpt_path={best}", "model=conv"))
+
+    assert results["top1"] == metrics["test/acc"] and results["top5"] == metrics["test/acc5"]
+    assert (results["conv"], results["width"], results["seed"]) == ("dsconv", 0.25, 42)
+    assert (results["params"], results["macs"]) == (metrics["params"], metrics["macs"])
+    assert results["ckpt_path"] == str(best) and results["dataset"] == "synthetic"
+    assert load_results(tmp_path / "results.json").top1 == metrics["test/acc"]
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    for name, value in objects["net"].state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"]["net." + name]), name
+
+
+def test_data_of_another_shape_than_the_trained_network_is_refused(trained_run, tmp_path):
+    _, _, best = trained_run
+    with pytest.raises(EvalInputError, match=r"image_size=24.*trained with .*image_size=16.*data\.image_size=16"):
+        evaluate(eval_cfg(tmp_path, f"ckpt_path={best}", "data.image_size=24"))
+    assert not (tmp_path / "results.json").exists()
+
+
+def fake_run(root: Path, trained_run, state: dict) -> Path:
+    """A run directory with the trained run's config and a checkpoint holding ``state``."""
+    (root / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained_run[0] / "config.yaml", root / "config.yaml")
+    path = root / "checkpoints" / "last.ckpt"
+    torch.save({"state_dict": state, "epoch": 0}, path)
+    return path
+
+
+def test_ema_weights_are_preferred_over_the_raw_ones(trained_run, tmp_path):
+    # Lightning's EMAWeightAveraging saves the averaged weights as state_dict, the raw ones beside.
+    ckpt = torch.load(trained_run[2], map_location="cpu", weights_only=True)
+    raw = {k: v + 1.0 if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    path = fake_run(tmp_path / "train", trained_run, ckpt["state_dict"])
+    torch.save({"state_dict": ckpt["state_dict"], "current_model_state": raw, "averaging_state": {}}, path)
+    _, objects = evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={path}", "latency.throughput_batch_size=1"))
+    weight = objects["net"].stem.conv.weight
+    assert torch.equal(weight, ckpt["state_dict"]["net.stem.conv.weight"])
+    assert not torch.equal(weight, raw["net.stem.conv.weight"])
+
+
+@pytest.mark.parametrize("arch, conv, message", [
+    ("mobilenet_v1", "standard", r"missing \(\d+\): features\.0\.conv_dw\.weight, .*, \.\.\.; "
+                                 r"unexpected \(\d+\): features\.0\.conv\.weight"),
+    ("mobilenet_v2", "dsconv", r"missing \(\d+\): .*; unexpected \(\d+\): "),
+])
+def test_checkpoint_of_another_architecture_lists_mismatched_keys(trained_run, tmp_path, arch, conv, message):
+    other = create_model(arch, conv=conv, width=0.25, num_classes=10, in_chans=3, small_input=True)
+    ckpt = fake_run(tmp_path / "train", trained_run, {"net." + k: v for k, v in other.state_dict().items()})
+    with pytest.raises(EvalInputError, match=message) as err:
+        evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={ckpt}"))
+    assert "\n" not in str(err.value) and "does not fit the MobileNetV1" in str(err.value)
+    assert not (tmp_path / "eval").exists()
+
+
+def _truncated(path: Path, best: Path) -> None:
+    path.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("make, message", [
+    (None, "no such file"),
+    (_truncated, "not a readable PyTorch checkpoint"),
+    (lambda path, best: path.write_text("epoch,acc\n0,0.5\n"), "not a readable PyTorch checkpoint"),
+    (lambda path, best: torch.save({"net.weight": torch.zeros(2)}, path), "not a Lightning checkpoint"),
+    (lambda path, best: torch.save([1, 2], path), "not a Lightning checkpoint"),
+    (lambda path, best: torch.save({"state_dict": {"model.fc.weight": torch.zeros(2)}}, path),
+     r"no network weights \(keys net\.\*\) in its state_dict; found \(1\): model\.fc\.weight"),
+])
+def test_unusable_checkpoint_file_is_a_one_line_error(trained_run, tmp_path, make, message):
+    path = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    shutil.copy(trained_run[0] / "config.yaml", tmp_path / "train" / "config.yaml")
+    if make is not None:
+        make(path, trained_run[2])
+    with pytest.raises(EvalInputError, match=message) as err:
+        evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={path}"))
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_checkpoint_without_a_training_config_is_refused(trained_run, tmp_path):
+    ckpt = tmp_path / "copied.ckpt"
+    shutil.copy(trained_run[2], ckpt)
+    with pytest.raises(EvalInputError, match=r"no training config found .*config\.yaml and .*\.hydra/config\.yaml"):
+        evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={ckpt}"))
+    assert not (tmp_path / "eval").exists()
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "eval.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_cost_only_run_writes_results(tmp_path):
+    proc = run_cli("data=synthetic", "data.image_size=16", "model.width=0.25", *FAST_LATENCY,
+                   f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["image_size"] == 16 and results["macs"] > 0 and results["top1"] is None
+    assert "params" in proc.stdout and "latency p50" in proc.stdout  # the human summary
+
+
+def test_cli_bad_checkpoint_exits_nonzero_with_one_line(tmp_path):
+    missing = tmp_path / "nope.ckpt"
+    proc = run_cli(f"ckpt_path={missing}", *FAST_LATENCY, f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == f"eval.py: error: ckpt_path='{missing}': no such file ({missing})"
+    assert not (tmp_path / "run" / "results.json").exists()
