@@ -1,4 +1,4 @@
-"""Pieces every backbone shares: the classifier head and naming a layer in build errors."""
+"""Pieces every backbone shares: the stem/features/head split, the classifier head, naming a layer in build errors."""
 
 from __future__ import annotations
 
@@ -7,6 +7,25 @@ from typing import Iterator
 
 import torch
 from torch import nn
+
+
+class Backbone(nn.Module):
+    """A classifier in three parts, as in timm: ``stem`` and ``features`` (``forward_features``),
+    then ``head`` (``forward_head``). Subclasses build the three modules and set ``num_classes`` and
+    ``num_features``."""
+
+    stem: nn.Module
+    features: nn.Module
+    head: nn.Module
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 class ClassifierHead(nn.Module):

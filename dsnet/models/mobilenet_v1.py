@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from torch import nn
 
 from dsnet.blocks import ConvNormAct, create_conv_block, init_weights, make_divisible
-from dsnet.models._common import ClassifierHead, naming_layer
+from dsnet.models._common import Backbone, ClassifierHead, naming_layer
 from dsnet.models._registry import register_model
 
 
@@ -45,7 +44,7 @@ LAYERS = (
 )
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(Backbone):
     """MobileNetV1 with a switchable convolution type; see the module docstring."""
 
     def __init__(
@@ -76,15 +75,6 @@ class MobileNetV1(nn.Module):
         self.num_features = in_chs
         self.head = ClassifierHead(in_chs, num_classes, dropout)
         init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(self.stem(x))
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 register_model("mobilenet_v1", MobileNetV1)

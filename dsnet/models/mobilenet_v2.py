@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from torch import nn
 
 from dsnet.blocks import ConvNormAct, InvertedResidual, init_weights, make_divisible
-from dsnet.models._common import ClassifierHead, naming_layer
+from dsnet.models._common import Backbone, ClassifierHead, naming_layer
 from dsnet.models._registry import register_model
 
 
@@ -43,7 +42,7 @@ STAGES = (
 SMALL_INPUT_STRIDE_ONE_STAGES = (1,)  # the 24-channel stage, as in the CIFAR ports
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(Backbone):
     """MobileNetV2 with a switchable convolution type; see the module docstring."""
 
     def __init__(
@@ -80,15 +79,6 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.head = ClassifierHead(self.num_features, num_classes, dropout)
         init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(self.stem(x))
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 register_model("mobilenet_v2", MobileNetV2)
