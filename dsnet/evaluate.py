@@ -358,7 +358,7 @@ def print_summary(record: ResultsRecord, latency: dict[str, Any]) -> None:
         ("other load while timing", "-" if r.cpu_contention is None
          else f"{100 * r.cpu_contention:.0f} % of {os.cpu_count()} CPUs"),
         (f"throughput (batch {r.batch_size})", f"{r.throughput_img_s:.1f} img/s"),
-        ("device", f"{r.device_name}, {r.num_threads} threads, {r.precision}"
+        ("device", f"{r.device_name}, threads={r.num_threads}, {r.precision}"
          + (", channels_last" if r.channels_last else "")),
         ("results", f"{r.run_dir}/results.json"),
     ]
