@@ -39,7 +39,7 @@ from rich.table import Table
 from torch import nn
 
 import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
-from dsnet.measure import count_macs, count_params, count_train_macs, macs_breakdown, measure_latency
+from dsnet.measure import measure_latency, model_cost
 from dsnet.results import ResultsRecord, write_results
 
 log = logging.getLogger(__name__)
@@ -308,16 +308,6 @@ def time_network(net: nn.Module, input_size: tuple[int, int, int], *, rounds: in
             log.warning("other processes used %.0f %% of the CPUs while latency was timed: the latency and "
                         "throughput numbers are inflated; time on a quiet machine", 100 * merged["cpu_busy_other"])
     return merged
-
-
-def model_cost(net: nn.Module, input_size: tuple[int, int, int]) -> dict[str, Any]:
-    """Parameters and multiply-adds (forward, training step, per layer type) of one image."""
-    return {
-        "params": count_params(net),
-        "macs": count_macs(net, input_size),
-        "train_macs": count_train_macs(net, input_size),
-        "macs_breakdown": macs_breakdown(net, input_size),
-    }
 
 
 def measure_accuracy(cfg: DictConfig, net: nn.Module) -> tuple[dict[str, float], dict[str, Any]]:

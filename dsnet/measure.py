@@ -117,16 +117,32 @@ def count_train_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     because ``FlopCounterMode`` multiplies the weight gradient of a grouped convolution by its
     group count.
     """
-    total = 0
-    for cost in layer_costs(model, input_size):
-        total += cost.macs * (2 + int(cost.input_requires_grad))
-    return total
+    return _train_macs(layer_costs(model, input_size))
 
 
 def macs_breakdown(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, dict[str, int]]:
     """Parameters and forward multiply-adds per layer type (the paper's Table 2, generalised)."""
+    return _breakdown(layer_costs(model, input_size))
+
+
+def model_cost(model: nn.Module, input_size: tuple[int, int, int]) -> dict:
+    """``params``, ``macs``, ``train_macs`` and ``macs_breakdown`` of one image, from one counted pass."""
+    costs = layer_costs(model, input_size)
+    return {
+        "params": count_params(model),
+        "macs": sum(cost.macs for cost in costs),
+        "train_macs": _train_macs(costs),
+        "macs_breakdown": _breakdown(costs),
+    }
+
+
+def _train_macs(costs: list[LayerCost]) -> int:
+    return sum(cost.macs * (2 + int(cost.input_requires_grad)) for cost in costs)
+
+
+def _breakdown(costs: list[LayerCost]) -> dict[str, dict[str, int]]:
     breakdown = {kind: {"params": 0, "macs": 0} for kind in LAYER_TYPES}
-    for cost in layer_costs(model, input_size):
+    for cost in costs:
         breakdown[cost.layer_type]["params"] += cost.params
         breakdown[cost.layer_type]["macs"] += cost.macs
     return breakdown
