@@ -1,11 +1,20 @@
-"""Two small Lightning callbacks: epoch wall time, and a progress bar that reads metrics rarely."""
+"""Small Lightning callbacks: epoch wall time, a progress bar that reads metrics rarely, and the two
+that make an interrupted run resumable as if nothing had happened (random state in checkpoints, a
+checkpoint on SIGTERM / Ctrl-C)."""
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
 
 
 class EpochTimer(L.Callback):
@@ -68,3 +77,53 @@ class ThrottledRichProgressBar(RichProgressBar):
         if self._cached is None or not 0 <= step - self._cached_step < self.metrics_every_n_steps:
             self._cached, self._cached_step = super().get_metrics(trainer, pl_module), step
         return self._cached
+
+
+class RandomStateCheckpoint(L.Callback):
+    """Stores torch's random state (CPU and CUDA generators) in every checkpoint and restores it on resume.
+
+    Lightning seeds a run once, at its start; a resumed run would otherwise draw dropout masks
+    (and any other ``torch.rand`` of the model) from a fresh stream. The data order and the crops
+    have streams of their own, keyed by epoch (``DistributedSampler``, ``BatchAugment.set_epoch``).
+    The states are uint8 tensors, so the checkpoint still loads with ``weights_only=True``.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["cpu"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class InterruptCheckpoint(L.Callback):
+    """Writes ``<dirpath>/last.ckpt`` when training is stopped by SIGTERM or Ctrl-C.
+
+    Lightning turns both into an exception after the current batch (``SIGTERMException``,
+    ``KeyboardInterrupt``) and hands it to ``on_exception``; the checkpoint is written there, so
+    ``ckpt_path=last`` continues from the interrupted step instead of the last finished epoch.
+    Other exceptions (a crash, a NaN loss) write nothing: their state is not worth resuming from.
+
+    Args:
+        dirpath: the directory of the run's ``last.ckpt`` (the last-epoch ``ModelCheckpoint``'s).
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.path = Path(dirpath) / "last.ckpt"
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            return
+        if trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":
+            return
+        # Every rank joins; rank 0 writes (atomically: AtomicCheckpointIO). A full checkpoint, for resuming.
+        trainer.save_checkpoint(self.path, weights_only=False)
+        if trainer.is_global_zero:
+            log.warning(
+                "%s at epoch %d, step %d: saved %s; resume with ckpt_path=last in the same run directory",
+                type(exception).__name__, trainer.current_epoch, trainer.global_step, self.path,
+            )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import signal
 import traceback
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
@@ -57,6 +59,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     run_dir = Path(cfg.paths.output_dir)
     try:
         return _train(cfg, run_dir)
+    except SIGTERMException as err:
+        # Lightning stops on SIGTERM with a SystemExit of status 0, which would tell a scheduler the
+        # job succeeded; InterruptCheckpoint has saved last.ckpt. Exit as killed by SIGTERM does.
+        raise SystemExit(128 + signal.SIGTERM) from err
     except Exception as err:
         if rank_zero_only.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)

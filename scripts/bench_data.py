@@ -2,6 +2,8 @@
 
     python scripts/bench_data.py --threads 1               # CPU, the default Fashion-MNIST config
     python scripts/bench_data.py --device cuda data.num_workers=8   # GPU; Hydra overrides go last
+    python scripts/bench_data.py --threads 1 --imagenet-only --imagenet            # synthetic JPEG tree
+    python scripts/bench_data.py --threads 1 --imagenet ~/data/imagenet100        # a real subset
 
 Three rates, each in images per second, measured alternately in every round so that drift in the
 machine's load hits all of them:
@@ -19,21 +21,34 @@ The model and data are the real configs (``configs/train.yaml``) with ``model.wi
 smallest default width, whose fast steps make this the hardest case for the data path. The ratios
 are medians over rounds of per-round ratios: ``memory / train`` (target >= 20x: the loader then
 costs under 5% of a step even without overlap) and ``memory / torchvision`` (target >= 3x).
+
+With ``--imagenet [DIR]``, a second comparison on an ImageNet-style tree (``configs/data/
+imagenet_subset.yaml``, its ``image_size`` and ``batch_size``; ``--imagenet-workers`` decoding
+workers): the per-sample torchvision loader, which decodes every JPEG in every epoch, against the
+memory loader reading the decoded cache (``dsnet.data.decoded_cache``), both per training epoch, as
+above. The cache is built once, untimed in the rounds; its one-time build rate and the rate of
+opening it again in a later run are printed beside. Without DIR, ``--imagenet-images`` synthetic
+375x500 JPEGs (8 classes) are written to a temporary directory first, so the comparison always runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
+import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from PIL import Image
 
 import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers the configs use)
 from dsnet.measure import environment
@@ -53,9 +68,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-steps", type=int, default=10, help="optimizer steps per timed training block")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches or steps before every block")
     parser.add_argument("--json", help="also write the raw numbers to this file")
+    parser.add_argument("--imagenet", nargs="?", const="synthetic", metavar="DIR",
+                        help="also compare JPEG decoding per epoch with the decoded cache on this ImageFolder "
+                             "tree (no DIR: a synthetic JPEG tree in a temporary directory)")
+    parser.add_argument("--imagenet-only", action="store_true", help="run only the --imagenet comparison")
+    parser.add_argument("--imagenet-images", type=int, default=512, help="images of the synthetic JPEG tree")
+    parser.add_argument("--imagenet-workers", type=int, default=0,
+                        help="decoding worker processes of the ImageNet comparison (both paths)")
+    parser.add_argument("--cache-dir", help="decoded cache of the ImageNet comparison (default: a temporary dir)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of configs/train.yaml, e.g. data.batch_size=256")
     args = parser.parse_args()
-    for name in ("repeats", "torchvision_batches", "train_steps"):
+    if args.imagenet_only and not args.imagenet:
+        parser.error("--imagenet-only needs --imagenet")
+    for name in ("repeats", "torchvision_batches", "train_steps", "imagenet_images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
@@ -133,12 +158,8 @@ def load_average() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def main() -> None:
-    args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+def bench_default(args: argparse.Namespace, device: torch.device) -> dict:
+    """The three blocks on the configured data set; prints the table and ratios, returns raw numbers."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*BENCH_OVERRIDES, *args.overrides])
         cfg_tv = compose("train", overrides=[*BENCH_OVERRIDES, *args.overrides, "data.loader=torchvision"])
@@ -150,14 +171,13 @@ def main() -> None:
     batch = memory.transform_batch(to_device(next(iter(memory.train_dataloader())), device), train=True)
     step = TrainStep(cfg, batch, device)
 
-    env = environment(args.device)
     d = cfg.data
     print(f"# bench_data  device={args.device} threads={torch.get_num_threads()} repeats={args.repeats} "
           f"data={memory.name} image_size={d.image_size} batch_size={d.batch_size} "
           f"torchvision num_workers={cfg_tv.data.num_workers} model={cfg.model.arch}/{cfg.model.conv} "
           f"width={cfg.model.width} channels_last={cfg.channels_last} "
           f"optimizer={cfg.optim.optimizer._target_}")
-    print("# " + "  ".join(f"{k}={v}" for k, v in env.items()))
+    print("# " + "  ".join(f"{k}={v}" for k, v in environment(args.device).items()))
     print(f"# load average (1/5/15 min) at start: {load_average()}")
 
     blocks = {
@@ -165,11 +185,7 @@ def main() -> None:
         "torchvision": lambda: data_rate(per_sample, device, args.torchvision_batches, args.warmup),
         "train": lambda: train_rate(step, device, args.train_steps, args.warmup),
     }
-    rates: dict[str, list[float]] = {name: [] for name in blocks}
-    for round_idx in range(args.repeats):
-        names = list(blocks)[round_idx % len(blocks):] + list(blocks)[:round_idx % len(blocks)]  # rotate who goes first
-        for name in names:
-            rates[name].append(blocks[name]())
+    rates = run_rounds(blocks, args.repeats)
 
     data_over_train = [m / t for m, t in zip(rates["memory"], rates["train"])]
     memory_over_tv = [m / t for m, t in zip(rates["memory"], rates["torchvision"])]
@@ -180,14 +196,121 @@ def main() -> None:
                         ("train", "training step (fwd+bwd+opt)")):
         print(f"| {label} | {summary(rates[name])} |")
     print(f"# load average (1/5/15 min) at end: {load_average()}")
-    ratio_line = "ratio {}: {:.1f}x (min {:.1f}x, max {:.1f}x over {} rounds; target >= {}x)"
-    print(ratio_line.format("data/train", statistics.median(data_over_train), min(data_over_train),
+    print(RATIO_LINE.format("data/train", statistics.median(data_over_train), min(data_over_train),
                             max(data_over_train), args.repeats, 20))
-    print(ratio_line.format("memory/torchvision", statistics.median(memory_over_tv), min(memory_over_tv),
+    print(RATIO_LINE.format("memory/torchvision", statistics.median(memory_over_tv), min(memory_over_tv),
                             max(memory_over_tv), args.repeats, 3))
+    return {"images_per_s": rates, "ratio_data_over_train": data_over_train,
+            "ratio_memory_over_torchvision": memory_over_tv}
+
+
+RATIO_LINE = "ratio {}: {:.1f}x (min {:.1f}x, max {:.1f}x over {} rounds; target >= {}x)"
+
+
+def run_rounds(blocks: dict, repeats: int) -> dict[str, list[float]]:
+    """Every block once per round, rotating which goes first; {name: [images/s per round]}."""
+    rates: dict[str, list[float]] = {name: [] for name in blocks}
+    for round_idx in range(repeats):
+        names = list(blocks)[round_idx % len(blocks):] + list(blocks)[:round_idx % len(blocks)]
+        for name in names:
+            rates[name].append(blocks[name]())
+    return rates
+
+
+# --- ImageNet subsets: JPEG decoding per epoch against the decoded cache --------------------------
+
+
+def write_synthetic_jpegs(root: Path, num_images: int, num_classes: int = 8) -> None:
+    """root/train/<class>/*.JPEG: ``num_images`` 375x500 JPEGs (ImageNet's most common size), quality 90.
+
+    Smooth random colour fields plus mild noise: closer to photographs than pure noise, which
+    compresses (and decodes) far worse than real images.
+    """
+    rng = np.random.default_rng(0)
+    for i in range(num_images):
+        folder = root / "train" / f"n{i % num_classes:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
+        pixels = np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, (375, 500, 3), dtype=np.int16)
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i:05d}.JPEG", quality=90)
+
+
+def imagenet_configs(args: argparse.Namespace, tree: Path, cache_dir: Path):
+    """(torchvision, memory-with-cache) data configs: ``configs/data/imagenet_subset.yaml`` on ``tree``."""
+    common = [*BENCH_OVERRIDES, "data=imagenet_subset", f"data.data_dir={tree}", f"data.cache_dir={cache_dir}",
+              f"data.num_workers={args.imagenet_workers}"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg_tv = compose("train", overrides=[*common, "data.loader=torchvision"])
+        cfg_cache = compose("train", overrides=[*common, "data.loader=memory"])
+    return cfg_tv.data, cfg_cache.data
+
+
+def bench_imagenet(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict:
+    """Per-epoch images/s of the torchvision loader and of the memory loader over the decoded cache."""
+    if args.imagenet == "synthetic":
+        tree = workdir / "imagenet"
+        write_synthetic_jpegs(tree, args.imagenet_images)
+        origin = f"synthetic: {args.imagenet_images} JPEGs of 375x500 px, 8 classes, in a temporary dir"
+    else:
+        tree, origin = Path(args.imagenet).expanduser(), "given tree"
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else workdir / "cache"
+    cfg_tv, cfg_cache = imagenet_configs(args, tree, cache_dir)
+    per_sample = instantiate(cfg_tv)
+    start = time.perf_counter()
+    cached = instantiate(cfg_cache)
+    cached.setup("fit")  # builds the cache, or reuses it when --cache-dir holds one already
+    first_setup_s = time.perf_counter() - start
+    per_sample.setup("fit")
+    num_images = len(cached.dataset("train")) + len(cached.dataset("val"))
+
+    def reopen() -> float:
+        """A later run's setup: open the finished cache and copy the train and val rows to RAM."""
+        begin = time.perf_counter()
+        instantiate(cfg_cache).setup("fit")
+        return num_images / (time.perf_counter() - begin)
+
+    print(f"# imagenet  tree={tree} ({origin}) train images={len(per_sample.dataset('train'))} "
+          f"image_size={cfg_tv.image_size} stored={cached.native_size} px batch_size={cfg_tv.batch_size} "
+          f"num_workers={args.imagenet_workers} threads={torch.get_num_threads()} repeats={args.repeats}")
+    print("# " + "  ".join(f"{k}={v}" for k, v in environment(args.device).items()))
+    print(f"# first setup with the cache: {first_setup_s:.1f} s for {num_images} images (includes any build)")
+    print(f"# load average (1/5/15 min) at start: {load_average()}")
+    blocks = {
+        "torchvision": lambda: data_rate(per_sample, device, None, args.warmup),
+        "cache": lambda: data_rate(cached, device, None, args.warmup),
+        "cache_reopen": reopen,
+    }
+    rates = run_rounds(blocks, args.repeats)
+    ratio = [c / t for c, t in zip(rates["cache"], rates["torchvision"])]
+    print("| ImageNet path, per training epoch | images/s, median (min-max) over rounds |")
+    print("|---|---:|")
+    print(f"| per-sample torchvision loader (JPEG decode + RandomResizedCrop every epoch) | "
+          f"{summary(rates['torchvision'])} |")
+    print(f"| memory loader over the decoded cache + device transform | {summary(rates['cache'])} |")
+    print(f"| (once per run) open the cache, copy train+val rows to RAM | {summary(rates['cache_reopen'])} |")
+    print(f"# load average (1/5/15 min) at end: {load_average()}")
+    print(RATIO_LINE.format("cache/torchvision", statistics.median(ratio), min(ratio), max(ratio),
+                            args.repeats, 3))
+    return {"tree": str(tree), "origin": origin, "num_images": num_images, "first_setup_s": first_setup_s,
+            "images_per_s": rates, "ratio_cache_over_torchvision": ratio}
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    # The decoded cache logs where it is, its size and its build rate: shown as comment lines.
+    logging.basicConfig(format="# %(message)s", stream=sys.stdout)
+    logging.getLogger("dsnet.data.decoded_cache").setLevel(logging.INFO)
+    raw: dict = {"environment": environment(args.device), "settings": vars(args)}
+    if not args.imagenet_only:
+        raw |= bench_default(args, device)
+    if args.imagenet:
+        with tempfile.TemporaryDirectory(prefix="bench_data_") as workdir:
+            raw["imagenet"] = bench_imagenet(args, device, Path(workdir))
     if args.json:
-        raw = {"environment": env, "settings": vars(args), "images_per_s": rates,
-               "ratio_data_over_train": data_over_train, "ratio_memory_over_torchvision": memory_over_tv}
         Path(args.json).write_text(json.dumps(raw, indent=2))
 
 

@@ -6,6 +6,7 @@ Each module maps one-to-one onto a config in ``configs/data/``; all of them expo
 
 from dsnet.data.base import ImageDataModule
 from dsnet.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from dsnet.data.decoded_cache import DecodedCache, load_or_build
 from dsnet.data.fashion_mnist import FashionMNISTDataModule
 from dsnet.data.imagenet_subset import ImageNetSubsetDataModule, resolve_classes
 from dsnet.data.synthetic import SyntheticDataModule
@@ -13,9 +14,11 @@ from dsnet.data.synthetic import SyntheticDataModule
 __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
+    "DecodedCache",
     "FashionMNISTDataModule",
     "ImageDataModule",
     "ImageNetSubsetDataModule",
     "SyntheticDataModule",
+    "load_or_build",
     "resolve_classes",
 ]

@@ -4,13 +4,16 @@ The in-memory loader hands the model uint8 batches; this module turns them into 
 batches after they reach the device. Batched ``torchvision.transforms.v2`` calls draw ONE random
 crop for the whole batch, which removes most of the augmentation's variety, so crops and flips here
 are drawn per sample and applied with one ``gather`` (no Python loop over the batch). Random
-numbers come from a seeded generator on the batch's device, so a run is repeatable.
+numbers come from a generator on the batch's device reseeded from (seed, epoch) at every epoch, so
+a run is repeatable, and a run resumed from an end-of-epoch checkpoint draws the same crops as one
+that was never interrupted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -90,7 +93,8 @@ class BatchAugment:
         image_size: side of the images the model sees, in pixels.
         mean: per-channel mean on the 0..1 scale.
         std: per-channel standard deviation on the 0..1 scale.
-        seed: seed of the per-device generator that draws the crop offsets and flips.
+        seed: seed of the per-device generator that draws the crop offsets and flips; epoch ``e``
+            draws from the stream of ``(seed, e)`` (see ``set_epoch``).
     """
 
     def __init__(
@@ -106,14 +110,26 @@ class BatchAugment:
     ) -> None:
         self.crop_size, self.padding, self.hflip_prob = crop_size, padding, hflip_prob
         self.image_size, self.seed = image_size, seed
+        self.epoch = 0
         self.mean, self.std = tuple(mean), tuple(std)
         # Per device, created on first use: a seeded generator and the statistics as tensors, so no
         # batch pays for a host-to-device copy of the constants.
         self._state: dict[torch.device, tuple[torch.Generator, Tensor, Tensor]] = {}
 
+    def _epoch_seed(self) -> int:
+        # SeedSequence mixes the pair, so nearby (seed, epoch) pairs give unrelated streams.
+        return int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0] >> 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Restarts the random stream at the one of ``(seed, epoch)``; a no-op for the current epoch."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            for generator, _, _ in self._state.values():
+                generator.manual_seed(self._epoch_seed())
+
     def _device_state(self, device: torch.device) -> tuple[torch.Generator, Tensor, Tensor]:
         if device not in self._state:
-            generator = torch.Generator(device=device).manual_seed(self.seed)
+            generator = torch.Generator(device=device).manual_seed(self._epoch_seed())
             mean = torch.tensor(self.mean, dtype=torch.float32, device=device)
             std = torch.tensor(self.std, dtype=torch.float32, device=device)
             self._state[device] = (generator, mean, std)

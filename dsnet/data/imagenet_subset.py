@@ -7,6 +7,15 @@ default here (images differ in size and are decoded one by one); ``loader="memor
 image once at ``image_size / 0.875`` (256 for 224), then crops on the device: a random
 ``image_size`` crop plus flip for training instead of a random-resized crop, a center crop (exactly
 the standard evaluation transform) otherwise.
+
+With ``loader="memory"`` and a ``cache_dir``, the decode happens once for all runs: each split's
+whole file list (``train/`` after ``classes`` and ``max_per_class``; ``val/`` after ``classes``) is
+decoded into one uint8 ``.npy`` in ``cache_dir`` (``decoded_cache``), and every later run with the
+same file list and ``image_size`` maps it instead of decoding. One cache per split's file list, not
+per train/val/train_size selection: the validation split, ``train_size`` and ``seed`` pick rows of
+the same cache, so sweeps over them (and over models) share it. Only what changes the decoded pixels
+(the files, their labels, the stored size) makes a new cache; to decode less, cap the file list
+with ``max_per_class`` rather than ``train_size``.
 """
 
 from __future__ import annotations
@@ -15,14 +24,15 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.transforms import v2
 
 from dsnet.data.base import ImageDataModule, check_int, match_dataset
 from dsnet.data.datasets import TensorBatchDataset
+from dsnet.data.decoded_cache import DecodedCache, ImageFileDataset, decode_images, load_or_build
 from dsnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size, imagenet_transform
 
 LAYOUT = "an ImageFolder tree data_dir/{train,val}/<class>/<image>.JPEG"
@@ -96,36 +106,39 @@ def list_images(split_dir: Path, classes: list[str], max_per_class: int | None =
     return capped
 
 
-class ImageFileDataset(Dataset):
-    """(path, label) pairs decoded with PIL (as RGB) and passed through ``transform``."""
-
-    def __init__(self, samples: list[tuple[str, int]], transform: Callable) -> None:
-        self.samples, self.transform = samples, transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        path, label = self.samples[index]
-        return self.transform(default_loader(path)), label
-
-
 class FolderSource:
-    """A split as a list of image files; ``memory`` decodes them, ``per_sample`` streams them."""
+    """A split as a list of image files; ``memory`` decodes them, ``per_sample`` streams them.
 
-    def __init__(self, samples: list[tuple[str, int]], stored_size: int, num_workers: int) -> None:
+    Args:
+        samples: (path, label) of every image of the split.
+        stored_size: side of the squares ``memory`` decodes to (shorter side resize, center crop).
+        num_workers: decoding worker processes.
+        cache_dir: where ``memory`` keeps the decoded split for later runs (``decoded_cache``);
+            None decodes the requested images in every run.
+    """
+
+    def __init__(
+        self, samples: list[tuple[str, int]], stored_size: int, num_workers: int, cache_dir: Path | None = None
+    ) -> None:
         self.samples, self.stored_size, self.num_workers = samples, stored_size, num_workers
+        self.cache_dir = cache_dir
+        self.cache: DecodedCache | None = None  # opened on first use, then shared by train and val
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def memory(self, indices: Tensor) -> TensorBatchDataset:
-        """Decodes the images once to ``stored_size`` squares (shorter side resize, center crop)."""
-        size = self.stored_size
-        decode = v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
-        subset = ImageFileDataset([self.samples[i] for i in indices.tolist()], decode)
-        batches = list(DataLoader(subset, batch_size=256, num_workers=self.num_workers))
-        return TensorBatchDataset(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+        """The images ``indices`` decoded to ``stored_size`` squares, from the cache when there is one."""
+        if self.cache_dir is None:
+            subset = [self.samples[i] for i in indices.tolist()]
+            images = decode_images(subset, self.stored_size, self.num_workers)
+            return TensorBatchDataset(torch.from_numpy(images), torch.tensor([label for _, label in subset]))
+        if self.cache is None:
+            self.cache = load_or_build(self.samples, self.stored_size, self.cache_dir, num_workers=self.num_workers)
+        rows = indices.numpy()
+        # A copy in RAM, as without the cache: fancy indexing reads the rows out of the mapped file.
+        images = np.asarray(self.cache.images[rows])
+        return TensorBatchDataset(torch.from_numpy(images), torch.from_numpy(self.cache.labels[rows]))
 
     def per_sample(self, indices: Tensor, transform: Callable) -> ImageFileDataset:
         return ImageFileDataset([self.samples[i] for i in indices.tolist()], transform)
@@ -147,6 +160,9 @@ class ImageNetSubsetDataModule(ImageDataModule):
         num_workers: decoding worker processes.
         val_size: training images held out for validation: a count or a fraction.
         loader: ``"torchvision"`` (default; per-image decode and transforms) or ``"memory"``.
+        cache_dir: with ``loader="memory"``, the directory of the decoded cache: each split is
+            decoded once into a uint8 ``.npy`` there and reused by later runs with the same files and
+            ``image_size``. None decodes in every run. Unused by the torchvision loader.
         **options: other shared options of ``ImageDataModule`` (seed, crop_padding (default 0
             here), hflip_prob, randaugment, mixup_alpha, cutmix_alpha).
     """
@@ -168,9 +184,13 @@ class ImageNetSubsetDataModule(ImageDataModule):
         num_workers: int = 4,
         val_size: int | float = 0.05,
         loader: str = "torchvision",
+        cache_dir: str | Path | None = None,
         **options,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser()
+        if cache_dir is not None and (not isinstance(cache_dir, (str, Path)) or not str(cache_dir)):
+            raise ValueError(f"cache_dir must be a directory path or None, got {cache_dir!r}")
+        self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
         self.classes = resolve_classes(self.data_dir, classes)
         super().__init__(
             batch_size=batch_size,
@@ -198,7 +218,7 @@ class ImageNetSubsetDataModule(ImageDataModule):
     def _source(self, train: bool) -> FolderSource:
         split_dir = self.data_dir / ("train" if train else "val")
         samples = list_images(split_dir, self.classes, self.max_per_class if train else None)
-        return FolderSource(samples, self.native_size, self.num_workers)
+        return FolderSource(samples, self.native_size, self.num_workers, self.cache_dir)
 
     def _transform(self, train: bool) -> v2.Compose:
         return imagenet_transform(
