@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,8 @@ from dsnet.data import ImageNetSubsetDataModule, load_or_build
 from dsnet.data.decoded_cache import cache_key
 from dsnet.data.imagenet_subset import list_images, resolve_classes
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
 CACHE_LOGGER = "dsnet.data.decoded_cache"
 
 
@@ -50,7 +54,7 @@ def samples_of(tree: Path, classes=None, max_per_class=None) -> list[tuple[str, 
 
 
 def memory_module(tree: Path, **options) -> ImageNetSubsetDataModule:
-    defaults = dict(loader="memory", image_size=16, val_size=3, batch_size=4, num_workers=0)
+    defaults = {"loader": "memory", "image_size": 16, "val_size": 3, "batch_size": 4, "num_workers": 0}
     return ImageNetSubsetDataModule(tree, **{**defaults, **options})
 
 
@@ -197,3 +201,28 @@ def test_config_key_reaches_the_datamodule_and_caches_there(tree, tmp_path):
     dm = instantiate(cfg.data)
     dm.setup("fit")
     assert dm.cache_dir == tmp_path / "cache" and len(cache_files(tmp_path / "cache")) == 1
+
+
+# --- benchmark ---------------------------------------------------------------------------------
+
+
+def test_bench_data_compares_jpeg_decoding_with_the_cache_on_a_synthetic_tree(tmp_path):
+    raw_path = tmp_path / "raw.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_data.py"), "--threads", "1", "--imagenet-only", "--imagenet",
+         "--imagenet-images", "24", "--repeats", "2", "--warmup", "1", "--json", str(raw_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ratios = dict(re.findall(r"^ratio (\S+): ([0-9.]+)x", proc.stdout, re.MULTILINE))
+    assert set(ratios) == {"cache/torchvision", "cache-loader/torchvision"}
+    built = r"^# decoded cache .*decoded_256px_24img_\w+\.npy: 4\.7 MB, 24 images .*built:"
+    assert re.search(built, proc.stdout, re.MULTILINE)
+    raw = json.loads(raw_path.read_text())["imagenet"]
+    rates = raw["images_per_s"]
+    paths = ("torchvision", "cache", "cache_loader", "cache_reopen")
+    assert all(len(rates[k]) == 2 and min(rates[k]) > 0 for k in paths)
+    per_round = [c / t for c, t in zip(rates["cache"], rates["torchvision"])]
+    assert raw["ratio_cache_over_torchvision"] == pytest.approx(per_round)
+    assert float(ratios["cache/torchvision"]) == pytest.approx(sum(per_round) / 2, abs=0.051)

@@ -215,6 +215,7 @@ def _build(samples: Sequence[tuple[str, int]], size: int, num_workers: int, key:
     for final in (images_path, labels_path, manifest_path):
         fd, name = tempfile.mkstemp(dir=final.parent, prefix=f"{final.name}.", suffix=".tmp")
         os.close(fd)
+        os.chmod(name, 0o644)  # mkstemp makes it 0600: a cache shared by a team must be readable by all
         temps.append(Path(name))
     try:
         images = np.lib.format.open_memmap(temps[0], mode="w+", dtype=np.uint8, shape=shape)
