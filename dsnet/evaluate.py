@@ -76,6 +76,10 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         net, train_cfg, ckpt = load_trained_net(cfg.ckpt_path, cfg.data)
         model_cfg = train_cfg.model
     objects: dict[str, Any] = dict(cfg=cfg, net=net, model_cfg=model_cfg, train_cfg=train_cfg)
+    try:
+        net.check_input_size(int(cfg.data.image_size))
+    except ValueError as err:
+        raise EvalInputError(f"data.{err}") from None
 
     input_size = (int(cfg.data.in_chans), int(cfg.data.image_size), int(cfg.data.image_size))
     # Latency first: it checks its settings, so a bad one fails before anything slow. On a copy:

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 from torch import Tensor
 
 
@@ -44,6 +46,7 @@ def validate(cfg: DictConfig) -> None:
     Raises:
         TrainInputError: naming the key, the value and what is allowed.
     """
+    _check_resolves(cfg)
     trainer = cfg.trainer
     max_epochs = trainer.get("max_epochs")
     if trainer.get("max_steps", -1) in (-1, None) and not _is_int(max_epochs, minimum=1):
@@ -55,6 +58,17 @@ def validate(cfg: DictConfig) -> None:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path not in (None, "last", "best", "hpc", "registry"):  # Lightning resolves those names itself
         check_checkpoint(ckpt_path)
+
+
+def _check_resolves(cfg: DictConfig) -> None:
+    """Every ``${...}`` of the config resolves; our resolvers check user input (e.g. an ImageNet class
+    list naming classes that are not there) and their errors are the user's, not a traceback."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as err:
+        cause = err.__cause__ or err
+        first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise TrainInputError(f"{err.full_key}: {first_line}") from None
 
 
 def check_checkpoint(path) -> None:
@@ -77,6 +91,36 @@ def check_checkpoint(path) -> None:
             f"ckpt_path={str(path)!r}: refused by torch.load(weights_only=True), not loaded: "
             f"{type(err).__name__}: {first_line}"
         ) from None
+
+
+def check_input_size(net, image_size: int) -> None:
+    """``data.image_size`` must be at least the network's total stride (``Backbone.reduction``).
+
+    Padding lets any input through (even 2 px ends as a 1x1 map), so a too-small input would train,
+    just on feature maps that are mostly padding: refused instead, with the smallest size that works.
+    """
+    try:
+        net.check_input_size(int(image_size))
+    except ValueError as err:
+        raise TrainInputError(f"data.{err}") from None
+
+
+def check_data(datamodule: L.LightningDataModule, stage: str | None) -> None:
+    """Reads the data a run needs before anything trains: a missing, empty or malformed data
+    directory, or a class list naming classes that are not there, fails here in one line instead of
+    inside ``Trainer.fit``. The splits stay loaded, so fit does not read them twice.
+
+    Args:
+        datamodule: the run's data module.
+        stage: the splits to read, as ``LightningDataModule.setup`` takes them (None: all three).
+    """
+    try:
+        if rank_zero_only.rank == 0:  # as Lightning does: one process downloads, the others wait for fit
+            datamodule.prepare_data()
+        datamodule.setup(stage)
+    except (OSError, ValueError) as err:
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TrainInputError(f"data ({type(datamodule).__name__}): {first_line}") from err
 
 
 def _check_devices(accelerator: str, devices) -> None:

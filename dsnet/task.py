@@ -32,7 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
-from dsnet.guards import TrainInputError, validate
+from dsnet.guards import TrainInputError, check_data, check_input_size, validate
 from dsnet.measure import count_macs, count_params
 from dsnet.results import write_json_atomic, write_text_atomic
 
@@ -76,9 +76,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _train(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     validate(cfg)  # settings that would fail late, train nothing or hang: refused before anything is built
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in config.yaml and the summary
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     net = instantiate(cfg.model)
+    check_input_size(net, cfg.data.image_size)
+    check_data(datamodule, None if cfg.get("test", True) else "fit")
     module = instantiate(cfg.module, net=net)
     callbacks = instantiate_group(cfg, "callbacks")
     loggers = instantiate_group(cfg, "logger")
@@ -132,7 +134,7 @@ def _summary(cfg: DictConfig, cost: dict[str, int]) -> str:
     m, d = cfg.model, cfg.data
     return (
         f"model {m.arch} conv={m.conv} width={m.width} | input {d.in_chans}x{d.image_size}x{d.image_size} "
-        f"| {cost['params'] / 1e6:.3f} M params | {cost['macs'] / 1e6:.2f} M MACs per image"
+        f"| {cost['params'] / 1e6:.3f} M params | {cost['macs'] / 1e6:.2f} M MACs per image | seed {cfg.seed}"
     )
 
 

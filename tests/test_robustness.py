@@ -254,11 +254,65 @@ def test_guard_rejects_a_bad_interval():
         NonFiniteLossGuard(every_n_steps=0)
 
 
-def test_train_without_cifar10_files_offline_names_the_missing_directory(tmp_path):
-    # Not TINY: its data.num_train etc. are synthetic-only keys.
-    proc = run_entry("train.py", "data=cifar10", "data.download=false", "data.image_size=16", "model.width=0.25",
-                     "trainer.max_epochs=1", "trainer.accelerator=cpu", run_dir=tmp_path)
-    assert proc.returncode != 0
-    missing = f"not found in {tmp_path}/data/cifar-10-batches-py"
-    assert any(line.startswith("FileNotFoundError:") and missing in line for line in error_lines(proc)), proc.stderr
+def write_bad_data(kind: str, data_dir: Path) -> None:
+    """Data directories in the wrong state, as users get them wrong."""
+    if kind == "cifar_empty":
+        (data_dir / "cifar-10-batches-py").mkdir(parents=True)
+    elif kind == "cifar_garbage":  # every file there, none a CIFAR batch
+        folder = data_dir / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            (folder / name).write_bytes(b"not a pickle")
+    elif kind == "fashion_garbage":  # the idx names, but not gzip files
+        data_dir.mkdir(parents=True)
+        for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                     "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+            (data_dir / name).write_bytes(b"garbage")
+    elif kind == "imagenet_two_classes":
+        from PIL import Image
+        for split, cls in (("train", "a"), ("train", "b"), ("val", "a"), ("val", "b")):
+            (data_dir / "imagenet" / split / cls).mkdir(parents=True)
+            Image.new("RGB", (40, 40)).save(data_dir / "imagenet" / split / cls / "0.png")
+
+
+SMALL_REAL = ("data.image_size=16", "model.width=0.25", "trainer.max_epochs=1", "trainer.accelerator=cpu")
+# (overrides, data to write first, what the one line "train.py: error: ..." must contain)
+BAD_RUN_INPUT = [
+    ((*TINY, "data.image_size=8"), None, "data.image_size=8 is too small for this MobileNetV1, which downsamples by 16: use at least 16"),
+    ((*TINY, "model=mobilenet_v2", "data.image_size=24", "model.small_input=false"), None,
+     "data.image_size=24 is too small for this MobileNetV2, which downsamples by 32"),
+    ((*TINY, "trainer.max_epochs=0"), None, "trainer.max_epochs=0 must be an integer >= 1"),
+    ((*TINY, "trainer.devices=64"), None, "trainer.devices=64 but this machine has"),
+    ((*TINY, "optim.optimizer.lr=abc"), None, "optim.optimizer.lr='abc' must be a finite number > 0"),
+    (("data=cifar10", "data.download=false", *SMALL_REAL), None, "cifar-10-batches-py; put the extracted"),
+    (("data=cifar10", "data.download=false", *SMALL_REAL), "cifar_empty", "not found in"),
+    (("data=cifar10", "data.download=false", *SMALL_REAL), "cifar_garbage", "data_batch_1 is not a CIFAR python batch"),
+    (("data=fashion_mnist", "data.download=false", "data.data_dir=${paths.data_dir}", *SMALL_REAL), "fashion_garbage",
+     "is not a valid gzip file"),
+    (("data=imagenet_subset", "data.classes=[a,zzz]", "data.num_workers=0", *SMALL_REAL), "imagenet_two_classes",
+     "classes ['zzz'] not found in"),
+]
+
+
+@pytest.mark.parametrize("overrides,bad_data,expected", BAD_RUN_INPUT,
+                         ids=[f"{bad or ''} {' '.join(o[-5:] if o[0].startswith('data=s') else o[:2])}"
+                              for o, bad, _ in BAD_RUN_INPUT])
+def test_train_refuses_bad_input_in_one_line_before_training(overrides, bad_data, expected, tmp_path):
+    if bad_data:
+        write_bad_data(bad_data, tmp_path / "data")
+    proc = run_entry("train.py", *overrides, run_dir=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = error_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and expected in lines[0], proc.stderr
+    assert "Epoch 0" not in proc.stdout  # refused before training started
+    assert_nothing_written(tmp_path)
+
+
+def test_eval_refuses_an_input_too_small_for_the_network(tmp_path):
+    proc = run_entry("eval.py", "model=dsconv", "data=synthetic", "data.image_size=8", run_dir=tmp_path)
+    assert proc.returncode == 1
+    assert error_lines(proc) == [
+        "eval.py: error: data.image_size=8 is too small for this MobileNetV1, which downsamples by 16: use at least 16"
+    ], proc.stderr
     assert_nothing_written(tmp_path)

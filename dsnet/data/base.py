@@ -227,6 +227,13 @@ class ImageDataModule(L.LightningDataModule):
             return source.memory(indices)
         return source.per_sample(indices, self._transform(train))
 
+    def __getstate__(self) -> dict:
+        # Spawned DDP processes receive this module pickled: without the splits this process has
+        # read (each process reads its own in setup, as it would have anyway).
+        state = self.__dict__.copy()
+        state["_datasets"], state["_augment"] = {}, None
+        return state
+
     # --- loaders --------------------------------------------------------------------------------
 
     def _replicas(self) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -17,6 +18,24 @@ class Backbone(nn.Module):
     stem: nn.Module
     features: nn.Module
     head: nn.Module
+
+    @property
+    def reduction(self) -> int:
+        """Total stride from the input to the last feature map (timm's ``feature_info`` "reduction").
+
+        The smallest sensible input side: below it the last layers would see a map that is mostly
+        zero padding. Every downsampling step of these backbones is a strided convolution.
+        """
+        convs = (m for part in (self.stem, self.features) for m in part.modules() if isinstance(m, nn.Conv2d))
+        return math.prod(conv.stride[0] for conv in convs)
+
+    def check_input_size(self, image_size: int) -> None:
+        """Raises a ValueError naming ``image_size`` when it is below :attr:`reduction`."""
+        if image_size < self.reduction:
+            raise ValueError(
+                f"image_size={image_size} is too small for this {type(self).__name__}, which downsamples by "
+                f"{self.reduction}: use at least {self.reduction}"
+            )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(self.stem(x))
