@@ -17,6 +17,7 @@ one after the batch, so ``train.py -m`` exits non-zero, with every job's outcome
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -57,6 +59,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         a sweep leaves a record in each failed job's directory.
     """
     run_dir = Path(cfg.paths.output_dir)
+    if cfg.get("skip_finished", True) and (metrics := finished_metrics(cfg, run_dir)) is not None:
+        log.info("skipped: %s already holds this run, finished (metrics.json); test/acc %s",
+                 run_dir, metrics.get("test/acc"))
+        return metrics, {"cfg": cfg}
     try:
         return _train(cfg, run_dir)
     except SIGTERMException as err:
@@ -119,6 +125,25 @@ def _train(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, An
     objects = dict(cfg=cfg, datamodule=datamodule, net=net, module=module, trainer=trainer,
                    callbacks=callbacks, loggers=loggers)
     return metrics, objects
+
+
+def finished_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The ``metrics.json`` of a finished run of this very config in ``run_dir``, else None.
+
+    This is what lets an interrupted multirun be re-run into the same ``hydra.sweep.dir``: jobs that
+    finished are skipped, the others run (and with ``ckpt_path=last`` continue from their last
+    checkpoint). "This very config" is the resolved config saved beside the metrics, ``ckpt_path``
+    aside; a run directory holding another config's result (say, fewer epochs) trains again.
+    """
+    metrics_file, config_file = run_dir / "metrics.json", run_dir / "config.yaml"
+    if not (metrics_file.is_file() and config_file.is_file()):
+        return None
+    ignored = ("ckpt_path",)
+    saved = yaml.safe_load(config_file.read_text())
+    current = OmegaConf.to_container(cfg, resolve=True)
+    if {k: v for k, v in saved.items() if k not in ignored} != {k: v for k, v in current.items() if k not in ignored}:
+        return None
+    return json.loads(metrics_file.read_text())
 
 
 def model_cost(net, data_cfg: DictConfig) -> dict[str, int]:
