@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import lightning as L
@@ -23,6 +24,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from torch import Tensor
+
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
 
 
 class TrainInputError(ValueError):
@@ -55,6 +59,9 @@ def validate(cfg: DictConfig) -> None:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise TrainInputError(f"optim.optimizer.lr={lr!r} must be a finite number > 0")
     _check_devices(trainer.get("accelerator", "auto"), trainer.get("devices", 1))
+    precision = cfg.get("float32_matmul_precision", "highest")
+    if precision not in MATMUL_PRECISIONS:
+        raise TrainInputError(f"float32_matmul_precision={precision!r} must be one of {', '.join(MATMUL_PRECISIONS)}")
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path not in (None, "last", "best", "hpc", "registry"):  # Lightning resolves those names itself
         check_checkpoint(ckpt_path)
@@ -66,9 +73,10 @@ def _check_resolves(cfg: DictConfig) -> None:
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except InterpolationResolutionError as err:
-        cause = err.__cause__ or err
-        first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        raise TrainInputError(f"{err.full_key}: {first_line}") from None
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        # OmegaConf prefixes the resolver's own message with "ValueError raised while resolving ...".
+        message = re.sub(r"^\w+ raised while resolving interpolation: ", "", first_line)
+        raise TrainInputError(f"{err.full_key}: {message}") from None
 
 
 def check_checkpoint(path) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
@@ -82,6 +83,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _train(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     validate(cfg)  # settings that would fail late, train nothing or hang: refused before anything is built
+    torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "highest"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in config.yaml and the summary
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     net = instantiate(cfg.model)
@@ -104,7 +106,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, An
     fit_metrics = dict(trainer.callback_metrics)  # test() replaces callback_metrics
     if cfg.get("test", True):
         _sync_csv_columns(trainer.loggers)
-        trainer.test(module, datamodule=datamodule, ckpt_path=_best_checkpoint(trainer), weights_only=True)
+        load_best_weights(module, _best_checkpoint(trainer))
+        trainer.test(module, datamodule=datamodule, ckpt_path=None)
 
     logged = {**fit_metrics, **trainer.callback_metrics}
     metrics = {key: _number(logged.get(key)) for key in LOGGED_KEYS}
@@ -178,6 +181,18 @@ def instantiate_group(cfg: DictConfig, group: str) -> list:
             raise ValueError(f"{group}.{key} must be a config with a _target_, or null to switch it off; got {node!r}")
         objects.append(instantiate(node))
     return objects
+
+
+def load_best_weights(module: L.LightningModule, ckpt_path: str | None) -> None:
+    """Loads the best checkpoint's ``state_dict`` into ``module`` for the test (nothing when None).
+
+    Not ``trainer.test(ckpt_path=...)``: with weight averaging on (``callbacks=ema``), Lightning's
+    ``EMAWeightAveraging`` reacts to that load by putting the raw weights back, so the test would
+    measure the raw network while the checkpoint (and ``eval.py``) hold the averaged one.
+    """
+    if ckpt_path is not None:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state, strict=True)
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str | None:

@@ -247,3 +247,14 @@ def test_config_without_standard_twin_gives_empty_theory_table(tmp_path):
     assert sorted(summary.files) == sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "layer_shares.csv", "layer_shares.md", "results.csv", "results.md", "runs.csv",
         "theory_vs_measurement.csv", "theory_vs_measurement.md"]
+
+
+def test_report_states_the_latency_batch_size_and_flags_runs_timed_under_load(tmp_path):
+    for name, contention in (("quiet", 0.01), ("busy", 0.46), ("unknown", None)):
+        d = _run_dir(tmp_path / "runs" / name)
+        write_results(d / "results.json", record_dict(top1=None, latency_batch_size=8, cpu_contention=contention,
+                                                      seed=len(name)))
+    build_report([tmp_path / "runs"], tmp_path / "out")
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "latency is the median at batch size 8, measured on" in md
+    assert "**1 of 3 runs were timed while other processes used more than 5% of the CPUs (up to 46%;" in md

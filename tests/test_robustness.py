@@ -130,7 +130,6 @@ BAD_TRAIN_INPUT = [
     (("model.conv=nope",), ["'nope'", "dsconv"]),
     (("model.width=abc",), ["width=", "abc"]),
     (("model.width=0",), ["width=0"]),
-    (("data.image_size=0",), ["image_size", "0"]),
     (("data.batch_size=0",), ["batch_size", "0"]),
     (("model=group", "model.groups=3"), ["groups=3", "features.0"]),
 ]
@@ -281,6 +280,8 @@ BAD_RUN_INPUT = [
     ((*TINY, "data.image_size=8"), None, "data.image_size=8 is too small for this MobileNetV1, which downsamples by 16: use at least 16"),
     ((*TINY, "model=mobilenet_v2", "data.image_size=24", "model.small_input=false"), None,
      "data.image_size=24 is too small for this MobileNetV2, which downsamples by 32"),
+    ((*TINY, "data.image_size=0"), None, "model.small_input: image_size=0 must be a positive integer (pixels)"),
+    ((*TINY, "data.image_size=abc"), None, "model.small_input: image_size='abc' must be a positive integer (pixels)"),
     ((*TINY, "trainer.max_epochs=0"), None, "trainer.max_epochs=0 must be an integer >= 1"),
     ((*TINY, "trainer.devices=64"), None, "trainer.devices=64 but this machine has"),
     ((*TINY, "optim.optimizer.lr=abc"), None, "optim.optimizer.lr='abc' must be a finite number > 0"),

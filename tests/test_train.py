@@ -154,6 +154,10 @@ def test_ema_validates_and_checkpoints_the_averaged_weights(train_cfg, tmp_path)
     weight = next(k for k in averaged if k.endswith("weight") and averaged[k].ndim == 4)
     assert not torch.equal(averaged[weight], raw[weight])
     assert metrics["test/acc"] is not None
+    # The test measured the averaged weights of the best checkpoint, as eval.py does, not the raw ones.
+    best = torch.load(objects["trainer"].checkpoint_callback.best_model_path, weights_only=True, map_location="cpu")
+    tested = objects["module"].state_dict()
+    assert all(torch.equal(tested[k], best["state_dict"][k]) for k in best["state_dict"])
 
 
 def test_failure_leaves_error_txt_and_raises(train_cfg, tmp_path):

@@ -108,7 +108,7 @@ def write_markdown(out: Path, runs: Sequence[Run], rows: Sequence[dict[str, Any]
     results_md = (
         f"# dsnet report\n\n{len(runs)} runs in {len(rows)} configurations. Top-1 is the mean "
         "over seeds ± sample std (n runs); params and MACs count one image, forward; latency is "
-        f"the median at batch size 1, measured on {'; '.join(devices)}.\n\n"
+        f"the median at {_batch_sizes(runs)}, measured on {'; '.join(devices)}.{_contention_note(runs)}\n\n"
         + ("![accuracy against cost](tradeoff.png)\n\n" if "tradeoff.png" in plots else
            "No run has top-1, so there are no plots.\n\n")
         + "## Results\n\n" + _results_md(rows) + "\n" + theory_md + "\n" + shares_md
@@ -118,3 +118,22 @@ def write_markdown(out: Path, runs: Sequence[Run], rows: Sequence[dict[str, Any]
     for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8")
     return list(files)
+
+
+CONTENTION_LIMIT = 0.05  # share of all CPUs other processes may use while a run is timed
+
+
+def _batch_sizes(runs: Sequence[Run]) -> str:
+    sizes = sorted({r.record.latency_batch_size for r in runs})
+    return "batch size " + " / ".join(map(str, sizes or [1]))
+
+
+def _contention_note(runs: Sequence[Run]) -> str:
+    """A warning when some latencies were timed while other processes used the CPUs."""
+    busy = [r.record.cpu_contention for r in runs if (r.record.cpu_contention or 0.0) > CONTENTION_LIMIT]
+    if not busy:
+        return ""
+    worst = max(busy)
+    return (f" **{len(busy)} of {len(runs)} runs were timed while other processes used more than "
+            f"{CONTENTION_LIMIT:.0%} of the CPUs (up to {worst:.0%}; `cpu_contention` in runs.csv): "
+            "their latencies are upper bounds, and ratios between them are unreliable.**")
