@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,7 +204,19 @@ def _check_latency_args(device: str, precision: str, batch_size: int, throughput
             raise ValueError(f"{name}={value!r} must be a positive integer")
 
 
+MIN_BLOCKS = 10  # timed blocks per measurement at least, so that p50, p90 and IQR describe a spread
+WARMUP_S = 0.2  # warm-up: at least 3 calls and this long (allocator, oneDNN/cuDNN kernels, compilation)
+
+
 def _time_forward(model, x, device, precision, num_threads, min_run_time) -> benchmark.Measurement:
+    """Times ``model(x)`` in blocks of equal size: at least ``MIN_BLOCKS`` blocks and ``min_run_time`` s.
+
+    ``Timer.blocked_autorange`` sizes its blocks from a single probe and stops at ``min_run_time``,
+    so a slow model (or one disturbed probe) can end with one huge block: a median of one and an IQR
+    of 0. Here the block size comes from the warm-up's mean call time, aiming at ``MIN_BLOCKS``
+    blocks within ``min_run_time``; a call longer than that is timed alone, ``MIN_BLOCKS`` times. If
+    the machine slows down mid-way, timing stops at twice the expected time, with fewer blocks.
+    """
     dtype = PRECISIONS[precision]
     autocast = torch.autocast(device.split(":")[0], dtype=dtype) if dtype else contextlib.nullcontext()
 
@@ -211,11 +224,21 @@ def _time_forward(model, x, device, precision, num_threads, min_run_time) -> ben
         with torch.inference_mode(), autocast:
             return model(x)
 
-    for _ in range(3):  # warm-up: allocator, cuDNN autotuning and compilation stay out of the timing
-        forward()
     # Timer synchronises CUDA around each timed block; on CPU it pins the thread count.
     timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=num_threads)
-    return timer.blocked_autorange(min_run_time=min_run_time)
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < WARMUP_S:
+        timer.timeit(1)
+        calls += 1
+    call_s = (time.perf_counter() - start) / calls
+    number = max(1, int(min_run_time / MIN_BLOCKS / call_s))
+    # A cap for when the machine turns slow mid-way (other processes): twice the expected time.
+    max_run_time = 2 * max(min_run_time, MIN_BLOCKS * number * call_s)
+    raw_times: list[float] = []  # seconds per block of `number` calls
+    while (len(raw_times) < MIN_BLOCKS or sum(raw_times) < min_run_time) and sum(raw_times) < max_run_time:
+        block = timer.timeit(number)
+        raw_times += block.raw_times
+    return benchmark.Measurement(number_per_run=number, raw_times=raw_times, task_spec=block.task_spec)
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -238,8 +261,9 @@ def measure_latency(
     """Inference latency at ``batch_size`` and throughput at ``throughput_batch_size``.
 
     Runs in ``eval()`` and ``inference_mode()`` with fixed shapes; warm-up calls are excluded and
-    ``torch.utils.benchmark`` synchronises CUDA and repeats until ``min_run_time`` seconds are spent.
-    Percentiles are over the timed blocks (each the mean of several calls).
+    ``torch.utils.benchmark`` synchronises CUDA; timing repeats until ``min_run_time`` seconds are
+    spent and at least ``MIN_BLOCKS`` blocks are timed. Percentiles are over the timed blocks (each
+    the mean of the same number of calls).
 
     Returns:
         ``latency_ms_p50``, ``latency_ms_p90``, ``latency_ms_iqr``, ``throughput_img_s`` and the

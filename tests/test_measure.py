@@ -6,6 +6,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dsnet.measure import (
+    MIN_BLOCKS,
     count_macs,
     count_params,
     count_train_macs,
@@ -119,13 +120,24 @@ def test_bad_input_size_is_rejected():
 
 def test_latency_reports_percentiles_throughput_and_environment():
     model = create_model("mobilenet_v1", width=0.25, num_classes=10, small_input=True)
-    result = measure_latency(model, (3, 32, 32), min_run_time=0.05, throughput_batch_size=8)
+    # One thread: two threads on a machine whose other core is busy take seconds per call.
+    result = measure_latency(model, (3, 32, 32), min_run_time=0.05, throughput_batch_size=8, num_threads=1)
     assert 0 < result["latency_ms_p50"] <= result["latency_ms_p90"]
     assert result["latency_ms_iqr"] >= 0
     assert result["throughput_img_s"] > 0
-    assert result["device"] == "cpu" and result["precision"] == "fp32"
-    assert result["num_threads"] == torch.get_num_threads()
+    assert result["device"] == "cpu" and result["precision"] == "fp32" and result["num_threads"] == 1
     assert model.training  # restored
+    tiny = measure_latency(nn.Linear(4, 2), (1, 1, 4), min_run_time=0.01, throughput_batch_size=2)
+    assert tiny["num_threads"] == torch.get_num_threads()  # the default: torch's setting
+
+
+def test_latency_times_at_least_min_blocks_equal_blocks_even_for_a_slow_model():
+    # 0.05 s of timing for a model that takes longer than that per call: still MIN_BLOCKS blocks,
+    # so p50/p90/IQR come from a spread, not from one block.
+    model = create_model("mobilenet_v1", width=0.25, num_classes=10)
+    result = measure_latency(model, (3, 224, 224), min_run_time=0.001, throughput_batch_size=2, num_threads=1)
+    assert result["latency_repeats"] == MIN_BLOCKS
+    assert result["latency_ms_iqr"] > 0 and result["latency_ms_p50"] <= result["latency_ms_p90"]
 
 
 def test_latency_channels_last_and_bf16_run_on_cpu():
