@@ -13,9 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from PIL import Image
 
 import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers)
 
@@ -36,6 +38,18 @@ TINY = (
     "trainer.accelerator=cpu",
     "trainer.log_every_n_steps=1",
 )
+
+
+def write_image_tree(root: Path, counts: dict[str, int]) -> None:
+    """ImageFolder tree root/{train,val}/<class>/ with PNG and JPEG images of varied sizes and aspects."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name, count in counts.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                size = (20 + 3 * i, 28 + 2 * i)  # (height, width): landscape, then square, then portrait
+                image = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+                image.save(root / split / name / (f"{i:03d}.JPEG" if i % 2 else f"{i:03d}.png"))
 
 
 def compose_train(*overrides: str, run_dir: Path | str, config_name: str = "train", tiny: bool = True) -> DictConfig:

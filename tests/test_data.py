@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.trainer.states import RunningStage
 from omegaconf import OmegaConf
-from PIL import Image
 from torchvision.transforms import v2
 
 from dsnet.data import (
@@ -34,6 +33,7 @@ from dsnet.data import (
     fashion_mnist,
     resolve_classes,
 )
+from conftest import write_image_tree
 from dsnet.data.datasets import make_sampler
 from dsnet.data.fashion_mnist import read_idx
 from dsnet.data.gpu_augment import BatchAugment, random_crop_flip
@@ -85,18 +85,6 @@ def write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray, label_
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         pickle.dump(entry, f, protocol=2)
-
-
-def write_image_tree(root: Path, counts: dict[str, int]) -> None:
-    """ImageFolder tree root/{train,val}/<class>/ with PNG and JPEG images of varied sizes."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for name, count in counts.items():
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                size = (20 + 3 * i, 28 + 2 * i)
-                image = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
-                image.save(root / split / name / (f"{i:03d}.JPEG" if i % 2 else f"{i:03d}.png"))
 
 
 def synthetic(**kwargs) -> SyntheticDataModule:

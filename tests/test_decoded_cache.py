@@ -19,9 +19,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from PIL import Image
 
 import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers of the data config)
+from conftest import write_image_tree
 from dsnet.data import ImageNetSubsetDataModule, load_or_build
 from dsnet.data.decoded_cache import cache_key
 from dsnet.data.imagenet_subset import list_images, resolve_classes
@@ -29,18 +29,6 @@ from dsnet.data.imagenet_subset import list_images, resolve_classes
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 CACHE_LOGGER = "dsnet.data.decoded_cache"
-
-
-def write_image_tree(root: Path, counts: dict[str, int]) -> None:
-    """ImageFolder tree root/{train,val}/<class>/ with PNG and JPEG images of varied sizes and aspects."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for name, count in counts.items():
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                size = (20 + 3 * i, 28 + 2 * i)  # (height, width): landscape, then square, then portrait
-                image = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
-                image.save(root / split / name / (f"{i:03d}.JPEG" if i % 2 else f"{i:03d}.png"))
 
 
 @pytest.fixture

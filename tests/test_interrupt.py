@@ -22,7 +22,7 @@ import torch
 
 from conftest import ROOT, TINY, run_cli
 
-EPOCHS = 3
+EPOCHS = 2
 RUN = (
     "data=synthetic",
     "data.image_size=32",
