@@ -27,7 +27,7 @@ Then the medians over rounds of the per-round ratio dsnet/plain (target <= 1.05)
 overhead per step, (t_dsnet - t_plain) / steps (target <= 1 ms), from each of the three clocks.
 
 The overhead is a few ms at most, so to see it clearly shrink the math, not the loop, e.g.
-``data=synthetic data.image_size=8 data.batch_size=32 data.num_train=8192 data.val_size=256``.
+``data=synthetic data.image_size=16 data.batch_size=32 data.num_train=8192 data.val_size=256``.
 """
 
 from __future__ import annotations
