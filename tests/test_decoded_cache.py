@@ -214,3 +214,13 @@ def test_bench_data_compares_jpeg_decoding_with_the_cache_on_a_synthetic_tree(tm
     per_round = [c / t for c, t in zip(rates["cache"], rates["torchvision"])]
     assert raw["ratio_cache_over_torchvision"] == pytest.approx(per_round)
     assert float(ratios["cache/torchvision"]) == pytest.approx(sum(per_round) / 2, abs=0.051)
+
+
+def test_prepare_data_builds_both_caches_so_setup_only_maps_them(tree, tmp_path, caplog):
+    dm = ImageNetSubsetDataModule(tree, image_size=16, batch_size=4, loader="memory", num_workers=0,
+                                  val_size=3, cache_dir=tmp_path / "cache")
+    dm.prepare_data()
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2  # train/ and val/
+    with caplog.at_level(logging.INFO, logger=CACHE_LOGGER):
+        dm.setup()
+    assert caplog.text.count("(reused, built") == 2 and "(built:" not in caplog.text

@@ -215,6 +215,17 @@ class ImageNetSubsetDataModule(ImageDataModule):
         # Crops are cut inside the decoded image here, so no padding unless asked for.
         return self.crop_padding or 0
 
+    def prepare_data(self) -> None:
+        """Builds the decoded caches (``loader="memory"`` with a ``cache_dir``) in one process.
+
+        Lightning calls this on one process per node before any ``setup``, so DDP ranks map the
+        finished caches instead of each decoding the same files.
+        """
+        if self.loader == "memory" and self.cache_dir is not None:
+            for train in (True, False):
+                source = self._source(train)
+                load_or_build(source.samples, source.stored_size, self.cache_dir, num_workers=self.num_workers)
+
     def _source(self, train: bool) -> FolderSource:
         split_dir = self.data_dir / ("train" if train else "val")
         samples = list_images(split_dir, self.classes, self.max_per_class if train else None)
