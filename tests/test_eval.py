@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, compose_train
+from conftest import ROOT, TINY, compose_train
 
 from dsnet.evaluate import EvalInputError, evaluate, time_network
 from dsnet.measure import count_macs, count_params, count_train_macs, macs_breakdown
@@ -218,4 +218,27 @@ def test_cli_bad_checkpoint_exits_nonzero_with_one_line(tmp_path):
     proc = run_cli(f"ckpt_path={missing}", *FAST_LATENCY, f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode != 0
     assert proc.stderr.strip() == f"eval.py: error: ckpt_path='{missing}': no such file ({missing})"
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def _other_architecture(path: Path, trained_run) -> None:
+    other = create_model("mobilenet_v1", conv="standard", width=0.25, num_classes=10, in_chans=3, small_input=True)
+    torch.save({"state_dict": {"net." + k: v for k, v in other.state_dict().items()}}, path)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda path, run: _truncated(path, run[2]), "not a readable PyTorch checkpoint (truncated or another format?)"),
+    (lambda path, run: path.write_text("epoch,acc\n0,0.5\n"), "not a readable PyTorch checkpoint"),
+    (_other_architecture, "does not fit the MobileNetV1 of its training config: missing ("),
+], ids=["truncated", "not a checkpoint", "another architecture"])
+def test_cli_unusable_checkpoint_exits_1_with_one_line_and_writes_nothing(trained_run, tmp_path, make, message):
+    path = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    shutil.copy(trained_run[0] / "config.yaml", tmp_path / "train" / "config.yaml")
+    make(path, trained_run)
+    data = [o for o in TINY if o.startswith("data")]  # the data the trained run's network was built for
+    proc = run_cli(f"ckpt_path={path}", *data, *FAST_LATENCY, f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"eval.py: error: {path}: ") and message in lines[0], proc.stderr
     assert not (tmp_path / "run" / "results.json").exists()
