@@ -204,17 +204,18 @@ def _check_latency_args(device: str, precision: str, batch_size: int, throughput
             raise ValueError(f"{name}={value!r} must be a positive integer")
 
 
-MIN_BLOCKS = 10  # timed blocks per measurement at least, so that p50, p90 and IQR describe a spread
+MIN_BLOCKS = 10  # timed latency blocks at least, so that p50, p90 and IQR describe a spread
+MIN_THROUGHPUT_BLOCKS = 3  # throughput reports a median only; its calls are long (a batch of 64 at 224 px)
 WARMUP_S = 0.2  # warm-up: at least 3 calls and this long (allocator, oneDNN/cuDNN kernels, compilation)
 
 
-def _time_forward(model, x, device, precision, num_threads, min_run_time) -> benchmark.Measurement:
-    """Times ``model(x)`` in blocks of equal size: at least ``MIN_BLOCKS`` blocks and ``min_run_time`` s.
+def _time_forward(model, x, device, precision, num_threads, min_run_time, min_blocks) -> benchmark.Measurement:
+    """Times ``model(x)`` in blocks of equal size: at least ``min_blocks`` blocks and ``min_run_time`` s.
 
     ``Timer.blocked_autorange`` sizes its blocks from a single probe and stops at ``min_run_time``,
     so a slow model (or one disturbed probe) can end with one huge block: a median of one and an IQR
-    of 0. Here the block size comes from the warm-up's mean call time, aiming at ``MIN_BLOCKS``
-    blocks within ``min_run_time``; a call longer than that is timed alone, ``MIN_BLOCKS`` times. If
+    of 0. Here the block size comes from the warm-up's mean call time, aiming at ``min_blocks``
+    blocks within ``min_run_time``; a call longer than that is timed alone, ``min_blocks`` times. If
     the machine slows down mid-way, timing stops at twice the expected time, with fewer blocks.
     """
     dtype = PRECISIONS[precision]
@@ -231,11 +232,11 @@ def _time_forward(model, x, device, precision, num_threads, min_run_time) -> ben
         timer.timeit(1)
         calls += 1
     call_s = (time.perf_counter() - start) / calls
-    number = max(1, int(min_run_time / MIN_BLOCKS / call_s))
+    number = max(1, int(min_run_time / min_blocks / call_s))
     # A cap for when the machine turns slow mid-way (other processes): twice the expected time.
-    max_run_time = 2 * max(min_run_time, MIN_BLOCKS * number * call_s)
+    max_run_time = 2 * max(min_run_time, min_blocks * number * call_s)
     raw_times: list[float] = []  # seconds per block of `number` calls
-    while (len(raw_times) < MIN_BLOCKS or sum(raw_times) < min_run_time) and sum(raw_times) < max_run_time:
+    while (len(raw_times) < min_blocks or sum(raw_times) < min_run_time) and sum(raw_times) < max_run_time:
         block = timer.timeit(number)
         raw_times += block.raw_times
     return benchmark.Measurement(number_per_run=number, raw_times=raw_times, task_spec=block.task_spec)
@@ -262,8 +263,8 @@ def measure_latency(
 
     Runs in ``eval()`` and ``inference_mode()`` with fixed shapes; warm-up calls are excluded and
     ``torch.utils.benchmark`` synchronises CUDA; timing repeats until ``min_run_time`` seconds are
-    spent and at least ``MIN_BLOCKS`` blocks are timed. Percentiles are over the timed blocks (each
-    the mean of the same number of calls).
+    spent and at least ``MIN_BLOCKS`` latency blocks (``MIN_THROUGHPUT_BLOCKS`` throughput blocks)
+    are timed. Percentiles are over the timed blocks (each the mean of the same number of calls).
 
     Returns:
         ``latency_ms_p50``, ``latency_ms_p90``, ``latency_ms_iqr``, ``throughput_img_s`` and the
@@ -278,12 +279,12 @@ def measure_latency(
     try:
         latency = _time_forward(
             runner, torch.randn(batch_size, *input_size, device=device).to(memory_format=memory_format),
-            device, precision, num_threads, min_run_time,
+            device, precision, num_threads, min_run_time, MIN_BLOCKS,
         )
         throughput = _time_forward(
             runner,
             torch.randn(throughput_batch_size, *input_size, device=device).to(memory_format=memory_format),
-            device, precision, num_threads, min_run_time,
+            device, precision, num_threads, min_run_time, MIN_THROUGHPUT_BLOCKS,
         )
     finally:
         model.train(was_training)
