@@ -7,6 +7,7 @@ the second rank started by re-running the command line), one thread per process.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -28,18 +30,26 @@ DDP = ("trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
 TOLERANCE_PP = 1.5
 
 
-def train(run_dir: Path, *overrides: str) -> dict:
+def train(run_dir: Path, *overrides: str) -> tuple[dict, str]:
     cmd = [sys.executable, str(ROOT / "train.py"), *COMMON, "seed=1", "data.seed=${seed}",
            f"hydra.run.dir={run_dir}", *overrides]
     proc = subprocess.run(cmd, cwd=run_dir.parent, env=ENV, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((run_dir / "metrics.json").read_text())
+    return json.loads((run_dir / "metrics.json").read_text()), proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
 def test_two_processes_with_half_batches_reach_the_one_process_accuracy(tmp_path):
-    one = train(tmp_path / "one", "data.batch_size=64")
-    two = train(tmp_path / "two", "data.batch_size=32", *DDP)
+    one, _ = train(tmp_path / "one", "data.batch_size=64")
+    two, output = train(tmp_path / "two", "data.batch_size=32", *DDP)
+    # Two gloo processes, the second started by re-running the command line into the same directory.
+    assert "distributed_backend=gloo" in output
+    assert "All distributed processes registered. Starting with 2 processes" in output
+    assert (tmp_path / "two" / "train_ddp_process_1.log").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # rank 1 created no other
+    # Each process ran every step on half of each global batch: 4000 / 64 steps per epoch, as one process.
+    steps = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert steps == 2 * math.ceil(4000 / 64)
     assert one["val/acc_best"] > 0.5  # both really learned (chance is 0.1) ...
     for key in ("val/acc_best", "test/acc"):  # ... the same thing
         assert abs(two[key] - one[key]) * 100 <= TOLERANCE_PP, (key, one[key], two[key])
@@ -78,7 +88,7 @@ def wait_until(condition, timeout: float) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("victim", ["rank 1", "rank 0"])
+@pytest.mark.parametrize("victim", ["rank 1"])  # rank 0 killed: the same gloo error, seen from rank 1
 def test_a_rank_that_dies_makes_the_other_exit_instead_of_hanging(victim, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "train.py"), *DDP, "data=synthetic", "data.image_size=32", "data.num_train=8256",

@@ -149,3 +149,15 @@ def test_depth_multiplier_widens_the_depthwise_step():
     first = model.features[0]
     assert first.conv_dw.out_channels == 2 * first.conv_dw.in_channels
     assert first.conv_dw.groups == first.conv_dw.in_channels
+
+
+@pytest.mark.parametrize("arch, small_input, reduction", [
+    ("mobilenet_v1", False, 32), ("mobilenet_v1", True, 16), ("mobilenet_v2", False, 32), ("mobilenet_v2", True, 8),
+])
+def test_reduction_is_the_total_stride_and_smaller_inputs_are_refused(arch, small_input, reduction):
+    model = create_model(arch, width=0.25, num_classes=10, small_input=small_input).eval()
+    assert model.reduction == reduction
+    model.check_input_size(reduction)  # the smallest allowed: a 1x1 last feature map
+    assert model.forward_features(torch.zeros(1, 3, reduction, reduction)).shape[-2:] == (1, 1)
+    with pytest.raises(ValueError, match=rf"image_size={reduction - 1} is too small .* downsamples by {reduction}"):
+        model.check_input_size(reduction - 1)

@@ -278,8 +278,6 @@ SMALL_REAL = ("data.image_size=16", "model.width=0.25", "trainer.max_epochs=1", 
 # (overrides, data to write first, what the one line "train.py: error: ..." must contain)
 BAD_RUN_INPUT = [
     ((*TINY, "data.image_size=8"), None, "data.image_size=8 is too small for this MobileNetV1, which downsamples by 16: use at least 16"),
-    ((*TINY, "model=mobilenet_v2", "data.image_size=24", "model.small_input=false"), None,
-     "data.image_size=24 is too small for this MobileNetV2, which downsamples by 32"),
     ((*TINY, "data.image_size=0"), None, "model.small_input: image_size=0 must be a positive integer (pixels)"),
     ((*TINY, "data.image_size=abc"), None, "model.small_input: image_size='abc' must be a positive integer (pixels)"),
     ((*TINY, "trainer.max_epochs=0"), None, "trainer.max_epochs=0 must be an integer >= 1"),

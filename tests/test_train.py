@@ -212,20 +212,6 @@ DDP = ("trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(tmp_path):
-    result = run_cli(*TINY, *DDP, "hydra.run.dir=run", cwd=tmp_path)
-    cli_ok(result)
-    assert "distributed_backend=gloo" in result.stdout + result.stderr
-    assert "All distributed processes registered. Starting with 2 processes" in result.stdout + result.stderr
-    run = tmp_path / "run"
-    # Each rank trains on half the images: half the steps per epoch.
-    assert ckpt_step(run / "checkpoints" / "last.ckpt") == math.ceil(TRAIN_IMAGES / 2 / 32)
-    assert read_metrics(run)["test/acc"] is not None
-    assert (run / "train_ddp_process_1.log").is_file()  # rank 1 ran in the same run directory
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # and created no other
-
-
-@pytest.mark.slow
 def test_ddp_jobs_inside_a_multirun(tmp_path):
     # One job: the multirun path (spawned ranks, metrics read back in the job's process) is the
     # same for every job, and each costs two process start-ups.
