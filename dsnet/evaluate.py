@@ -39,6 +39,7 @@ from rich.table import Table
 from torch import nn
 
 import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
+from dsnet.guards import first_line
 from dsnet.measure import measure_latency, model_cost
 from dsnet.results import ResultsRecord, write_results
 
@@ -174,10 +175,9 @@ def read_net_state(ckpt: Path) -> dict[str, torch.Tensor]:
         # Any exception: on a garbage file the weights-only unpickler fails with whatever its stack
         # machine hits (IndexError, KeyError, UnpicklingError, ...), a truncated zip with RuntimeError.
         # Its messages run over many lines; the first one says it.
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise EvalInputError(
             f"{ckpt}: not a readable PyTorch checkpoint (truncated or another format?): "
-            f"{type(err).__name__}: {first_line}"
+            f"{type(err).__name__}: {first_line(err)}"
         ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         found = sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__

@@ -67,15 +67,20 @@ def validate(cfg: DictConfig) -> None:
         check_checkpoint(ckpt_path)
 
 
+def first_line(err: BaseException, default: str = "") -> str:
+    """The first line of an exception's message (``default`` when it has none): errors from torch's
+    unpickler, OmegaConf and file readers run over many lines, and ours are one line."""
+    return (str(err).strip().splitlines() or [default])[0]
+
+
 def _check_resolves(cfg: DictConfig) -> None:
     """Every ``${...}`` of the config resolves; our resolvers check user input (e.g. an ImageNet class
     list naming classes that are not there) and their errors are the user's, not a traceback."""
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except InterpolationResolutionError as err:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         # OmegaConf prefixes the resolver's own message with "ValueError raised while resolving ...".
-        message = re.sub(r"^\w+ raised while resolving interpolation: ", "", first_line)
+        message = re.sub(r"^\w+ raised while resolving interpolation: ", "", first_line(err, type(err).__name__))
         raise TrainInputError(f"{err.full_key}: {message}") from None
 
 
@@ -94,10 +99,9 @@ def check_checkpoint(path) -> None:
     try:
         torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001  (the unpickler raises many types; all mean "refused")
-        first_line = (str(err).strip().splitlines() or [""])[0]
         raise TrainInputError(
             f"ckpt_path={str(path)!r}: refused by torch.load(weights_only=True), not loaded: "
-            f"{type(err).__name__}: {first_line}"
+            f"{type(err).__name__}: {first_line(err)}"
         ) from None
 
 
@@ -127,8 +131,7 @@ def check_data(datamodule: L.LightningDataModule, stage: str | None) -> None:
             datamodule.prepare_data()
         datamodule.setup(stage)
     except (OSError, ValueError) as err:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise TrainInputError(f"data ({type(datamodule).__name__}): {first_line}") from err
+        raise TrainInputError(f"data ({type(datamodule).__name__}): {first_line(err, type(err).__name__)}") from err
 
 
 def _check_devices(accelerator: str, devices) -> None:
