@@ -171,6 +171,7 @@ def test_train_rejects_zero_learning_rate(tmp_path):
         (("optim.optimizer.lr=0",), r"optim.optimizer.lr=0 must be a finite number > 0"),
         (("optim.optimizer.lr=-0.1",), r"optim.optimizer.lr=-0.1 must be"),
         (("trainer.accelerator=cpu", "trainer.devices=64"), r"trainer.devices=64 but this machine has \d+ CPU cores"),
+        (("float32_matmul_precision=low",), r"float32_matmul_precision='low' must be one of highest, high, medium"),
     ],
 )
 def test_validate_names_the_key_and_value(overrides, match, tmp_path):
