@@ -1,23 +1,19 @@
 """Evaluate a backbone: ``python eval.py [ckpt_path=...] [overrides]``; see configs/eval.yaml."""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers before Hydra composes)
-from dsnet.evaluate import EvalInputError, evaluate
+from dsnet.cli import one_line_errors, run
+from dsnet.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    try:
+    with one_line_errors("eval.py"):
         results, _ = evaluate(cfg)
-    except EvalInputError as err:
-        # A bad checkpoint or data override is the user's to fix: one line, no traceback.
-        sys.exit(f"eval.py: error: {err}")
     return results["top1"]
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "eval.py")  # a user error: one line "eval.py: error: ...", exit status 1

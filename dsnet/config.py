@@ -56,6 +56,14 @@ def ddp_start_method() -> str:
     return "spawn"
 
 
+def in_multirun() -> bool:
+    """True inside a job of ``python train.py -m ...`` (a Hydra multirun)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def register_resolvers() -> None:
     """Registers the ``dsnet.*`` resolvers (again: replacing them is harmless)."""
     OmegaConf.register_new_resolver("dsnet.small_input", small_input, replace=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from rich.table import Table
 from torch import nn
 
 import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
-from dsnet.guards import first_line
+from dsnet.guards import InputError, first_line
 from dsnet.measure import measure_latency, model_cost
 from dsnet.results import ResultsRecord, write_results
 
@@ -50,7 +51,7 @@ TRAIN_CONFIGS = ("config.yaml", ".hydra/config.yaml")  # resolved (task.train) f
 SHAPE_KEYS = ("num_classes", "in_chans", "image_size")  # what the data must share with the trained net
 
 
-class EvalInputError(ValueError):
+class EvalInputError(InputError):
     """A checkpoint or configuration that cannot be evaluated; the message says which and why."""
 
 
@@ -86,7 +87,10 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     # Latency first: it checks its settings, so a bad one fails before anything slow. On a copy:
     # measure_latency leaves the net on its device and in its memory format, and the counts and the
     # test below must see the weights exactly as loaded.
-    latency = time_network(copy.deepcopy(net), input_size, **OmegaConf.to_container(cfg.latency))
+    try:
+        latency = time_network(copy.deepcopy(net), input_size, **OmegaConf.to_container(cfg.latency))
+    except ValueError as err:  # the settings' checks name the key without its group
+        raise EvalInputError(re.sub(r"^(latency\.)?", "latency.", first_line(err))) from None
     cost = model_cost(net, input_size)
     accuracy = {"top1": None, "top5": None}
     if ckpt is not None:

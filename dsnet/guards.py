@@ -20,6 +20,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException, \
+    OverrideParseException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
@@ -29,12 +32,16 @@ from torch import Tensor
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
 
 
-class TrainInputError(ValueError):
-    """A training setting or resume checkpoint that cannot work; the message names key and value.
+class InputError(ValueError):
+    """Something the user has to fix (a setting, path or file); the message names key and value.
 
-    ``train.py`` turns it into one line on stderr and exit status 1, as ``eval.py`` does for
-    ``EvalInputError``.
+    ``train.py`` and ``eval.py`` turn it into one line on stderr and exit status 1
+    (:func:`dsnet.cli.run`), as they do for every error :func:`user_error` recognises.
     """
+
+
+class TrainInputError(InputError):
+    """A training setting or resume checkpoint that cannot work."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -71,6 +78,48 @@ def first_line(err: BaseException, default: str = "") -> str:
     """The first line of an exception's message (``default`` when it has none): errors from torch's
     unpickler, OmegaConf and file readers run over many lines, and ours are one line."""
     return (str(err).strip().splitlines() or [default])[0]
+
+
+# A constructor raising one of these while Hydra instantiates its node is refusing the user's
+# settings: a bad value (ours name key and value), a missing package for a chosen option
+# (trainer.accelerator=tpu needs torch_xla; a _target_ that does not import), or Lightning's own check.
+INSTANTIATION_USER_ERRORS = (ValueError, TypeError, ImportError, MisconfigurationException)
+
+
+def user_error(err: BaseException) -> str | None:
+    """The one-line message of an error that is the user's to fix, or None for anything else (a bug).
+
+    The user's: our :class:`InputError`\s; a constructor refusing its arguments while Hydra
+    instantiates a config node (:data:`INSTANTIATION_USER_ERRORS`), reported under the node's key;
+    and Hydra's own errors about
+    the command line (an unknown config group option, a key that is not in the config, bad
+    override syntax).
+    """
+    if isinstance(err, InputError):
+        return first_line(err)
+    if isinstance(err, InstantiationException) and isinstance(err.__cause__, INSTANTIATION_USER_ERRORS):
+        return _instantiation_message(err)
+    if isinstance(err, MissingConfigException) and err.options:
+        # Hydra: "In 'train': Could not find 'data/nope'", then the options one per line.
+        return f"{first_line(err)}; the options are {', '.join(sorted(err.options))}"
+    if isinstance(err, (ConfigCompositionException, OverrideParseException)):
+        return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return None
+
+
+def _instantiation_message(err: InstantiationException) -> str:
+    """``model.width=-1 must be a positive number``: the constructor's message under its config key.
+
+    Hydra's message ends with ``full_key: <key>``, the node it was instantiating. A message that
+    starts with an argument (``width=-1 ...``) gets the key as a prefix, any other as a label
+    (``model: features.0 (16 -> 32 channels): groups=3 must divide ...``).
+    """
+    cause = first_line(err.__cause__, type(err.__cause__).__name__)
+    match = re.search(r"^full_key: (\S+)$", str(err), flags=re.MULTILINE)
+    if match is None:
+        return cause
+    key = match.group(1)
+    return f"{key}.{cause}" if re.match(r"[A-Za-z_]\w*=", cause) else f"{key}: {cause}"
 
 
 def _check_resolves(cfg: DictConfig) -> None:

@@ -11,6 +11,7 @@ papers, only convolutions and fully connected layers count (norms, activations, 
 from __future__ import annotations
 
 import contextlib
+import math
 import logging
 import os
 import platform
@@ -190,7 +191,8 @@ def environment(device: str = "cpu") -> dict:
     }
 
 
-def _check_latency_args(device: str, precision: str, batch_size: int, throughput_batch_size: int) -> None:
+def _check_latency_args(device: str, precision: str, batch_size: int, throughput_batch_size: int,
+                        num_threads: int | None, min_run_time: float) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}; expected one of {', '.join(PRECISIONS)}")
     if not (device == "cpu" or device.startswith("cuda")):
@@ -202,6 +204,10 @@ def _check_latency_args(device: str, precision: str, batch_size: int, throughput
     for name, value in (("batch_size", batch_size), ("throughput_batch_size", throughput_batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
+        raise ValueError(f"num_threads={num_threads!r} must be a positive integer, or null for all cores")
+    if isinstance(min_run_time, bool) or not isinstance(min_run_time, (int, float)) or not 0 < min_run_time < math.inf:
+        raise ValueError(f"min_run_time={min_run_time!r} must be a finite number of seconds > 0")
 
 
 MIN_BLOCKS = 10  # timed latency blocks at least, so that p50, p90 and IQR describe a spread
@@ -270,7 +276,7 @@ def measure_latency(
         ``latency_ms_p50``, ``latency_ms_p90``, ``latency_ms_iqr``, ``throughput_img_s`` and the
         settings and :func:`environment` they were measured in.
     """
-    _check_latency_args(device, precision, batch_size, throughput_batch_size)
+    _check_latency_args(device, precision, batch_size, throughput_batch_size, num_threads, min_run_time)
     num_threads = num_threads or torch.get_num_threads()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training

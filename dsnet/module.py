@@ -46,6 +46,12 @@ class ClassifierModule(L.LightningModule):
             as the MobileNet recipes do (decay on them regularises nothing, it only rescales).
         compile: ``torch.compile`` the network in place (state-dict keys stay unchanged).
         channels_last: keep weights and inputs in channels-last memory format.
+        freeze_norm_stats: batch norm normalises with its running statistics and never updates
+            them, in training too (as when fine-tuning with small per-device batches): an image's
+            output then does not depend on the other images of its batch, so DDP's split of a
+            batch over processes changes nothing (tests/test_ddp.py).
+        input_size: ``(channels, height, width)`` of one image; given, it becomes
+            ``example_input_array``, from which Lightning's model summary counts FLOPs and shapes.
     """
 
     def __init__(
@@ -59,6 +65,8 @@ class ClassifierModule(L.LightningModule):
         no_weight_decay_norm_bias: bool = True,
         compile: bool = False,
         channels_last: bool = False,
+        freeze_norm_stats: bool = False,
+        input_size: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(net, nn.Module):
@@ -70,11 +78,13 @@ class ClassifierModule(L.LightningModule):
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs={warmup_epochs!r} must be >= 0")
         # Only plain values go into the checkpoint: it must load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "input_size"])
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self._compiled = False
+        if input_size is not None:
+            self.example_input_array = torch.zeros(1, *(int(n) for n in input_size))
 
         # validate_args=False: the label check is torch.unique per update, and nan_strategy="disable":
         # the NaN check is isnan().any(); each a host-device sync per step on a GPU. Labels come from
@@ -127,6 +137,14 @@ class ClassifierModule(L.LightningModule):
         if self.trainer.fast_dev_run or (every > 0 and (self.global_step + 1) % every == 0):
             self.log("train/loss_step", loss, prog_bar=True)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning puts every layer in training mode before the epoch (and restores these modes
+        # after each validation), so batch norm is switched back to eval mode here.
+        if self.hparams.freeze_norm_stats:
+            for layer in self.net.modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
 
     def on_train_epoch_end(self) -> None:
         self.log("train/loss_epoch", self.train_loss.compute())

@@ -34,8 +34,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
-from dsnet.guards import TrainInputError, check_data, check_input_size, validate
+from dsnet.config import in_multirun  # also registers the ${dsnet.*} resolvers
+from dsnet.guards import check_data, check_input_size, user_error, validate
 from dsnet.measure import count_macs, count_params
 from dsnet.results import write_json_atomic, write_text_atomic
 
@@ -74,10 +74,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         if rank_zero_only.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_dir / "error.txt", traceback.format_exc())
-            if isinstance(err, TrainInputError):  # the user's to fix: the message says it all
-                log.error("%s", err)
-            else:
+            if (message := user_error(err)) is None:
                 log.exception("training failed; traceback in %s", run_dir / "error.txt")
+            elif in_multirun():  # the sweep goes on with the next job: say now which one failed
+                log.error("this job's settings are refused: %s", message)
+        # A user error alone becomes one line on the terminal (dsnet.cli.run).
         raise
 
 

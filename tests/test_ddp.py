@@ -1,13 +1,18 @@
-"""DDP on CPU gives the answer one process gives, and a rank that dies takes the run down with it.
+"""DDP on CPU computes what one process computes, and a rank that dies takes the run down with it.
 
 Runs ``train.py`` as a user would (``trainer=ddp trainer.devices=2 trainer.accelerator=cpu``: gloo,
 the second rank started by re-running the command line), one thread per process.
+
+The equivalence is tested where it is exact: with batch norm on its running statistics
+(``module.freeze_norm_stats=true``) no image's output depends on the rest of its batch, so 2
+processes x 32 images and 1 process x 64 images take the same gradient steps, and the weights after
+them agree to float32 rounding (summing in another order). With batch norm on batch statistics they
+agree only statistically; that comparison, with its seed-to-seed spread, is
+``scripts/ddp_equivalence.py``, not a test threshold.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import signal
 import subprocess
@@ -20,41 +25,46 @@ import torch
 
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
-from ddp_equivalence import COMMON  # noqa: E402  (the settings the published figure was measured with)
-
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 DDP = ("trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
-# scripts/ddp_equivalence.py, seeds 1-3 (docs/robustness.md): |val diff| 0.26-0.64 pp, |test diff|
-# 0.05-0.84 pp, against a seed-to-seed sd of 2.5 / 1.9 pp. Per-process batch norm is the difference.
-TOLERANCE_PP = 1.5
+# 384 training images: 6 steps of a global batch of 64; no crops or flips (each rank would draw its
+# own), no warm-up (the weights must move), batch norm frozen.
+EXACT = ("data=synthetic", "data.image_size=16", "data.num_train=448", "data.val_size=64", "data.num_test=64",
+         "data.crop_padding=0", "data.hflip_prob=0", "model.width=0.25", "module.freeze_norm_stats=true",
+         "optim.warmup_epochs=0", "trainer.max_epochs=1", "trainer.accelerator=cpu", "test=false",
+         "callbacks.model_summary=null", "seed=3")
+STEPS = 384 // 64
+# Measured: largest |difference| of any weight 3.0e-8 after 6 steps (the classifier bias, which starts
+# at 0, moved by 0.05); float32 rounding of gradient sums in another order, far below this bound.
+TOLERANCE = 1e-6
 
 
-def train(run_dir: Path, *overrides: str) -> tuple[dict, str]:
-    cmd = [sys.executable, str(ROOT / "train.py"), *COMMON, "seed=1", "data.seed=${seed}",
-           f"hydra.run.dir={run_dir}", *overrides]
-    proc = subprocess.run(cmd, cwd=run_dir.parent, env=ENV, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((run_dir / "metrics.json").read_text()), proc.stdout + proc.stderr
+def train_state(run_dir: Path, *overrides: str) -> tuple[dict, str]:
+    """``train.py`` with ``overrides``; the last checkpoint and what the terminal showed."""
+    cmd = [sys.executable, str(ROOT / "train.py"), *EXACT, f"hydra.run.dir={run_dir}", *overrides]
+    proc = subprocess.run(cmd, cwd=run_dir.parent, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True), proc.stdout
 
 
 @pytest.mark.slow
-def test_two_processes_with_half_batches_reach_the_one_process_accuracy(tmp_path):
-    one, _ = train(tmp_path / "one", "data.batch_size=64")
-    two, output = train(tmp_path / "two", "data.batch_size=32", *DDP)
+def test_two_processes_of_32_images_take_the_steps_of_one_process_of_64(tmp_path):
+    one, _ = train_state(tmp_path / "one", "data.batch_size=64")
+    two, output = train_state(tmp_path / "two", "data.batch_size=32", *DDP)
     # Two gloo processes, the second started by re-running the command line into the same directory.
     assert "distributed_backend=gloo" in output
     assert "All distributed processes registered. Starting with 2 processes" in output
     assert (tmp_path / "two" / "train_ddp_process_1.log").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # rank 1 created no other
-    # Each process ran every step on half of each global batch: 4000 / 64 steps per epoch, as one process.
-    steps = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert steps == 2 * math.ceil(4000 / 64)
-    assert one["val/acc_best"] > 0.5  # both really learned (chance is 0.1) ...
-    for key in ("val/acc_best", "test/acc"):  # ... the same thing
-        assert abs(two[key] - one[key]) * 100 <= TOLERANCE_PP, (key, one[key], two[key])
-    # Each process saw half of every global batch: the same number of optimizer steps as one process.
-    assert two["epochs"] == one["epochs"] == 2
+    assert one["global_step"] == two["global_step"] == STEPS
+    weights, other = one["state_dict"], two["state_dict"]
+    assert weights.keys() == other.keys()
+    assert weights["net.head.fc.bias"].abs().max() > 1e-2  # the steps moved the weights (the bias starts at 0)
+    for key, value in weights.items():
+        assert torch.allclose(value.double(), other[key].double(), rtol=0, atol=TOLERANCE), key
+    # Frozen batch norm kept its initial running statistics in both runs.
+    assert weights["net.stem.bn.running_mean"].abs().max() == 0 and torch.all(weights["net.stem.bn.running_var"] == 1)
 
 
 def children(pid: int) -> list[int]:

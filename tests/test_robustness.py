@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -22,27 +20,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dsnet.checkpoint_io import AtomicCheckpointIO
 from dsnet.guards import NonFiniteLossError, NonFiniteLossGuard, TrainInputError, check_checkpoint, validate
-from tests.conftest import ROOT, TINY, compose_train
-
-HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
-
+import entrypoints
+from conftest import TINY, compose_train
+from entrypoints import Result
 
 # --- helpers --------------------------------------------------------------------------------------
 
-def run_entry(script: str, *overrides: str, run_dir: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_entry(script: str, *overrides: str, run_dir: Path, env: dict | None = None) -> Result:
     """``python <script> *overrides`` with every output path inside ``run_dir``."""
     paths = (f"hydra.run.dir={run_dir}/out", f"paths.log_dir={run_dir}", f"paths.data_dir={run_dir}/data")
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *paths, *overrides],
-        cwd=run_dir, env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
-    """The stderr lines that report the error: everything but warnings, Hydra's hint and blanks."""
-    return [line for line in proc.stderr.splitlines()
-            if line.strip() and HYDRA_HINT not in line and "Warning" not in line and not line.startswith("  warnings.")]
+    return entrypoints.run(script, *paths, *overrides, cwd=run_dir, env=env)
 
 
 def assert_nothing_written(run_dir: Path) -> None:
@@ -81,33 +68,23 @@ def hostile_ckpt(tmp_path_factory) -> tuple[Path, Path]:
 def test_eval_refuses_a_checkpoint_that_runs_code(hostile_ckpt, tmp_path):
     ckpt, marker = hostile_ckpt
     (ckpt.parent.parent / "config.yaml").write_text("model: {}\ndata: {}\n")  # so only the weights can stop it
-    proc = run_entry("eval.py", f"ckpt_path={ckpt}", "data=synthetic", "data.image_size=16", run_dir=tmp_path)
-    assert proc.returncode != 0
-    lines = error_lines(proc)
-    assert len(lines) == 1 and lines[0].startswith("eval.py: error:"), proc.stderr
-    assert "weights only load failed" in lines[0].lower() and str(ckpt) in lines[0]
+    result = run_entry("eval.py", f"ckpt_path={ckpt}", "data=synthetic", "data.image_size=16", run_dir=tmp_path)
+    assert result.returncode == 1
+    assert len(result.lines) == 1 and result.lines[0].startswith("eval.py: error:"), result.output
+    assert "weights only load failed" in result.lines[0].lower() and str(ckpt) in result.lines[0]
     assert not marker.exists()
     assert_nothing_written(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def train_resume_hostile(hostile_ckpt, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("resume")
-    return run_dir, run_entry("train.py", *TINY, f"ckpt_path={hostile_ckpt[0]}", run_dir=run_dir)
-
-
-def test_train_resume_refuses_a_checkpoint_that_runs_code(hostile_ckpt, train_resume_hostile):
-    run_dir, proc = train_resume_hostile
-    assert proc.returncode != 0
-    assert "weights only load failed" in proc.stderr.lower()
+def test_train_resume_refuses_a_checkpoint_that_runs_code_in_one_line(hostile_ckpt, tmp_path):
+    result = run_entry("train.py", *TINY, f"ckpt_path={hostile_ckpt[0]}", run_dir=tmp_path)
+    assert result.returncode == 1
+    assert len(result.lines) == 1, result.output
+    line = result.lines[0]
+    assert line.startswith("train.py: error: ckpt_path=") and "weights_only=True" in line, line
+    assert "weights only load failed" in line.lower()
     assert not hostile_ckpt[1].exists()
-    assert_nothing_written(run_dir)
-
-
-def test_train_resume_refusal_is_one_line(train_resume_hostile):
-    _, proc = train_resume_hostile
-    lines = error_lines(proc)
-    assert len(lines) == 1 and "ckpt_path=" in lines[0] and "weights_only=True" in lines[0], proc.stderr
+    assert_nothing_written(tmp_path)
 
 
 def test_check_checkpoint_refuses_code_and_accepts_tensors(hostile_ckpt, tmp_path):
@@ -123,44 +100,119 @@ def test_check_checkpoint_refuses_code_and_accepts_tensors(hostile_ckpt, tmp_pat
 
 
 # --- 2. bad input through the entry points ----------------------------------------------------------
+# Each case is what a user types; what they must see is exactly one line on the terminal (stdout and
+# stderr together), exit status 1, and no result file or checkpoint. Every case fails before
+# training starts. (args, data to write first, the whole line as a regular expression)
 
-# (overrides, what the one error line must contain); all fail before any training.
 BAD_TRAIN_INPUT = [
-    (("model.arch=nope",), ["'nope'", "mobilenet_v1"]),
-    (("model.conv=nope",), ["'nope'", "dsconv"]),
-    (("model.width=abc",), ["width=", "abc"]),
-    (("model.width=0",), ["width=0"]),
-    (("data.batch_size=0",), ["batch_size", "0"]),
-    (("model=group", "model.groups=3"), ["groups=3", "features.0"]),
+    # settings refused while Hydra instantiates the model, data module, trainer or callbacks
+    (("model.width=-1",), None, r"model\.width=-1 must be a finite positive number"),
+    (("model.width=abc",), None, r"model\.width='abc' must be a finite positive number"),
+    (("model.width=0",), None, r"model\.width=0 must be a finite positive number"),
+    (("model.width=nan",), None, r"model\.width=nan must be a finite positive number"),
+    (("model.width=inf",), None, r"model\.width=inf must be a finite positive number"),
+    (("model.conv=nope",), None, r"model: unknown conv type 'nope'; expected one of standard, dsconv, group.*"),
+    (("model.arch=nope",), None, r"model: unknown arch 'nope'; expected one of .*mobilenet_v1.*"),
+    (("+model.widht=0.5",), None, r"model: unknown option\(s\) widht for arch 'mobilenet_v1'; expected any of .*"),
+    (("model=group", "model.groups=3"), None,
+     r"model: features\.0 \(8 -> 16 channels\): groups=3 must divide both in_chs=8 and out_chs=8"),
+    (("data.batch_size=0",), None, r"data: batch_size must be an int >= 1, got 0"),
+    (("data.batch_size=0.5",), None, r"data: batch_size must be an int >= 1, got 0\.5"),
+    (("data.num_train=0",), None, r"data: num_train must be an int >= 2, got 0"),
+    (("data.val_size=192",), None, r"data \(SyntheticDataModule\): val_size=192 leaves 192 of 192 training items "
+                                  r"for validation; allowed: 1\.\.191 items .*"),
+    (("trainer.precision=bad",), None, r"trainer: Precision 'bad' is invalid\. Allowed precision values: .*"),
+    (("trainer.accelerator=tpu",), None, r"trainer: Requirement 'torch_xla.*' not met.*"),
+    (("callbacks=ema", "callbacks.ema.decay=2"), None, r"callbacks\.ema\.decay=2 must be a number in \[0, 1\)"),
+    # the command line itself (Hydra composing it)
+    (("data=nope",), None, r"In 'train': Could not find 'data/nope'; the options are cifar10, .*synthetic.*"),
+    (("optim=nope",), None, r"In 'train': Could not find 'optim/nope'; the options are adamw, rmsprop, sgd.*"),
+    (("logger=nope",), None, r"In 'train': Could not find 'logger/nope'; the options are csv, tensorboard, wandb.*"),
+    (("model.nokey=1",), None, r"Could not override 'model\.nokey'\. To append to your config use \+model\.nokey=1"),
+    # dsnet.guards.validate and the checks before training
+    (("data.image_size=8",), None, r"data\.image_size=8 is too small for this MobileNetV1, which downsamples by 16: "
+                                   r"use at least 16"),
+    (("data.image_size=0",), None, r"model\.small_input: image_size=0 must be a positive integer \(pixels\)"),
+    (("data.image_size=abc",), None, r"model\.small_input: image_size='abc' must be a positive integer \(pixels\)"),
+    (("data.image_size=16.5",), None, r"model\.small_input: image_size=16\.5 must be a positive integer \(pixels\)"),
+    (("trainer.max_epochs=0",), None, r"trainer\.max_epochs=0 must be an integer >= 1 \(or set trainer\.max_steps\)"),
+    (("trainer.max_epochs=1.5",), None, r"trainer\.max_epochs=1\.5 must be an integer >= 1 \(or set trainer\.max_steps\)"),
+    (("trainer.devices=64",), None, r"trainer\.devices=64 but this machine has \d+ CPU cores \(trainer\.accelerator=cpu\); "
+                                    r"use at most \d+"),
+    (("optim.optimizer.lr=abc",), None, r"optim\.optimizer\.lr='abc' must be a finite number > 0"),
+    (("optim.optimizer.lr=0",), None, r"optim\.optimizer\.lr=0 must be a finite number > 0"),
+    (("optim.optimizer.lr=nan",), None, r"optim\.optimizer\.lr=nan must be a finite number > 0"),
+    (("ckpt_path=@DIR",), None, r"ckpt_path='.*': no such file"),
+]
+# Real data sets, wrongly laid out (not the tiny synthetic config).
+SMALL_REAL = ("data.image_size=16", "model.width=0.25", "trainer.max_epochs=1", "trainer.accelerator=cpu")
+BAD_DATA_INPUT = [
+    (("data=cifar10", "data.download=false", *SMALL_REAL), None, r"data \(CIFAR10DataModule\): .*cifar-10-batches-py; "
+                                                                 r"put the extracted.*"),
+    (("data=cifar10", "data.download=false", *SMALL_REAL), "cifar_empty", r"data \(CIFAR10DataModule\): .*not found in.*"),
+    (("data=cifar10", "data.download=false", *SMALL_REAL), "cifar_garbage",
+     r"data \(CIFAR10DataModule\): .*data_batch_1 is not a CIFAR python batch.*"),
+    (("data=fashion_mnist", "data.download=false", "data.data_dir=${paths.data_dir}", *SMALL_REAL), "fashion_garbage",
+     r"data \(FashionMNISTDataModule\): .*is not a valid gzip file.*"),
+    (("data=imagenet_subset", "data.classes=[a,zzz]", "data.num_workers=0", *SMALL_REAL), "imagenet_two_classes",
+     r".*classes \['zzz'\] not found in.*"),
+]
+BAD_EVAL_INPUT = [
+    (("model=dsconv", "data=synthetic", "data.image_size=8"), None,
+     r"data\.image_size=8 is too small for this MobileNetV1, which downsamples by 16: use at least 16"),
+    (("ckpt_path=@DIR",), None, r"ckpt_path='.*': not a file \(.*\); give a \.ckpt inside <run_dir>/checkpoints/"),
+    (("data=synthetic", "data.image_size=16", "latency.num_threads=0"), None,
+     r"latency\.num_threads=0 must be a positive integer, or null for all cores"),
+    (("data=synthetic", "data.image_size=16", "latency.batch_size=0"), None, r"latency\.batch_size=0 must be a positive integer"),
+    (("data=synthetic", "data.image_size=16", "latency.precision=fp8"), None,
+     r"latency\.precision='fp8'; expected one of fp32, bf16, fp16"),
+    (("data=synthetic", "data.image_size=16", "latency.device=cuda"), None,
+     r"latency\.device='cuda' but no CUDA device is available; use device=cpu"),
+    (("data=synthetic", "data.image_size=16", "latency.rounds=0"), None, r"latency\.rounds=0 must be a positive integer"),
+    (("data=synthetic", "data.image_size=16", "latency.min_run_time=-1"), None,
+     r"latency\.min_run_time=-1 must be a finite number of seconds > 0"),
+    (("data=synthetic", "data.image_size=16", "model.width=inf"), None, r"model\.width=inf must be a finite positive number"),
 ]
 
 
-@pytest.mark.parametrize("overrides,expected", BAD_TRAIN_INPUT, ids=[" ".join(o) for o, _ in BAD_TRAIN_INPUT])
-def test_train_rejects_bad_model_and_data_settings(overrides, expected, tmp_path):
-    proc = run_entry("train.py", *TINY, *overrides, run_dir=tmp_path)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr
-    # Hydra reports an instantiation error as "<Type>Error('<message>')" on a line of its own.
-    message = next((line for line in error_lines(proc) if re.match(r"[A-Za-z]*Error[(:]", line)), "")
-    for fragment in expected:
-        assert fragment in message, proc.stderr
-    assert_nothing_written(tmp_path)
+def run_bad(script: str, args: tuple[str, ...], bad_data: str | None, tmp_path: Path) -> Result:
+    if bad_data:
+        write_bad_data(bad_data, tmp_path / "data")
+    (tmp_path / "a_directory").mkdir()
+    args = tuple(a.replace("@DIR", str(tmp_path / "a_directory")) for a in args)
+    tiny = TINY if script == "train.py" and args not in [a for a, *_ in BAD_DATA_INPUT] else ()
+    return run_entry(script, *tiny, *args, run_dir=tmp_path)
 
 
-@pytest.mark.parametrize("group", ["data", "optim", "logger"])
-def test_train_rejects_an_unknown_config_group_option(group, tmp_path):
-    proc = run_entry("train.py", *TINY, f"{group}=nope", run_dir=tmp_path)
-    assert proc.returncode != 0
-    assert f"Could not find '{group}/nope'" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert_nothing_written(tmp_path)
+def assert_one_line_error(result: Result, prog: str, pattern: str, run_dir: Path) -> None:
+    assert result.returncode == 1, result.output
+    assert len(result.lines) == 1, result.output  # the whole terminal: stdout and stderr together
+    assert re.fullmatch(f"{re.escape(prog)}: error: {pattern}", result.lines[0]), result.lines[0]
+    assert_nothing_written(run_dir)
 
 
-def test_train_rejects_zero_learning_rate(tmp_path):
-    proc = run_entry("train.py", *TINY, "optim.optimizer.lr=0", run_dir=tmp_path)
-    assert proc.returncode != 0
-    assert error_lines(proc) == [] or "optim.optimizer.lr=0" in error_lines(proc)[-1], proc.stderr
-    assert_nothing_written(tmp_path)
+@pytest.mark.parametrize("args,bad_data,pattern", BAD_TRAIN_INPUT + BAD_DATA_INPUT,
+                         ids=[f"{bad or ''} {' '.join(a)}".strip() for a, bad, _ in BAD_TRAIN_INPUT + BAD_DATA_INPUT])
+def test_train_refuses_bad_input_in_one_line_before_training(args, bad_data, pattern, tmp_path):
+    assert_one_line_error(run_bad("train.py", args, bad_data, tmp_path), "train.py", pattern, tmp_path)
+
+
+@pytest.mark.parametrize("args,bad_data,pattern", BAD_EVAL_INPUT, ids=[" ".join(a) for a, _, _ in BAD_EVAL_INPUT])
+def test_eval_refuses_bad_input_in_one_line(args, bad_data, pattern, tmp_path):
+    assert_one_line_error(run_bad("eval.py", args, bad_data, tmp_path), "eval.py", pattern, tmp_path)
+
+
+def test_hydra_full_error_still_shows_the_traceback(tmp_path):
+    result = run_entry("train.py", *TINY, "model.width=-1", run_dir=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.output
+    assert "ValueError: width=-1 must be a finite positive number" in result.output
+
+
+def test_a_failed_run_keeps_its_traceback_in_error_txt(tmp_path):
+    result = run_entry("train.py", *TINY, "model.width=-1", run_dir=tmp_path)
+    assert len(result.lines) == 1
+    assert "ValueError: width=-1 must be a finite positive number" in (tmp_path / "out" / "error.txt").read_text()
 
 
 @pytest.mark.parametrize(
@@ -273,46 +325,3 @@ def write_bad_data(kind: str, data_dir: Path) -> None:
         for split, cls in (("train", "a"), ("train", "b"), ("val", "a"), ("val", "b")):
             (data_dir / "imagenet" / split / cls).mkdir(parents=True)
             Image.new("RGB", (40, 40)).save(data_dir / "imagenet" / split / cls / "0.png")
-
-
-SMALL_REAL = ("data.image_size=16", "model.width=0.25", "trainer.max_epochs=1", "trainer.accelerator=cpu")
-# (overrides, data to write first, what the one line "train.py: error: ..." must contain)
-BAD_RUN_INPUT = [
-    ((*TINY, "data.image_size=8"), None, "data.image_size=8 is too small for this MobileNetV1, which downsamples by 16: use at least 16"),
-    ((*TINY, "data.image_size=0"), None, "model.small_input: image_size=0 must be a positive integer (pixels)"),
-    ((*TINY, "data.image_size=abc"), None, "model.small_input: image_size='abc' must be a positive integer (pixels)"),
-    ((*TINY, "trainer.max_epochs=0"), None, "trainer.max_epochs=0 must be an integer >= 1"),
-    ((*TINY, "trainer.devices=64"), None, "trainer.devices=64 but this machine has"),
-    ((*TINY, "optim.optimizer.lr=abc"), None, "optim.optimizer.lr='abc' must be a finite number > 0"),
-    (("data=cifar10", "data.download=false", *SMALL_REAL), None, "cifar-10-batches-py; put the extracted"),
-    (("data=cifar10", "data.download=false", *SMALL_REAL), "cifar_empty", "not found in"),
-    (("data=cifar10", "data.download=false", *SMALL_REAL), "cifar_garbage", "data_batch_1 is not a CIFAR python batch"),
-    (("data=fashion_mnist", "data.download=false", "data.data_dir=${paths.data_dir}", *SMALL_REAL), "fashion_garbage",
-     "is not a valid gzip file"),
-    (("data=imagenet_subset", "data.classes=[a,zzz]", "data.num_workers=0", *SMALL_REAL), "imagenet_two_classes",
-     "classes ['zzz'] not found in"),
-]
-
-
-@pytest.mark.parametrize("overrides,bad_data,expected", BAD_RUN_INPUT,
-                         ids=[f"{bad or ''} {' '.join(o[-5:] if o[0].startswith('data=s') else o[:2])}"
-                              for o, bad, _ in BAD_RUN_INPUT])
-def test_train_refuses_bad_input_in_one_line_before_training(overrides, bad_data, expected, tmp_path):
-    if bad_data:
-        write_bad_data(bad_data, tmp_path / "data")
-    proc = run_entry("train.py", *overrides, run_dir=tmp_path)
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = error_lines(proc)
-    assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and expected in lines[0], proc.stderr
-    assert "Epoch 0" not in proc.stdout  # refused before training started
-    assert_nothing_written(tmp_path)
-
-
-def test_eval_refuses_an_input_too_small_for_the_network(tmp_path):
-    proc = run_entry("eval.py", "model=dsconv", "data=synthetic", "data.image_size=8", run_dir=tmp_path)
-    assert proc.returncode == 1
-    assert error_lines(proc) == [
-        "eval.py: error: data.image_size=8 is too small for this MobileNetV1, which downsamples by 16: use at least 16"
-    ], proc.stderr
-    assert_nothing_written(tmp_path)

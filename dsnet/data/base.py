@@ -290,6 +290,8 @@ class ImageDataModule(L.LightningDataModule):
         return images, labels
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        if isinstance(batch, Tensor):  # not a batch of ours: the model summary's example input
+            return batch
         if self.trainer.training and self._augment is not None:
             # Crops of epoch e come from the stream of (seed, e), as the sampler's order does, so a
             # resumed run repeats the uninterrupted one.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 
 from torch import nn
@@ -46,8 +47,8 @@ def create_model(
     model_cls = get_model_fn(arch)
     if conv not in CONV_TYPES:
         raise ValueError(f"unknown conv type {conv!r}; expected one of {', '.join(CONV_TYPES)}")
-    if isinstance(width, bool) or not isinstance(width, numbers.Real) or not width > 0:
-        raise ValueError(f"width={width!r} must be a positive number")
+    if isinstance(width, bool) or not isinstance(width, numbers.Real) or not 0 < width < math.inf:
+        raise ValueError(f"width={width!r} must be a finite positive number")
     _positive_int("num_classes", num_classes)
     _positive_int("in_chans", in_chans)
 
