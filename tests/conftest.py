@@ -3,14 +3,11 @@
 ``compose_train(*overrides, run_dir=...)`` is ``configs/train.yaml`` plus :data:`TINY` (synthetic
 16 px data, a quarter-width network, one epoch) plus your overrides; ``paths.*`` point into
 ``run_dir``. ``train_cfg`` is the same bound to pytest's ``tmp_path``. ``run_cli`` runs
-``python train.py`` in a subprocess for what needs a real command line (multirun, DDP, launchers).
+``python train.py`` as its own process for what needs a real command line (multirun, DDP, launchers).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers)
+import entrypoints
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -65,13 +63,7 @@ def train_cfg(tmp_path):
     return lambda *overrides: compose_train(*overrides, run_dir=tmp_path)
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python train.py *args`` from ``cwd``; the output is kept for assertion messages."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> entrypoints.Result:
+    """``python train.py *args`` from ``cwd``, in a process forked from the warm fork server
+    (tests/entrypoints.py); the result holds the exit status and the terminal's text."""
+    return entrypoints.run("train.py", *args, cwd=cwd, env=env, timeout=timeout)

@@ -146,8 +146,16 @@ def test_callback_configs_instantiate(name, tmp_path):
     assert all(isinstance(c, L.Callback) for c in callbacks)
     names = {type(c).__name__ for c in callbacks}
     if name in ("default", "ema"):
-        assert {"ModelCheckpoint", "LearningRateMonitor", "ThrottledRichProgressBar", "EpochTimer"} <= names
-    assert ("EMAWeightAveraging" in names) == (name == "ema")
+        # pytest's stdout is no terminal: the progress callback is the plain log
+        assert {"ModelCheckpoint", "LearningRateMonitor", "ProgressLog", "EpochTimer"} <= names
+    assert ("WarmupEMA" in names) == (name == "ema")
+
+
+@pytest.mark.parametrize("mode,expected", [("rich", "ThrottledRichProgressBar"), ("log", "ProgressLog")])
+def test_progress_bar_mode_picks_the_callback(mode, expected, tmp_path):
+    cfg = compose_train(f"callbacks.progress_bar.mode={mode}", run_dir=tmp_path)
+    names = {type(c).__name__ for c in instantiate_group(cfg, "callbacks")}
+    assert expected in names and not {"ThrottledRichProgressBar", "ProgressLog"} - {expected} & names
 
 
 def test_a_callback_is_switched_off_with_null_and_a_bad_entry_is_named(tmp_path):

@@ -3,12 +3,11 @@ and bad checkpoints refused before anything is written."""
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+import entrypoints
 from conftest import ROOT, TINY, compose_train
 
 from dsnet.evaluate import EvalInputError, evaluate, time_network
@@ -199,25 +198,24 @@ def test_checkpoint_without_a_training_config_is_refused(trained_run, tmp_path):
 
 # --- the command line ----------------------------------------------------------------------------
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "eval.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+def run_cli(*args: str) -> entrypoints.Result:
+    return entrypoints.run("eval.py", *args, timeout=120)
 
 
 def test_cli_cost_only_run_writes_results(tmp_path):
     proc = run_cli("data=synthetic", "data.image_size=16", "model.width=0.25", *FAST_LATENCY,
                    f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.output
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["image_size"] == 16 and results["macs"] > 0 and results["top1"] is None
-    assert "params" in proc.stdout and "latency p50" in proc.stdout  # the human summary
+    assert "params" in proc.output and "latency p50" in proc.output  # the human summary
 
 
 def test_cli_bad_checkpoint_exits_nonzero_with_one_line(tmp_path):
     missing = tmp_path / "nope.ckpt"
     proc = run_cli(f"ckpt_path={missing}", *FAST_LATENCY, f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode != 0
-    assert proc.stderr.strip() == f"eval.py: error: ckpt_path='{missing}': no such file ({missing})"
+    assert proc.returncode == 1
+    assert proc.lines == [f"eval.py: error: ckpt_path='{missing}': no such file ({missing})"]
     assert not (tmp_path / "run" / "results.json").exists()
 
 
@@ -239,6 +237,6 @@ def test_cli_unusable_checkpoint_exits_1_with_one_line_and_writes_nothing(traine
     data = [o for o in TINY if o.startswith("data")]  # the data the trained run's network was built for
     proc = run_cli(f"ckpt_path={path}", *data, *FAST_LATENCY, f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 1
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"eval.py: error: {path}: ") and message in lines[0], proc.stderr
+    lines = proc.lines
+    assert len(lines) == 1 and lines[0].startswith(f"eval.py: error: {path}: ") and message in lines[0], proc.output
     assert not (tmp_path / "run" / "results.json").exists()

@@ -143,14 +143,14 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_that_resumes_to_the_full_epoch_cou
 def test_rerunning_an_interrupted_multirun_skips_the_jobs_that_finished(tmp_path):
     sweep = ("-m", *TINY, "model.width=0.25,0.5", "hydra.sweep.dir=sweep", "ckpt_path=last")
     first = run_cli(*sweep, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 0, first.output[-3000:]
     done, interrupted = tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"
     # Job 1 as a kill during its test would leave it: checkpoints, but no metrics.json.
     (interrupted / "metrics.json").unlink()
     stamp = (done / "metrics.json").stat().st_mtime_ns, (done / "checkpoints" / "last.ckpt").stat().st_mtime_ns
 
     again = run_cli(*sweep, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"skipped: {done.resolve()} already holds this run" in again.stdout + again.stderr
+    assert again.returncode == 0, again.output[-3000:]
+    assert f"skipped: {done.resolve()} already holds this run" in again.output
     assert ((done / "metrics.json").stat().st_mtime_ns, (done / "checkpoints" / "last.ckpt").stat().st_mtime_ns) == stamp
     assert json.loads((interrupted / "metrics.json").read_text())["width"] == 0.5  # this one ran again

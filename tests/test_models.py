@@ -119,9 +119,9 @@ def test_in_chans_and_num_classes():
 @pytest.mark.parametrize("kwargs,message", [
     ({"arch": "resnet50"}, "unknown arch 'resnet50'; expected one of mobilenet_v1, mobilenet_v2"),
     ({"arch": "mobilenet_v1", "conv": "separable"}, "unknown conv type 'separable'; expected one of standard, dsconv, group"),
-    ({"arch": "mobilenet_v1", "width": 0}, "width=0 must be a positive number"),
-    ({"arch": "mobilenet_v1", "width": -0.5}, "width=-0.5 must be a positive number"),
-    ({"arch": "mobilenet_v1", "width": "wide"}, "width='wide' must be a positive number"),
+    ({"arch": "mobilenet_v1", "width": 0}, "width=0 must be a finite positive number"),
+    ({"arch": "mobilenet_v1", "width": -0.5}, "width=-0.5 must be a finite positive number"),
+    ({"arch": "mobilenet_v1", "width": "wide"}, "width='wide' must be a finite positive number"),
     ({"arch": "mobilenet_v1", "num_classes": 0}, "num_classes=0 must be a positive integer"),
     ({"arch": "mobilenet_v1", "in_chans": 2.5}, "in_chans=2.5 must be a positive integer"),
     ({"arch": "mobilenet_v1", "depth": 3}, "unknown option(s) depth for arch 'mobilenet_v1'; expected any of depth_multiplier, dropout, groups, small_input"),
