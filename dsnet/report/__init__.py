@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from dsnet.report.coverage import missing_columns
 from dsnet.report.discover import (
     ReportInputError,
     Run,
@@ -28,7 +29,7 @@ from dsnet.report.discover import (
     find_run_dirs,
     read_train_accuracy,
 )
-from dsnet.report.markdown import markdown_table, write_markdown
+from dsnet.report.markdown import markdown_table, shares_section, theory_section, write_markdown
 from dsnet.report.plots import COST_AXES, pareto_front, plot_tradeoffs
 from dsnet.report.tables import (
     CONFIG_KEYS,
@@ -39,6 +40,7 @@ from dsnet.report.tables import (
     SUMMARY_COLUMNS,
     THEORY_COLUMNS,
     conv_label,
+    hparam_columns,
     layer_shares,
     summarise,
     theory_vs_measurement,
@@ -50,20 +52,21 @@ __all__ = [
     "CONFIG_KEYS", "COST_AXES", "LAYER_TYPES", "PAIR_KEYS", "RUN_COLUMNS", "SHARE_ID_KEYS",
     "SUMMARY_COLUMNS", "THEORY_COLUMNS", "ReportInputError", "ReportSummary", "Run",
     "build_report", "collect_runs", "conv_label", "find_run_dirs", "layer_shares",
-    "markdown_table", "pareto_front", "plot_tradeoffs", "read_train_accuracy", "summarise",
-    "theory_vs_measurement", "write_csv",
+    "markdown_table", "missing_columns", "pareto_front", "plot_tradeoffs", "read_train_accuracy",
+    "summarise", "theory_vs_measurement", "write_csv",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
 class ReportSummary:
-    """What :func:`build_report` wrote."""
+    """What :func:`build_report` wrote, and the lines the command line prints about it."""
 
     out_dir: Path
     files: list[str]
     n_runs: int
     n_configs: int
     missing: list[tuple[Path, str]]
+    notes: list[str]  # missing columns and how to fill them, runs left out of tables
 
 
 def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> ReportSummary:
@@ -73,7 +76,8 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> R
     file by file only once all of it was written, so a failure leaves ``out`` untouched.
 
     Raises:
-        ReportInputError: a directory does not exist, or no run under ``dirs`` has results.
+        ReportInputError: a directory does not exist, ``out`` is a file, or no run under ``dirs``
+            has results.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -84,16 +88,23 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> R
         raise ReportInputError(f"none of the {len(missing)} run directories has results "
                                f"(e.g. {d}: {reason})")
     rows = summarise(runs)
+    notes = missing_columns(runs)
+    theory, shares = theory_vs_measurement(rows), layer_shares(rows)
+    sections = {"theory_vs_measurement.md": theory_section(theory),
+                "layer_shares.md": shares_section(shares)}
+    share_columns = list(dict.fromkeys(k for s in shares for k in s)) or list(SHARE_ID_KEYS)
+    tables = {"results.csv": (rows, [*SUMMARY_COLUMNS, *hparam_columns(rows)]),
+              "theory_vs_measurement.csv": (theory, THEORY_COLUMNS),
+              "layer_shares.csv": (shares, share_columns)}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp."))
     try:
-        theory, shares = theory_vs_measurement(rows), layer_shares(rows)
         plots = plot_tradeoffs(rows, tmp)
-        files = [*write_markdown(tmp, runs, rows, theory, shares, missing, plots),
-                 *write_csvs(tmp, runs, rows, theory, shares), *plots]
+        files = [*write_markdown(tmp, runs, rows, sections, missing, plots, notes),
+                 *write_csvs(tmp, runs, tables), *plots]
         out.mkdir(exist_ok=True)
         for name in files:
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ReportSummary(out, files, len(runs), len(rows), missing)
+    return ReportSummary(out, files, len(runs), len(rows), missing, notes)
