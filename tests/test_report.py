@@ -111,7 +111,7 @@ def test_cli_succeeds_and_prints_runs_without_results(report):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert sum(line.startswith("no results: ") for line in lines) == 3
-    assert lines[-1] == (f"wrote 15 files to {out}: 6 runs in 4 configurations, "
+    assert lines[-1] == (f"wrote 20 files to {out}: 6 runs in 4 configurations, "
                          "3 runs without results")
 
 
@@ -148,7 +148,7 @@ def test_theory_vs_measurement_ratios(report):
     assert float(row["saving_delivered"]) == pytest.approx((1 - 4.5 / 10) / (1 - 1 / 8))
     assert float(row["top1_diff"]) == pytest.approx(-0.02)
     md = (out / "theory_vs_measurement.md").read_text()
-    assert ("| fashion_mnist | mobilenet_v1 | 1 | 28 | 8.00 | 8.00 | 2.22 | 2.40 | 63% | -2.00 |"
+    assert ("| fashion_mnist | mobilenet_v1 | 1 | 28 | eager | 8.00 | 8.00 | 2.22 | 2.40 | 63% | -2.00 |"
             in md)
 
 
@@ -245,8 +245,9 @@ def test_config_without_standard_twin_gives_empty_theory_table(tmp_path):
         (tmp_path / "out" / "results.md").read_text()
     assert not (tmp_path / "out" / "tradeoff.png").exists()
     assert sorted(summary.files) == sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "layer_shares.csv", "layer_shares.md", "results.csv", "results.md", "runs.csv",
-        "theory_vs_measurement.csv", "theory_vs_measurement.md"]
+        "comparisons.csv", "comparisons.md", "equal_cost.csv", "equal_cost.md",
+        "hyperparameters.md", "layer_shares.csv", "layer_shares.md", "results.csv", "results.md",
+        "runs.csv", "theory_vs_measurement.csv", "theory_vs_measurement.md"]
 
 
 def test_report_states_the_latency_batch_size_and_flags_runs_timed_under_load(tmp_path):
@@ -257,4 +258,5 @@ def test_report_states_the_latency_batch_size_and_flags_runs_timed_under_load(tm
     build_report([tmp_path / "runs"], tmp_path / "out")
     md = (tmp_path / "out" / "results.md").read_text()
     assert "latency is the median at batch size 8, measured on" in md
-    assert "**1 of 3 runs were timed while other processes used more than 5% of the CPUs (up to 46%;" in md
+    assert ("**1 of 3 runs were timed while other processes used more than 5% of the CPUs, or were "
+            "flagged so (up to 46%;") in md

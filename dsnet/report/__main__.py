@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import dsnet.report
-from dsnet.report import ReportInputError, build_report
+from dsnet.report import DEFAULT_TOLERANCE, ReportInputError, build_report
 from dsnet.report.discover import show_path
 
 PROG = "python -m dsnet.report"
@@ -32,16 +32,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="directories to search for runs")
     parser.add_argument("--out", type=Path, default=Path("report"),
                         help="directory to write the report (default: report)")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help="relative cost difference that still counts as equal cost "
+                             f"(default {DEFAULT_TOLERANCE:g}, i.e. {DEFAULT_TOLERANCE * 100:g}%%)")
+    parser.add_argument("--include-contended", action="store_true",
+                        help="keep runs timed under CPU contention in the ratio tables")
     args = parser.parse_args(argv)
     try:
-        summary = build_report(args.dirs, args.out)
+        summary = build_report(args.dirs, args.out, tolerance=args.tolerance,
+                               include_contended=args.include_contended)
     except ReportInputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     for d, reason in summary.missing:
         print(f"no results: {show_path(d)}: {reason}")
     for line in summary.notes:
-        print(f"missing: {line}")
+        print(line)
     print(f"wrote {len(summary.files)} files to {summary.out_dir}: {summary.n_runs} runs in "
           f"{summary.n_configs} configurations, {len(summary.missing)} runs without results")
     return 0

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from dsnet.results import ResultsRecord, load_results
+from dsnet.results import RESULT_KEYS, ResultsRecord
 
 
 class ReportInputError(ValueError):
@@ -45,8 +45,9 @@ class Run:
     """One trained or evaluated network: everything known about it as one flat mapping.
 
     ``values`` holds the results keys of :mod:`dsnet.results` (None or absent: unknown) plus, from
-    a train run, ``epochs``, ``time_per_epoch_s``, ``lr``, ``weight_decay``, ``train_batch_size``
-    and any ``hparams/*`` keys of its metrics.json. ``run_dir`` is the eval run's directory when
+    a train run, ``epochs``, ``time_per_epoch_s``, ``val_acc_best``, ``lr``, ``weight_decay``,
+    ``depthwise_weight_decay``, ``train_size`` (None: the whole split), ``train_batch_size`` and
+    any ``hparams/*`` keys of its metrics.json. ``run_dir`` is the eval run's directory when
     there is one, else the train run's; ``train_dir`` the train run's, when known.
     """
 
@@ -149,10 +150,40 @@ def train_values(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         in_chans=_get(config, "data.in_chans"), num_classes=_get(config, "data.num_classes"),
         top1=metrics.get("test/acc"), top5=metrics.get("test/acc5"),
         lr=_get(config, "optim.optimizer.lr"), weight_decay=_get(config, "optim.optimizer.weight_decay"),
-        train_batch_size=_get(config, "data.batch_size"),
+        depthwise_weight_decay=_get(config, "module.depthwise_weight_decay"),
+        train_size=_get(config, "data.train_size"), train_batch_size=_get(config, "data.batch_size"),
+        val_acc_best=metrics.get("val/acc_best"),
         **{k: v for k, v in metrics.items() if k.startswith("hparams/")},
     )
     return values
+
+
+# Keys newer eval.py versions write (issue 13) that this dsnet's ResultsRecord may not know yet:
+# read here, with their types, so the report works before and after the schema gains them.
+FORWARD_KEYS = {"runtime": (str,), "runtime_version": (str, type(None)),
+                "contention_flagged": (bool, type(None))}
+
+
+def load_eval(path: Path) -> tuple[ResultsRecord, dict[str, Any]]:
+    """A ``results.json`` as its record and the :data:`FORWARD_KEYS` the record does not hold.
+
+    Raises:
+        ValueError, TypeError: what :meth:`ResultsRecord.from_dict` raises, or a forward key of
+            the wrong type (the message names the file and the key).
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    extra = {}
+    if isinstance(data, dict):
+        for key, kinds in FORWARD_KEYS.items():
+            if key in data and key not in RESULT_KEYS:
+                extra[key] = data.pop(key)
+                if not isinstance(extra[key], kinds):
+                    raise TypeError(f"{path}: key {key!r}: expected "
+                                    f"{' | '.join(k.__name__ for k in kinds)}, got {extra[key]!r}")
+    return ResultsRecord.from_dict(data, source=str(path)), extra
 
 
 def _eval_run(run_dir: Path, trains: dict[Path, dict[str, Any]]) -> Run:
@@ -160,14 +191,15 @@ def _eval_run(run_dir: Path, trains: dict[Path, dict[str, Any]]) -> Run:
 
     A relative ``ckpt_path`` is taken relative to the working directory, as eval.py would have.
     """
-    record = load_results(run_dir / "results.json")
+    record, extra = load_eval(run_dir / "results.json")
     train_dir = None
     if record.ckpt_path is not None:
         parents = Path(record.ckpt_path).resolve().parents
         train_dir = next((p for p in parents if p in trains), None)
     train = trains.get(train_dir, {})
-    values = {**train, **{k: v for k, v in record.to_dict().items() if k != "macs_breakdown"}}
-    values.setdefault("runtime", "eager")  # results.json before runtimes were recorded: eager
+    values = {**train, **{k: v for k, v in record.to_dict().items() if k != "macs_breakdown"}, **extra}
+    if values.get("runtime") is None:
+        values["runtime"] = "eager"  # results.json before runtimes were recorded: eager
     source = "results.json"
     if record.top1 is None:
         values["top1"], values["top5"] = train.get("top1"), train.get("top5")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dsnet.report.discover import Run, show_path
-from dsnet.report.tables import conv_label
+from dsnet.report.tables import CONTENTION_LIMIT, conv_label, is_contended
 
 _THEORY_NOTE = (
     "Ratios above 1 mean dsconv is cheaper or faster. *Saving delivered* is the measured latency "
@@ -24,7 +24,8 @@ _SHARES_NOTE = (
 _LAYER_NAMES = {"pointwise": "1x1 conv", "standard": "k x k conv", "linear": "fully connected"}
 
 
-def _fmt(value: Any, spec: str = "", scale: float = 1.0) -> str:
+def fmt(value: Any, spec: str = "", scale: float = 1.0) -> str:
+    """``value`` (times ``scale``) in ``spec``; ``–`` for None."""
     if value is None:
         return "–"
     return format(value * scale if scale != 1.0 else value, spec)
@@ -52,8 +53,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _optional_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """(key, header, format) of the columns shown only when some row has them, or when they vary."""
-    cols = [(k, h, f) for k, h, f in (("epochs", "epochs", "d"), ("lr", "lr", "g"),
-                                       ("weight_decay", "weight decay", "g"))
+    cols = [(k, h, f) for k, h, f in (("train_size", "train images", "d"), ("epochs", "epochs", "d"),
+                                       ("lr", "lr", "g"), ("weight_decay", "weight decay", "g"),
+                                       ("depthwise_weight_decay", "depthwise wd", "g"))
             if any(r[k] is not None for r in rows)]
     for key, header in (("runtime", "runtime"), ("device_name", "device")):
         if len({r[key] for r in rows if r[key] is not None}) > 1:
@@ -63,7 +65,7 @@ def _optional_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, st
 
 def top1_cell(row: dict[str, Any]) -> str:
     """``91.00 ± 2.48 (n=3)``: mean ± half-width of the 95% interval, in percent; ``–`` if unknown."""
-    cell = _fmt(row["top1_mean"], ".2f", 100)
+    cell = fmt(row["top1_mean"], ".2f", 100)
     if row["top1_ci95"] is not None:
         cell += f" ± {row['top1_ci95'] * 100:.2f}"
     if row["top1_mean"] is not None:
@@ -75,21 +77,29 @@ def _results_md(rows: Sequence[dict[str, Any]]) -> str:
     extra = _optional_columns(rows)
     header = [*_config_header(), *(h for _, h, _ in extra), "params (M)", "MACs (M)",
               "top-1 (%), mean ± 95% CI", "latency p50 (ms)", "throughput (img/s)"]
-    body = [[*_config_cells(r, conv_label(r)), *(_fmt(r[k], f) for k, _, f in extra),
+    body = [[*_config_cells(r, conv_label(r)),
+             *("all" if k == "train_size" and r[k] is None and r["epochs"] is not None
+               else fmt(r[k], f) for k, _, f in extra),
              f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e6:.2f}", top1_cell(r),
-             _fmt(r["latency_ms_p50"], ".3f"), _fmt(r["throughput_img_s"], ".0f")] for r in rows]
+             fmt(r["latency_ms_p50"], ".3f"), fmt(r["throughput_img_s"], ".0f")] for r in rows]
     return markdown_table(header, body)
 
 
 def _theory_md(rows: Sequence[dict[str, Any]]) -> str:
-    header = [*_config_header(conv=False), "MACs std/ds", "params std/ds", "latency std/ds",
+    header = [*_config_header(conv=False), "runtime", "MACs std/ds", "params std/ds", "latency std/ds",
               "throughput ds/std", "saving delivered", "top-1 ds − std (pp)"]
-    body = [[*_config_cells(r, None),
-             _fmt(r["macs_ratio"], ".2f"), _fmt(r["params_ratio"], ".2f"),
-             _fmt(r["latency_ratio"], ".2f"), _fmt(r["throughput_ratio"], ".2f"),
-             _fmt(r["saving_delivered"], ".0%"), _fmt(r["top1_diff"], "+.2f", 100)]
+    body = [[*_config_cells(r, None), _runtime_cell(r),
+             fmt(r["macs_ratio"], ".2f"), fmt(r["params_ratio"], ".2f"),
+             fmt(r["latency_ratio"], ".2f"), fmt(r["throughput_ratio"], ".2f"),
+             fmt(r["saving_delivered"], ".0%"), fmt(r["top1_diff"], "+.2f", 100)]
             for r in rows]
     return markdown_table(header, body)
+
+
+def _runtime_cell(row: dict[str, Any]) -> str:
+    if row["runtime"] is None:
+        return "–"
+    return row["runtime"] + (f" {row['runtime_version']}" if row.get("runtime_version") else "")
 
 
 def _shares_md(shares: Sequence[dict[str, Any]]) -> str:
@@ -151,9 +161,6 @@ def write_markdown(out: Path, runs: Sequence[Run], rows: Sequence[dict[str, Any]
     return list(files)
 
 
-CONTENTION_LIMIT = 0.05  # share of all CPUs other processes may use while a run is timed
-
-
 def _batch_sizes(runs: Sequence[Run]) -> str:
     sizes = sorted({r.record.latency_batch_size for r in runs})
     return "batch size " + " / ".join(map(str, sizes or [1]))
@@ -161,10 +168,11 @@ def _batch_sizes(runs: Sequence[Run]) -> str:
 
 def _contention_note(runs: Sequence[Run]) -> str:
     """A warning when some latencies were timed while other processes used the CPUs."""
-    busy = [r.record.cpu_contention for r in runs if (r.record.cpu_contention or 0.0) > CONTENTION_LIMIT]
+    busy = [r for r in runs if is_contended(r)]
     if not busy:
         return ""
-    worst = max(busy)
+    worst = max(r.values.get("cpu_contention") or 0.0 for r in busy)
     return (f" **{len(busy)} of {len(runs)} runs were timed while other processes used more than "
-            f"{CONTENTION_LIMIT:.0%} of the CPUs (up to {worst:.0%}; `cpu_contention` in runs.csv): "
-            "their latencies are upper bounds, and ratios between them are unreliable.**")
+            f"{CONTENTION_LIMIT:.0%} of the CPUs, or were flagged so (up to {worst:.0%}; "
+            "`cpu_contention` and `contention_flagged` in runs.csv): their latencies are upper "
+            "bounds.**")

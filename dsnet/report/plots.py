@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
 
-from dsnet.report.tables import MODEL_KEYS, TRAIN_KEYS, conv_label, conv_rank
+from dsnet.report.tables import conv_label, conv_rank, one_per_config
 
 # (row key, axis label, file stem) of the cost axes accuracy is plotted against.
 COST_AXES = (("params", "parameters", "top1_vs_params"),
@@ -77,8 +77,16 @@ def _format_axes(ax, xs: Sequence[float], x_key: str, x_label: str) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.1, y=0.1)
     ax.set_xlabel(x_label + " (log scale)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("top-1 accuracy (%), mean ± 95% CI")
     ax.grid(True, which="both", alpha=0.25)
+
+
+def _clipped_ci(rows: Sequence[dict[str, Any]]) -> list[list[float]]:
+    """Error bars (lower, upper) in percent: the 95% interval, cut at 0% and 100% (few seeds
+    give intervals wider than accuracy can go)."""
+    lower = [100 * min(r["top1_ci95"] or 0.0, r["top1_mean"]) for r in rows]
+    upper = [100 * min(r["top1_ci95"] or 0.0, 1.0 - r["top1_mean"]) for r in rows]
+    return [lower, upper]
 
 
 def _draw_panel(ax, rows: Sequence[dict[str, Any]], x_key: str, x_label: str,
@@ -87,12 +95,12 @@ def _draw_panel(ax, rows: Sequence[dict[str, Any]], x_key: str, x_label: str,
     rows = [r for r in rows  # a log axis needs > 0
             if r["top1_mean"] is not None and r[x_key] is not None and r[x_key] > 0]
     if not x_key.startswith("latency"):
-        rows = _one_per_model(rows)  # rows of other runtimes repeat its params and MACs
+        rows = one_per_config(rows)  # rows of other runtimes repeat its params and MACs
     for label, (colour, marker) in styles.items():
         pts = [r for r in rows if conv_label(r) == label]
         if pts:
             ax.errorbar([r[x_key] for r in pts], [100 * r["top1_mean"] for r in pts],
-                        yerr=[100 * (r["top1_ci95"] or 0.0) for r in pts], fmt=marker,
+                        yerr=_clipped_ci(pts), fmt=marker,
                         color=colour, label=label, markersize=7, capsize=3, zorder=3)
     for r in rows:
         ax.annotate(_point_label(r, rows), (r[x_key], 100 * r["top1_mean"]), fontsize=8,
@@ -137,17 +145,6 @@ def _figure(rows: Sequence[dict[str, Any]], axes: Sequence[tuple[str, str, str]]
             grid[i][j].set_title(title, fontsize=10)
     _shared_legend(fig, grid.flat)
     return fig
-
-
-def _one_per_model(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The first row of each configuration."""
-    seen, out = set(), []
-    for row in rows:
-        key = tuple(row[k] for k in (*MODEL_KEYS, *TRAIN_KEYS))
-        if key not in seen:
-            seen.add(key)
-            out.append(row)
-    return out
 
 
 def plot_tradeoffs(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[str]:

@@ -18,27 +18,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dsnet.report.discover import Run, show_path
+from dsnet.report.discover import FORWARD_KEYS, Run, show_path
 from dsnet.report.stats import mean_ci
 from dsnet.results import RESULT_KEYS
 
 MODEL_KEYS = ("dataset", "arch", "conv", "groups", "width", "image_size", "in_chans", "num_classes")
-TRAIN_KEYS = ("epochs", "lr", "weight_decay")  # from the train run; None for an untrained eval
+# From the train run; None for an untrained eval (and train_size None: the whole split).
+TRAIN_KEYS = ("train_size", "epochs", "lr", "weight_decay", "depthwise_weight_decay")
 ENV_KEYS = ("runtime", "device", "device_name", "precision", "channels_last", "num_threads",
             "batch_size")  # where latency was measured; None when it was not
 CONFIG_KEYS = (*MODEL_KEYS, *TRAIN_KEYS, *ENV_KEYS)
 COST_KEYS = ("params", "macs", "train_macs")  # counted, so equal across seeds
 TIMING_KEYS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_iqr", "throughput_img_s")
-SUMMARY_COLUMNS = (*CONFIG_KEYS, "n", "top1_mean", "top1_ci95", "top1_std", "top5_mean",
+SUMMARY_COLUMNS = (*CONFIG_KEYS, "n", "top1_mean", "top1_ci95", "top1_std", "top5_mean", "val_acc_best_mean",
                    *COST_KEYS, *TIMING_KEYS, "n_timed", "runtime_version", "time_per_epoch_s",
                    "run_dirs")
-RUN_COLUMNS = ("run_dir", "train_dir", "top1_source", "epochs", "time_per_epoch_s", "lr",
-               "weight_decay", *(k for k in RESULT_KEYS if k not in ("run_dir", "macs_breakdown")))
+RUN_COLUMNS = ("run_dir", "train_dir", "top1_source", "train_size", "epochs", "time_per_epoch_s",
+               "val_acc_best", "lr", "weight_decay", "depthwise_weight_decay",
+               *(k for k in RESULT_KEYS if k not in ("run_dir", "macs_breakdown")),
+               *(k for k in FORWARD_KEYS if k not in RESULT_KEYS))
 
 # Two configurations equal in these are compared with each other (the conv type and the
 # optimiser's settings, tuned per conv type, may differ).
-PAIR_KEYS = tuple(k for k in CONFIG_KEYS if k not in ("conv", "groups", "lr", "weight_decay"))
-THEORY_COLUMNS = (*PAIR_KEYS, "macs_ratio", "params_ratio", "latency_ratio", "throughput_ratio",
+TUNED_KEYS = ("lr", "weight_decay")
+PAIR_KEYS = tuple(k for k in CONFIG_KEYS if k not in ("conv", "groups", *TUNED_KEYS))
+THEORY_COLUMNS = (*PAIR_KEYS, "runtime_version", "macs_ratio", "params_ratio", "latency_ratio", "throughput_ratio",
                   "saving_delivered", "top1_diff")
 
 SHARE_ID_KEYS = ("dataset", "arch", "conv", "width", "image_size")
@@ -48,6 +52,15 @@ SHARE_ID_KEYS = ("dataset", "arch", "conv", "width", "image_size")
 LAYER_TYPES = ("pointwise", "depthwise", "standard", "grouped", "linear")
 
 _CONV_ORDER = {"standard": 0, "group": 1, "dsconv": 2}
+
+
+CONTENTION_LIMIT = 0.05  # share of all CPUs other processes may use while a run is timed
+
+
+def is_contended(run: Run) -> bool:
+    """Whether ``run`` was timed while other processes used the CPUs (as measured, or as flagged)."""
+    return bool(run.values.get("contention_flagged")) or (
+        (run.values.get("cpu_contention") or 0.0) > CONTENTION_LIMIT)
 
 
 def conv_rank(conv: str) -> int:
@@ -119,8 +132,9 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
             breakdown = next((r.record.macs_breakdown for r in env_runs), {})
             row = dict(zip((*MODEL_KEYS, *TRAIN_KEYS), key)) | dict(zip(ENV_KEYS, env))
             row.update(
-                n=top1["n"], top1_mean=top1["mean"], top1_ci95=top1["ci95"], top1_std=top1["std"],
+                n=top1["n"], n_runs=len({r.identity for r in members}), top1_mean=top1["mean"], top1_ci95=top1["ci95"], top1_std=top1["std"],
                 top5_mean=mean_ci(list(accuracy_by_seed(members, "top5").values()))["mean"],
+                val_acc_best_mean=mean_ci(list(accuracy_by_seed(members, "val_acc_best").values()))["mean"],
                 params=_first(members, "params"), macs=_first(members, "macs"),
                 train_macs=_first(env_runs, "train_macs"),
                 **{k: _median(in_time, k) for k in TIMING_KEYS}, n_timed=len(in_time),
@@ -133,6 +147,17 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
             )
             rows.append(row)
     return sorted(rows, key=_sort_key)
+
+
+def one_per_config(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first row of each configuration (its other rows are other measurement environments)."""
+    seen, out = set(), []
+    for row in rows:
+        key = tuple(row[k] for k in (*MODEL_KEYS, *TRAIN_KEYS))
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
 
 
 def pairs(rows: Sequence[dict[str, Any]], a: str = "standard", b: str = "dsconv",
@@ -156,7 +181,7 @@ def theory_vs_measurement(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]
         lat_saving = (None if ds["latency_ms_p50"] is None or not std["latency_ms_p50"]
                       else 1 - ds["latency_ms_p50"] / std["latency_ms_p50"])
         out.append({
-            **{k: std[k] for k in PAIR_KEYS},
+            **{k: std[k] for k in PAIR_KEYS}, "runtime_version": std["runtime_version"],
             "macs_ratio": ratio(std["macs"], ds["macs"]),
             "params_ratio": ratio(std["params"], ds["params"]),
             "latency_ratio": ratio(std["latency_ms_p50"], ds["latency_ms_p50"]),
