@@ -12,6 +12,7 @@ import pytest
 from conftest import compose_train
 
 from dsnet.evaluate import evaluate
+from dsnet.report.__main__ import main
 from dsnet.task import train
 
 QUIET = ("+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
@@ -74,6 +75,27 @@ def test_a_sweep_of_training_runs_reports_without_an_eval_step(sweep):
                                                                  "top1_vs_params.png"]
     (theory,) = read_csv(out / "theory_vs_measurement.csv")
     assert float(theory["macs_ratio"]) == m0["macs"] / m1["macs"] and theory["latency_ratio"] == ""
+    (conv,) = read_csv(out / "comparisons.csv")  # standard has seed 0 only: one pair
+    assert (conv["factor"], conv["a"], conv["b"], conv["n_pairs"], conv["seeds"]) == (
+        "conv", "standard", "dsconv", "1", "0")
+    assert float(conv["diff_mean"]) == pytest.approx(m1["test/acc"] - m0["test/acc"])
+
+
+def test_learning_curves_come_from_the_runs_csv_logs(sweep):
+    out = sweep / "report"  # written by the test above; rebuilt when this test runs alone
+    if not (out / "learning_curves.csv").is_file():
+        assert report_cli(sweep / "sweep", "--out", out).returncode == 0
+    curves = read_csv(out / "learning_curves.csv")
+    assert [(c["arm"], c["epoch"], c["n"]) for c in curves] == [
+        ("standard w0.25", "1", "1"), ("standard w0.25", "2", "1"), ("dsconv w0.25", "1", "2"),
+        ("dsconv w0.25", "2", "2")]
+    std = [float(c["val_acc_mean"]) for c in curves if c["arm"] == "standard w0.25"]
+    assert max(std) == metrics(sweep, "0")["val/acc_best"]  # the best epoch's val/acc
+    ds_best = [metrics(sweep, job)["val/acc_best"] for job in "12"]
+    ds = [c for c in curves if c["arm"] == "dsconv w0.25"]
+    assert max(float(c["val_acc_max"]) for c in ds) == max(ds_best)
+    assert (out / "learning_curves.png").read_bytes().startswith(b"\x89PNG")
+    assert "![validation accuracy per epoch](learning_curves.png)" in (out / "results.md").read_text()
 
 
 def test_latency_is_added_where_a_run_was_evaluated(sweep):
@@ -97,21 +119,27 @@ def test_latency_is_added_where_a_run_was_evaluated(sweep):
     assert math.isclose(float(runs["0"]["lr"]), 0.1)
 
 
-@pytest.mark.parametrize("case", ["no such dir", "no runs", "out is a file", "no DIR"])
-def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, case):
+@pytest.mark.parametrize("case", ["no such dir", "no runs", "out is a file", "no DIR", "bad tolerance"])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, case):
+    """In-process (the subprocess CLI's errors are tests/test_report.py's): what main() prints."""
     empty = tmp_path / "empty"
     empty.mkdir()
     (tmp_path / "file").write_text("not a directory")
+    out = ["--out", str(tmp_path / "out")]
     args, message = {
-        "no such dir": ([tmp_path / "nope", "--out", tmp_path / "out"],
-                        f"not a directory: {tmp_path / 'nope'}"),
-        "no runs": ([empty, "--out", tmp_path / "out"], f"no run directories under {empty}"),
-        "out is a file": ([empty, "--out", tmp_path / "file"],
+        "no such dir": ([str(tmp_path / "nope"), *out], f"not a directory: {tmp_path / 'nope'}"),
+        "no runs": ([str(empty), *out], f"no run directories under {empty}"),
+        "out is a file": ([str(empty), "--out", str(tmp_path / "file")],
                           f"--out exists and is not a directory: {tmp_path / 'file'}"),
-        "no DIR": (["--out", tmp_path / "out"],
-                   "the following arguments are required: DIR (see --help)"),
+        "no DIR": (out, "the following arguments are required: DIR (see --help)"),
+        "bad tolerance": ([str(empty), *out, "--tolerance", "-0.1"],
+                          "--tolerance must be a fraction in [0, 1) (0.05 = 5%), got -0.1"),
     }[case]
-    proc = report_cli(*args)
-    assert (proc.returncode, proc.stdout) == (2, f"python -m dsnet.report: error: {message}\n")
+    try:
+        status = main(args)
+    except SystemExit as exit_:  # argparse's own errors
+        status = exit_.code
+    printed = capsys.readouterr()
+    assert (status, printed.out + printed.err) == (2, f"python -m dsnet.report: error: {message}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file"]
     assert (tmp_path / "file").read_text() == "not a directory"

@@ -160,7 +160,7 @@ def train_values(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
 
 # Keys newer eval.py versions write (issue 13) that this dsnet's ResultsRecord may not know yet:
 # read here, with their types, so the report works before and after the schema gains them.
-FORWARD_KEYS = {"runtime": (str,), "runtime_version": (str, type(None)),
+FORWARD_KEYS = {"runtime": (str, type(None)), "runtime_version": (str, type(None)),
                 "contention_flagged": (bool, type(None))}
 
 
