@@ -168,6 +168,9 @@ def test_theory_table_has_a_row_per_runtime_and_leaves_contended_runs_out(tmp_pa
         (tmp_path / "runs" / name).mkdir(parents=True)
         write_json_atomic(tmp_path / "runs" / name / "results.json", data)
     summary = build_report([tmp_path / "runs"], tmp_path / "out")
+    assert (summary.n_runs, summary.n_configs) == (6, 2)
+    assert "6 runs in 2 configurations (4 rows: one per measurement environment)." in \
+        (tmp_path / "out" / "results.md").read_text()
     assert summary.notes[-1] == (
         "left out: 2 of 6 eval runs were timed under CPU contention (cpu_contention > 5% or "
         "contention_flagged); the ratio tables leave their timings out; --include-contended keeps them")

@@ -52,6 +52,7 @@ from dsnet.report.tables import (
     conv_label,
     hparam_columns,
     is_contended,
+    one_per_config,
     layer_shares,
     summarise,
     theory_vs_measurement,
@@ -75,7 +76,7 @@ class ReportSummary:
     out_dir: Path
     files: list[str]
     n_runs: int
-    n_configs: int
+    n_configs: int  # configurations; a table row is one in one measurement environment
     missing: list[tuple[Path, str]]
     notes: list[str]  # "missing: ..." columns and how to fill them, "left out: ..." runs
 
@@ -140,4 +141,4 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ReportSummary(out, files, len(runs), len(rows), missing, notes)
+    return ReportSummary(out, files, len(runs), len(one_per_config(rows)), missing, notes)

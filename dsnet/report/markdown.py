@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dsnet.report.discover import Run, show_path
-from dsnet.report.tables import CONTENTION_LIMIT, conv_label, is_contended
+from dsnet.report.tables import CONTENTION_LIMIT, conv_label, is_contended, one_per_config
 
 _THEORY_NOTE = (
     "Ratios above 1 mean dsconv is cheaper or faster. *Saving delivered* is the measured latency "
@@ -149,7 +149,7 @@ def write_markdown(out: Path, runs: Sequence[Run], rows: Sequence[dict[str, Any]
                        ("learning_curves.png", "validation accuracy per epoch"))
                       if name in plots) or "No run has top-1, so there are no plots.\n\n"
     results_md = (
-        f"# dsnet report\n\n{len(runs)} runs in {len(rows)} configurations. Top-1 is the mean "
+        f"# dsnet report\n\n{len(runs)} runs in {_n_configs(rows)}. Top-1 is the mean "
         "over seeds ± the half-width of its 95% confidence interval (Student t, n − 1 degrees of "
         "freedom; n seeds); params and MACs count one image, forward; "
         f"{timing}\n\n" + (notes_md + "\n" if notes_md else "") + figures
@@ -159,6 +159,12 @@ def write_markdown(out: Path, runs: Sequence[Run], rows: Sequence[dict[str, Any]
     for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8")
     return list(files)
+
+
+def _n_configs(rows: Sequence[dict[str, Any]]) -> str:
+    n = len(one_per_config(rows))
+    return f"{n} configurations" + (f" ({len(rows)} rows: one per measurement environment)"
+                                    if len(rows) > n else "")
 
 
 def _batch_sizes(runs: Sequence[Run]) -> str:
