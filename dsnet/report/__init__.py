@@ -2,14 +2,17 @@
 
 Usage::
 
-    python -m dsnet.report outputs/ multirun/ --out report/
+    python -m dsnet.report outputs/train/multiruns/<time> outputs/eval --out report/
 
-The report reads result files and never measures. :mod:`~dsnet.report.discover` finds eval runs
-(``results.json``) and train runs (``metrics.json``) and joins them; :mod:`~dsnet.report.tables`
-aggregates seeds into one row per configuration and compares standard with dsconv;
-:mod:`~dsnet.report.markdown` and :mod:`~dsnet.report.plots` write them out. Accuracy in files is
-a fraction; tables in Markdown show percent. Outputs go to a temporary directory first and are
-moved into ``--out`` only when everything was written.
+The report reads result files and never measures. :mod:`~dsnet.report.discover` finds train runs
+(``metrics.json``) and eval runs (``results.json``) and joins them; :mod:`~dsnet.report.tables`
+aggregates seeds into one row per configuration and measurement environment;
+:mod:`~dsnet.report.stats` gives intervals, :mod:`~dsnet.report.compare` the paired and
+equal-cost comparisons, :mod:`~dsnet.report.coverage` the columns no run fills;
+:mod:`~dsnet.report.markdown`, :mod:`~dsnet.report.compare_md`, :mod:`~dsnet.report.plots` and
+:mod:`~dsnet.report.curves` write them out. Accuracy in files is a fraction; tables in Markdown
+show percent. Outputs go to a temporary directory first and are moved into ``--out`` only when
+everything was written.
 """
 
 from __future__ import annotations
@@ -61,11 +64,11 @@ from dsnet.report.tables import (
 )
 
 __all__ = [
-    "CONFIG_KEYS", "COST_AXES", "LAYER_TYPES", "PAIR_KEYS", "RUN_COLUMNS", "SHARE_ID_KEYS",
-    "SUMMARY_COLUMNS", "THEORY_COLUMNS", "ReportInputError", "ReportSummary", "Run",
-    "DEFAULT_TOLERANCE", "build_report", "collect_runs", "comparisons", "conv_label", "equal_cost", "find_run_dirs", "layer_shares",
-    "markdown_table", "missing_columns", "pareto_front", "plot_tradeoffs", "read_train_accuracy",
-    "summarise", "theory_vs_measurement", "write_csv",
+    "CONFIG_KEYS", "COST_AXES", "DEFAULT_TOLERANCE", "LAYER_TYPES", "PAIR_KEYS", "RUN_COLUMNS",
+    "ReportInputError", "ReportSummary", "Run", "SHARE_ID_KEYS", "SUMMARY_COLUMNS",
+    "THEORY_COLUMNS", "build_report", "collect_runs", "comparisons", "conv_label", "equal_cost",
+    "find_run_dirs", "layer_shares", "markdown_table", "missing_columns", "pareto_front",
+    "plot_tradeoffs", "read_train_accuracy", "summarise", "theory_vs_measurement", "write_csv",
 ]
 
 

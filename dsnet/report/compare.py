@@ -79,8 +79,10 @@ def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 if factor == "conv" and a_["conv"] != "standard":
                     continue
                 label = "" if factor == "conv" else f"{conv_label(a_)}: "
-                out.append({"factor": factor, **{k: a_[k] for k in ("dataset", "arch", "width", "image_size")},
-                            "a": label + _side(a_, factor), "b": label + _side(b_, factor), **_diff(a_, b_)})
+                out.append({"factor": factor,
+                            **{k: a_[k] for k in ("dataset", "arch", "width", "image_size")},
+                            "a": label + _side(a_, factor), "b": label + _side(b_, factor),
+                            **_diff(a_, b_)})
     return out
 
 

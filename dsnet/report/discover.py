@@ -116,7 +116,10 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
     """The run's resolved ``config.yaml`` (Hydra's unresolved ``.hydra/config.yaml`` if that is all)."""
     for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
         if path.is_file():
-            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+            try:
+                config = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except yaml.YAMLError as err:
+                raise ValueError(f"{path.name}: not valid YAML ({str(err).splitlines()[0]})") from None
             return config if isinstance(config, dict) else {}
     return {}
 
@@ -133,7 +136,8 @@ def train_values(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     """The :class:`Run` values of a train run: its metrics.json, completed from its config.yaml.
 
     Raises:
-        ValueError: metrics.json lacks a key of :data:`TRAIN_REQUIRED` or has one of another type.
+        ValueError: metrics.json lacks a key of :data:`TRAIN_REQUIRED` or has one of another type,
+            or config.yaml is not YAML.
     """
     for key, kind in TRAIN_REQUIRED.items():
         value = metrics.get(key)

@@ -42,8 +42,8 @@ RUN_COLUMNS = ("run_dir", "train_dir", "top1_source", "train_size", "epochs", "t
 # optimiser's settings, tuned per conv type, may differ).
 TUNED_KEYS = ("lr", "weight_decay")
 PAIR_KEYS = tuple(k for k in CONFIG_KEYS if k not in ("conv", "groups", *TUNED_KEYS))
-THEORY_COLUMNS = (*PAIR_KEYS, "runtime_version", "macs_ratio", "params_ratio", "latency_ratio", "throughput_ratio",
-                  "saving_delivered", "top1_diff")
+THEORY_COLUMNS = (*PAIR_KEYS, "runtime_version", "macs_ratio", "params_ratio", "latency_ratio",
+                  "throughput_ratio", "saving_delivered", "top1_diff")
 
 SHARE_ID_KEYS = ("dataset", "arch", "conv", "width", "image_size")
 # The keys of dsnet.measure's macs_breakdown in the order of the MobileNet paper's Table 2 rows:
@@ -132,7 +132,8 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
             breakdown = next((r.record.macs_breakdown for r in env_runs), {})
             row = dict(zip((*MODEL_KEYS, *TRAIN_KEYS), key)) | dict(zip(ENV_KEYS, env))
             row.update(
-                n=top1["n"], n_runs=len({r.identity for r in members}), top1_mean=top1["mean"], top1_ci95=top1["ci95"], top1_std=top1["std"],
+                n=top1["n"], n_runs=len({r.identity for r in members}), top1_mean=top1["mean"],
+                top1_ci95=top1["ci95"], top1_std=top1["std"],
                 top5_mean=mean_ci(list(accuracy_by_seed(members, "top5").values()))["mean"],
                 val_acc_best_mean=mean_ci(list(accuracy_by_seed(members, "val_acc_best").values()))["mean"],
                 params=_first(members, "params"), macs=_first(members, "macs"),
