@@ -142,6 +142,8 @@ def _figure(rows: Sequence[dict[str, Any]], axes: Sequence[tuple[str, str, str]]
             if x_key.startswith("latency"):
                 title += " — " + ", ".join(sorted({f"{r['device_name']}, {r['runtime']}"
                                                    for r in subset if r["device_name"]}))
+                if any(r["n_contended"] for r in subset):
+                    title += " (timed under CPU contention)"
             grid[i][j].set_title(title, fontsize=10)
     _shared_legend(fig, grid.flat)
     return fig

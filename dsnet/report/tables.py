@@ -30,9 +30,9 @@ ENV_KEYS = ("runtime", "device", "device_name", "precision", "channels_last", "n
 CONFIG_KEYS = (*MODEL_KEYS, *TRAIN_KEYS, *ENV_KEYS)
 COST_KEYS = ("params", "macs", "train_macs")  # counted, so equal across seeds
 TIMING_KEYS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_iqr", "throughput_img_s")
-SUMMARY_COLUMNS = (*CONFIG_KEYS, "n", "top1_mean", "top1_ci95", "top1_std", "top5_mean", "val_acc_best_mean",
-                   *COST_KEYS, *TIMING_KEYS, "n_timed", "runtime_version", "time_per_epoch_s",
-                   "run_dirs")
+SUMMARY_COLUMNS = (*CONFIG_KEYS, "n", "top1_mean", "top1_ci95", "top1_std", "top5_mean",
+                   "val_acc_best_mean", *COST_KEYS, *TIMING_KEYS, "n_timed", "n_contended",
+                   "runtime_version", "time_per_epoch_s", "run_dirs")
 RUN_COLUMNS = ("run_dir", "train_dir", "top1_source", "train_size", "epochs", "time_per_epoch_s",
                "val_acc_best", "lr", "weight_decay", "depthwise_weight_decay",
                *(k for k in RESULT_KEYS if k not in ("run_dir", "macs_breakdown")),
@@ -114,7 +114,8 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
             evaluated runs are all left out keeps its environment rows, without timings.
 
     ``n`` counts the trained networks with top-1 (seeds); ``top1_ci95`` is the half-width of the
-    95% interval of the mean, None below two seeds; ``n_timed`` counts the timed runs of the row.
+    95% interval of the mean, None below two seeds; ``n_timed`` counts the timed runs of the row,
+    ``n_contended`` those of them timed under CPU contention (:func:`is_contended`).
     """
     timed_ids = {id(r) for r in (timed if timed is not None else runs)}
     configs: dict[tuple, list[Run]] = {}
@@ -139,6 +140,7 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
                 params=_first(members, "params"), macs=_first(members, "macs"),
                 train_macs=_first(env_runs, "train_macs"),
                 **{k: _median(in_time, k) for k in TIMING_KEYS}, n_timed=len(in_time),
+                n_contended=sum(is_contended(r) for r in in_time),
                 runtime_version=_first(env_runs, "runtime_version"),
                 time_per_epoch_s=_median(members, "time_per_epoch_s"),
                 run_dirs=";".join(sorted({show_path(r.run_dir) for r in [*members]})),
