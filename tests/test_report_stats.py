@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from dsnet.report import build_report, collect_runs, comparisons, equal_cost, summarise
+from dsnet.report import (
+    build_report,
+    collect_runs,
+    comparisons,
+    equal_cost,
+    missing_columns,
+    summarise,
+)
 from dsnet.report.compare_md import hparams_section
 from dsnet.report.curves import read_val_curve
 from dsnet.report.discover import Run
@@ -103,6 +110,19 @@ def test_equal_cost_pairs_conv_types_whose_cost_agrees_within_the_tolerance():
         equal_cost(rows, -0.1)
 
 
+def test_missing_columns_say_what_no_run_fills_and_the_command_that_fills_it():
+    trial = train_run("trial", "dsconv", 0.25, 1, None, params=130_000, macs=1_300_000)  # test=false
+    assert missing_columns([*SWEEP[:2], trial]) == [
+        "latency_ms_p50, throughput_img_s, train_macs, layer shares: no eval results for 3 of 3 "
+        "training runs; run `python eval.py ckpt_path=/runs/std0/checkpoints/last.ckpt` (with the "
+        "run's data.* overrides) for each, or `python scripts/reproduce.py RECIPE`, which trains, "
+        "evaluates and reports",
+        "top1: 1 of 3 training runs have no test accuracy (trained with test=false, as a search's "
+        "trials are: their val top-1 is in hyperparameters.md); test one with "
+        "`python eval.py ckpt_path=<run>/checkpoints/best-*.ckpt`"]
+    assert missing_columns(SWEEP[:2])[1:] == []
+
+
 def test_hparams_keys_of_metrics_json_and_the_optimiser_of_config_yaml_are_shown(tmp_path):
     for conv, lr, acc in (("standard", 0.1, 0.90), ("dsconv", 0.4, 0.85)):
         d = tmp_path / "runs" / conv
@@ -169,6 +189,9 @@ def test_theory_table_has_a_row_per_runtime_and_leaves_contended_runs_out(tmp_pa
         write_json_atomic(tmp_path / "runs" / name / "results.json", data)
     summary = build_report([tmp_path / "runs"], tmp_path / "out")
     assert (summary.n_runs, summary.n_configs) == (6, 2)
+    assert summary.notes[0] == (
+        "missing: top1: 6 eval runs measured an untrained network (no ckpt_path); evaluate a "
+        "trained checkpoint with `python eval.py ckpt_path=<run>/checkpoints/best-*.ckpt`")
     assert "6 runs in 2 configurations (4 rows: one per measurement environment)." in \
         (tmp_path / "out" / "results.md").read_text()
     assert summary.notes[-1] == (

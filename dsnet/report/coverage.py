@@ -33,12 +33,17 @@ def missing_columns(runs: Sequence[Run]) -> list[str]:
             f"run `python eval.py ckpt_path={example_checkpoint(unevaluated[0].run_dir)}` (with the "
             "run's data.* overrides) for each, or `python scripts/reproduce.py RECIPE`, which trains, "
             "evaluates and reports")
-    no_top1 = [r for r in runs if r.top1 is None]
-    if no_top1:
+    untested = [r for r in runs if r.top1 is None and r.train_dir is not None]
+    if untested:
         lines.append(
-            f"top1: no test accuracy for {len(no_top1)} of {len(runs)} runs (evaluated without "
-            "ckpt_path, or trained with test=false); evaluate a trained checkpoint with "
-            "`python eval.py ckpt_path=<run>/checkpoints/best-*.ckpt`")
+            f"top1: {len(untested)} of {len(trained)} training runs have no test accuracy "
+            "(trained with test=false, as a search's trials are: their val top-1 is in "
+            "hyperparameters.md); test one with `python eval.py ckpt_path=<run>/checkpoints/best-*.ckpt`")
+    cost_only = [r for r in runs if r.top1 is None and r.train_dir is None]
+    if cost_only:
+        lines.append(
+            f"top1: {len(cost_only)} eval runs measured an untrained network (no ckpt_path); "
+            "evaluate a trained checkpoint with `python eval.py ckpt_path=<run>/checkpoints/best-*.ckpt`")
     orphans = [r for r in runs if r.record is not None and r.record.ckpt_path is not None
                and r.train_dir is None]
     if orphans:
