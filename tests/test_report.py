@@ -111,7 +111,7 @@ def test_cli_succeeds_and_prints_runs_without_results(report):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert sum(line.startswith("no results: ") for line in lines) == 3
-    assert lines[-1] == (f"wrote 15 files to {out}: 6 runs in 4 configurations, "
+    assert lines[-1] == (f"wrote 20 files to {out}: 6 runs in 4 configurations, "
                          "3 runs without results")
 
 
@@ -134,7 +134,7 @@ def test_results_table_aggregates_seeds_and_falls_back_to_training_accuracy(repo
     assert runs["ds_w1_s2"]["top1_source"] == "results.json"
     md = (out / "results.md").read_text()
     assert ("| fashion_mnist | mobilenet_v1 | dsconv | 1 | 28 | 0.400 | 70.00 | "
-            "91.00 ± 1.00 (n=3) | 4.500 | 240 |") in md
+            "91.00 ± 2.48 (n=3) | 4.500 | 240 |") in md
     assert "| group (g=4) | 1 | 28 | 0.900 | 150.00 | 80.00 (n=1) |" in md
 
 
@@ -148,7 +148,7 @@ def test_theory_vs_measurement_ratios(report):
     assert float(row["saving_delivered"]) == pytest.approx((1 - 4.5 / 10) / (1 - 1 / 8))
     assert float(row["top1_diff"]) == pytest.approx(-0.02)
     md = (out / "theory_vs_measurement.md").read_text()
-    assert ("| fashion_mnist | mobilenet_v1 | 1 | 28 | 8.00 | 8.00 | 2.22 | 2.40 | 63% | -2.00 |"
+    assert ("| fashion_mnist | mobilenet_v1 | 1 | 28 | eager | 8.00 | 8.00 | 2.22 | 2.40 | 63% | -2.00 |"
             in md)
 
 
@@ -172,7 +172,7 @@ def test_runs_without_results_are_listed_with_the_reason(report):
     _, out = report
     md = (out / "results.md").read_text()
     section = md.split("## Runs without results (3)\n", 1)[1]
-    assert "orphan`: train run (test/acc=0.5000) that no results.json points to" in section
+    assert "orphan`: metrics.json: 'arch' must be str, got None" in section
     assert "crashed`: failed run, see error.txt" in section
     assert "bad`: invalid: " in section
     assert "bad/results.json: missing key(s) ['macs']" in section
@@ -201,7 +201,7 @@ def test_cli_missing_directory_is_a_one_line_error_and_writes_nothing(tmp_path):
     (out / "keep.txt").write_text("old report")
     proc = _run_cli(tmp_path / "nope", "--out", out)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == f"dsnet.report: error: not a directory: {tmp_path / 'nope'}\n"
+    assert proc.stderr == f"python -m dsnet.report: error: not a directory: {tmp_path / 'nope'}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp dir left
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
@@ -211,7 +211,7 @@ def test_cli_no_runs_or_no_results_is_an_error(tmp_path):
     empty.mkdir()
     proc = _run_cli(empty, "--out", tmp_path / "out")
     assert proc.returncode == 2
-    assert proc.stderr == f"dsnet.report: error: no run directories under {empty}\n"
+    assert proc.stderr == f"python -m dsnet.report: error: no run directories under {empty}\n"
     _run_dir(empty / "crashed")
     proc = _run_cli(empty, "--out", tmp_path / "out")
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
@@ -245,8 +245,9 @@ def test_config_without_standard_twin_gives_empty_theory_table(tmp_path):
         (tmp_path / "out" / "results.md").read_text()
     assert not (tmp_path / "out" / "tradeoff.png").exists()
     assert sorted(summary.files) == sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "layer_shares.csv", "layer_shares.md", "results.csv", "results.md", "runs.csv",
-        "theory_vs_measurement.csv", "theory_vs_measurement.md"]
+        "comparisons.csv", "comparisons.md", "equal_cost.csv", "equal_cost.md",
+        "hyperparameters.md", "layer_shares.csv", "layer_shares.md", "results.csv", "results.md",
+        "runs.csv", "theory_vs_measurement.csv", "theory_vs_measurement.md"]
 
 
 def test_report_states_the_latency_batch_size_and_flags_runs_timed_under_load(tmp_path):
@@ -257,4 +258,5 @@ def test_report_states_the_latency_batch_size_and_flags_runs_timed_under_load(tm
     build_report([tmp_path / "runs"], tmp_path / "out")
     md = (tmp_path / "out" / "results.md").read_text()
     assert "latency is the median at batch size 8, measured on" in md
-    assert "**1 of 3 runs were timed while other processes used more than 5% of the CPUs (up to 46%;" in md
+    assert ("**1 of 3 runs were timed while other processes used more than 5% of the CPUs, or were "
+            "flagged so (up to 46%;") in md

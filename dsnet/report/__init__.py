@@ -2,14 +2,17 @@
 
 Usage::
 
-    python -m dsnet.report outputs/ multirun/ --out report/
+    python -m dsnet.report outputs/train/multiruns/<time> outputs/eval --out report/
 
-The report reads result files and never measures. :mod:`~dsnet.report.discover` finds eval runs
-(``results.json``) and train runs (``metrics.json``) and joins them; :mod:`~dsnet.report.tables`
-aggregates seeds into one row per configuration and compares standard with dsconv;
-:mod:`~dsnet.report.markdown` and :mod:`~dsnet.report.plots` write them out. Accuracy in files is
-a fraction; tables in Markdown show percent. Outputs go to a temporary directory first and are
-moved into ``--out`` only when everything was written.
+The report reads result files and never measures. :mod:`~dsnet.report.discover` finds train runs
+(``metrics.json``) and eval runs (``results.json``) and joins them; :mod:`~dsnet.report.tables`
+aggregates seeds into one row per configuration and measurement environment;
+:mod:`~dsnet.report.stats` gives intervals, :mod:`~dsnet.report.compare` the paired and
+equal-cost comparisons, :mod:`~dsnet.report.coverage` the columns no run fills;
+:mod:`~dsnet.report.markdown`, :mod:`~dsnet.report.compare_md`, :mod:`~dsnet.report.plots` and
+:mod:`~dsnet.report.curves` write them out. Accuracy in files is a fraction; tables in Markdown
+show percent. Outputs go to a temporary directory first and are moved into ``--out`` only when
+everything was written.
 """
 
 from __future__ import annotations
@@ -21,6 +24,16 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from dsnet.report.compare import (
+    COMPARISON_COLUMNS,
+    DEFAULT_TOLERANCE,
+    EQUAL_COST_COLUMNS,
+    comparisons,
+    equal_cost,
+)
+from dsnet.report.compare_md import comparisons_section, equal_cost_section, hparams_section
+from dsnet.report.coverage import missing_columns
+from dsnet.report.curves import plot_learning_curves
 from dsnet.report.discover import (
     ReportInputError,
     Run,
@@ -28,10 +41,11 @@ from dsnet.report.discover import (
     find_run_dirs,
     read_train_accuracy,
 )
-from dsnet.report.markdown import markdown_table, write_markdown
+from dsnet.report.markdown import markdown_table, shares_section, theory_section, write_markdown
 from dsnet.report.plots import COST_AXES, pareto_front, plot_tradeoffs
 from dsnet.report.tables import (
     CONFIG_KEYS,
+    CONTENTION_LIMIT,
     LAYER_TYPES,
     PAIR_KEYS,
     RUN_COLUMNS,
@@ -39,6 +53,9 @@ from dsnet.report.tables import (
     SUMMARY_COLUMNS,
     THEORY_COLUMNS,
     conv_label,
+    hparam_columns,
+    is_contended,
+    one_per_config,
     layer_shares,
     summarise,
     theory_vs_measurement,
@@ -47,53 +64,84 @@ from dsnet.report.tables import (
 )
 
 __all__ = [
-    "CONFIG_KEYS", "COST_AXES", "LAYER_TYPES", "PAIR_KEYS", "RUN_COLUMNS", "SHARE_ID_KEYS",
-    "SUMMARY_COLUMNS", "THEORY_COLUMNS", "ReportInputError", "ReportSummary", "Run",
-    "build_report", "collect_runs", "conv_label", "find_run_dirs", "layer_shares",
-    "markdown_table", "pareto_front", "plot_tradeoffs", "read_train_accuracy", "summarise",
-    "theory_vs_measurement", "write_csv",
+    "CONFIG_KEYS", "COST_AXES", "DEFAULT_TOLERANCE", "LAYER_TYPES", "PAIR_KEYS", "RUN_COLUMNS",
+    "ReportInputError", "ReportSummary", "Run", "SHARE_ID_KEYS", "SUMMARY_COLUMNS",
+    "THEORY_COLUMNS", "build_report", "collect_runs", "comparisons", "conv_label", "equal_cost",
+    "find_run_dirs", "layer_shares", "markdown_table", "missing_columns", "pareto_front",
+    "plot_tradeoffs", "read_train_accuracy", "summarise", "theory_vs_measurement", "write_csv",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
 class ReportSummary:
-    """What :func:`build_report` wrote."""
+    """What :func:`build_report` wrote, and the lines the command line prints about it."""
 
     out_dir: Path
     files: list[str]
     n_runs: int
-    n_configs: int
+    n_configs: int  # configurations; a table row is one in one measurement environment
     missing: list[tuple[Path, str]]
+    notes: list[str]  # "missing: ..." columns and how to fill them, "left out: ..." runs
 
 
-def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> ReportSummary:
+def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+                 tolerance: float = DEFAULT_TOLERANCE, include_contended: bool = False) -> ReportSummary:
     """Reads every run under ``dirs`` and writes tables and plots into ``out``.
+
+    Args:
+        tolerance: relative cost difference up to which two configurations count as equal cost.
+        include_contended: keep runs timed under CPU contention in the ratio tables (theory vs
+            measurement, equal latency); by default only the results table shows their timings.
 
     Everything is written to a temporary directory beside ``out`` first and moved into place
     file by file only once all of it was written, so a failure leaves ``out`` untouched.
 
     Raises:
-        ReportInputError: a directory does not exist, or no run under ``dirs`` has results.
+        ReportInputError: a directory does not exist, ``out`` is a file, ``tolerance`` is
+            negative, or no run under ``dirs`` has results.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportInputError(f"--out exists and is not a directory: {out}")
+    if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < 1):
+        raise ReportInputError(f"--tolerance must be a fraction in [0, 1) (0.05 = 5%), got {tolerance!r}")
     runs, missing = collect_runs(dirs)
     if not runs:
         d, reason = missing[0]
         raise ReportInputError(f"none of the {len(missing)} run directories has results "
                                f"(e.g. {d}: {reason})")
     rows = summarise(runs)
+    contended = [r for r in runs if r.record is not None and is_contended(r)]
+    quiet_rows = summarise(runs, [r for r in runs if include_contended or r not in contended])
+    notes = [f"missing: {line}" for line in missing_columns(runs)]
+    if contended and not include_contended:
+        notes.append(f"left out: {len(contended)} of {sum(r.record is not None for r in runs)} "
+                     "eval runs were timed under CPU contention (cpu_contention > "
+                     f"{CONTENTION_LIMIT:.0%} or contention_flagged); the ratio tables leave their "
+                     "timings out; --include-contended keeps them")
+    theory, shares = theory_vs_measurement(quiet_rows), layer_shares(rows)
+    compared, matched = comparisons(rows), equal_cost(quiet_rows, tolerance)
+    hparams = hparam_columns(rows)
+    sections = {"theory_vs_measurement.md": theory_section(theory),
+                "comparisons.md": comparisons_section(compared),
+                "equal_cost.md": equal_cost_section(matched, tolerance),
+                "hyperparameters.md": hparams_section(rows, hparams),
+                "layer_shares.md": shares_section(shares)}
+    share_columns = list(dict.fromkeys(k for s in shares for k in s)) or list(SHARE_ID_KEYS)
+    tables = {"results.csv": (rows, [*SUMMARY_COLUMNS, *hparams]),
+              "theory_vs_measurement.csv": (theory, THEORY_COLUMNS),
+              "comparisons.csv": (compared, COMPARISON_COLUMNS),
+              "equal_cost.csv": (matched, EQUAL_COST_COLUMNS),
+              "layer_shares.csv": (shares, share_columns)}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp."))
     try:
-        theory, shares = theory_vs_measurement(rows), layer_shares(rows)
-        plots = plot_tradeoffs(rows, tmp)
-        files = [*write_markdown(tmp, runs, rows, theory, shares, missing, plots),
-                 *write_csvs(tmp, runs, rows, theory, shares), *plots]
+        plots = [*plot_tradeoffs(rows, tmp), *plot_learning_curves(runs, tmp)]
+        files = [*write_markdown(tmp, runs, rows, sections, missing, plots, notes),
+                 *write_csvs(tmp, runs, tables), *plots]
         out.mkdir(exist_ok=True)
         for name in files:
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ReportSummary(out, files, len(runs), len(rows), missing)
+    return ReportSummary(out, files, len(runs), len(one_per_config(rows)), missing, notes)

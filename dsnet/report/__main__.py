@@ -1,4 +1,9 @@
-"""``python -m dsnet.report DIR [DIR ...] --out OUT``: the report's command line."""
+"""``python -m dsnet.report DIR [DIR ...] [--out OUT]``: the report's command line.
+
+Bad input (a directory that does not exist or holds no runs, an ``--out`` that is a file, a
+missing argument) is one line on stderr, ``python -m dsnet.report: error: ...``, exit status 2,
+and nothing written.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +13,41 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import dsnet.report
-from dsnet.report import ReportInputError, build_report
+from dsnet.report import DEFAULT_TOLERANCE, ReportInputError, build_report
 from dsnet.report.discover import show_path
+
+PROG = "python -m dsnet.report"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the error), not the usage text and the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Writes the report for ``argv`` and prints what it wrote; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m dsnet.report",
-                                     description=dsnet.report.__doc__.split("\n")[0])
+    parser = _OneLineParser(prog=PROG, description=dsnet.report.__doc__.split("\n")[0])
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="directories to search for runs")
-    parser.add_argument("--out", required=True, type=Path, help="directory to write the report")
+    parser.add_argument("--out", type=Path, default=Path("report"),
+                        help="directory to write the report (default: report)")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help="relative cost difference that still counts as equal cost "
+                             f"(default {DEFAULT_TOLERANCE:g}, i.e. {DEFAULT_TOLERANCE * 100:g}%%)")
+    parser.add_argument("--include-contended", action="store_true",
+                        help="keep runs timed under CPU contention in the ratio tables")
     args = parser.parse_args(argv)
     try:
-        summary = build_report(args.dirs, args.out)
+        summary = build_report(args.dirs, args.out, tolerance=args.tolerance,
+                               include_contended=args.include_contended)
     except ReportInputError as err:
-        print(f"dsnet.report: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     for d, reason in summary.missing:
         print(f"no results: {show_path(d)}: {reason}")
+    for line in summary.notes:
+        print(line)
     print(f"wrote {len(summary.files)} files to {summary.out_dir}: {summary.n_runs} runs in "
           f"{summary.n_configs} configurations, {len(summary.missing)} runs without results")
     return 0

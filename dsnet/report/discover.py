@@ -1,14 +1,17 @@
-"""Finds run directories and reads them: eval runs joined to the train runs they evaluated.
+"""Finds run directories and reads them into :class:`Run` s: train runs, eval runs, and the two joined.
 
 A *run directory* is any directory holding ``.hydra/config.yaml``, ``metrics.json`` or
 ``results.json``:
 
-* an **eval run** has ``results.json`` (:mod:`dsnet.results`): cost, speed and, when a checkpoint
-  was evaluated, accuracy. When its ``top1`` is null but its ``ckpt_path`` lies inside a train run,
-  top-1 is taken from that run's ``metrics.json`` (``test/acc``).
-* a **train run** has ``metrics.json``. It is covered when an eval run's checkpoint lies inside it;
-  otherwise it is listed under "runs without results", as is every other run directory without
-  usable results (never dropped silently).
+* a **train run** has ``metrics.json`` (:mod:`dsnet.task`): accuracy (``test/acc``), params, MACs,
+  the model and data it trained, epochs and time per epoch; its ``config.yaml`` (the resolved
+  config) adds the group count, input channels, classes and the optimiser's settings. A train run
+  is a result of its own: a sweep reports without an eval step.
+* an **eval run** has ``results.json`` (:mod:`dsnet.results`): cost, speed and, given a checkpoint,
+  accuracy. When its ``ckpt_path`` lies inside a train run, the two are one :class:`Run` (the eval's
+  values win; top-1 falls back to training's ``test/acc`` when the eval has none).
+
+Every run directory that yields no :class:`Run` is listed with the reason (never dropped silently).
 """
 
 from __future__ import annotations
@@ -18,26 +21,54 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from dsnet.results import ResultsRecord, load_results
+import yaml
+
+from dsnet.results import RESULT_KEYS, ResultsRecord
 
 
 class ReportInputError(ValueError):
     """The directories given to the report hold nothing it can report."""
 
 
-_SKIP_DIRS = {"checkpoints", "wandb", "tensorboard", "__pycache__"}
+_SKIP_DIRS = {"checkpoints", "wandb", "tensorboard", "csv", "__pycache__"}
+# metrics.json keys a train run needs to stand on its own (written by dsnet.task since the report
+# learnt to read train runs); older files without them only serve as an eval run's accuracy.
+TRAIN_REQUIRED = {"arch": str, "conv": str, "dataset": str, "width": (int, float),
+                  "image_size": int, "params": int, "macs": int}
+TRAIN_OPTIONAL = ("seed", "epochs", "time_per_epoch_s", "val/acc_best")
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """An eval run's results, accuracy resolved from results.json or training's metrics.json."""
+    """One trained or evaluated network: everything known about it as one flat mapping.
+
+    ``values`` holds the results keys of :mod:`dsnet.results` (None or absent: unknown) plus, from
+    a train run, ``epochs``, ``time_per_epoch_s``, ``val_acc_best``, ``lr``, ``weight_decay``,
+    ``depthwise_weight_decay``, ``train_size`` (None: the whole split), ``train_batch_size`` and
+    any ``hparams/*`` keys of its metrics.json. ``run_dir`` is the eval run's directory when
+    there is one, else the train run's; ``train_dir`` the train run's, when known.
+    """
 
     run_dir: Path
-    record: ResultsRecord
-    top1: float | None
-    top5: float | None
-    top1_source: str  # "results.json", "metrics.json" or "" when unknown
+    values: dict[str, Any]
+    record: ResultsRecord | None = None
+    train_dir: Path | None = None
+    top1_source: str = ""  # "results.json", "metrics.json" or "" when unknown
+
+    @property
+    def top1(self) -> float | None:
+        return self.values.get("top1")
+
+    @property
+    def top5(self) -> float | None:
+        return self.values.get("top5")
+
+    @property
+    def identity(self) -> Path:
+        """The trained network this run stands for: seeds are counted once per identity."""
+        return self.train_dir or self.run_dir
 
 
 def show_path(path: Path) -> str:
@@ -66,41 +97,122 @@ def find_run_dirs(dirs: Sequence[str | os.PathLike]) -> list[Path]:
 
 def read_train_accuracy(path: Path) -> tuple[float | None, float | None]:
     """``(test/acc, test/acc5)`` as fractions from a training ``metrics.json``; None: not logged."""
+    metrics = _read_metrics(path)
+    return metrics.get("test/acc"), metrics.get("test/acc5")
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
     metrics = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(metrics, dict):
         raise ValueError(f"{path}: expected a JSON object of metrics, got {type(metrics).__name__}")
-    accs = metrics.get("test/acc"), metrics.get("test/acc5")
-    for key, acc in zip(("test/acc", "test/acc5"), accs):
+    for key in ("test/acc", "test/acc5"):
+        acc = metrics.get(key)
         if acc is not None and not (isinstance(acc, (int, float)) and 0.0 <= acc <= 1.0):
             raise ValueError(f"{path}: {key!r} must be a fraction in [0, 1], got {acc!r}")
-    return accs
+    return metrics
 
 
-def _read_eval_run(run_dir: Path, train_acc: dict[Path, tuple]) -> tuple[Run, Path | None]:
-    """The eval run in ``run_dir`` and the train run its checkpoint came from, if found.
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's resolved ``config.yaml`` (Hydra's unresolved ``.hydra/config.yaml`` if that is all)."""
+    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        if path.is_file():
+            try:
+                config = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except yaml.YAMLError as err:
+                raise ValueError(f"{path.name}: not valid YAML ({str(err).splitlines()[0]})") from None
+            return config if isinstance(config, dict) else {}
+    return {}
 
-    Accuracy falls back to the train run's ``test/acc`` (``test/acc5``) when the eval run has no
-    top-1. A relative ``ckpt_path`` is taken relative to the working directory, as eval.py
-    would have.
+
+def _get(config: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(config, dict):
+            return None
+        config = config.get(part)
+    return config
+
+
+def train_values(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`Run` values of a train run: its metrics.json, completed from its config.yaml.
+
+    Raises:
+        ValueError: metrics.json lacks a key of :data:`TRAIN_REQUIRED` or has one of another type,
+            or config.yaml is not YAML.
     """
-    record = load_results(run_dir / "results.json")
+    for key, kind in TRAIN_REQUIRED.items():
+        value = metrics.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"metrics.json: {key!r} must be {getattr(kind, '__name__', 'a number')}, "
+                             f"got {value!r} (a metrics.json written before dsnet recorded the run's "
+                             "identity; evaluate its checkpoint with eval.py)")
+    config = _read_config(run_dir)
+    conv = metrics["conv"]
+    groups = _get(config, "model.groups") if conv == "group" else None
+    values = {k: metrics[k] for k in TRAIN_REQUIRED} | {k: metrics.get(k) for k in TRAIN_OPTIONAL}
+    values.update(
+        width=float(metrics["width"]), groups=groups,
+        in_chans=_get(config, "data.in_chans"), num_classes=_get(config, "data.num_classes"),
+        top1=metrics.get("test/acc"), top5=metrics.get("test/acc5"),
+        lr=_get(config, "optim.optimizer.lr"), weight_decay=_get(config, "optim.optimizer.weight_decay"),
+        depthwise_weight_decay=_get(config, "module.depthwise_weight_decay"),
+        train_size=_get(config, "data.train_size"), train_batch_size=_get(config, "data.batch_size"),
+        val_acc_best=metrics.get("val/acc_best"),
+        **{k: v for k, v in metrics.items() if k.startswith("hparams/")},
+    )
+    return values
+
+
+# Keys newer eval.py versions write (issue 13) that this dsnet's ResultsRecord may not know yet:
+# read here, with their types, so the report works before and after the schema gains them.
+FORWARD_KEYS = {"runtime": (str, type(None)), "runtime_version": (str, type(None)),
+                "contention_flagged": (bool, type(None))}
+
+
+def load_eval(path: Path) -> tuple[ResultsRecord, dict[str, Any]]:
+    """A ``results.json`` as its record and the :data:`FORWARD_KEYS` the record does not hold.
+
+    Raises:
+        ValueError, TypeError: what :meth:`ResultsRecord.from_dict` raises, or a forward key of
+            the wrong type (the message names the file and the key).
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    extra = {}
+    if isinstance(data, dict):
+        for key, kinds in FORWARD_KEYS.items():
+            if key in data and key not in RESULT_KEYS:
+                extra[key] = data.pop(key)
+                if not isinstance(extra[key], kinds):
+                    raise TypeError(f"{path}: key {key!r}: expected "
+                                    f"{' | '.join(k.__name__ for k in kinds)}, got {extra[key]!r}")
+    return ResultsRecord.from_dict(data, source=str(path)), extra
+
+
+def _eval_run(run_dir: Path, trains: dict[Path, dict[str, Any]]) -> Run:
+    """The eval run in ``run_dir``, joined to the train run its checkpoint lies in, if found.
+
+    A relative ``ckpt_path`` is taken relative to the working directory, as eval.py would have.
+    """
+    record, extra = load_eval(run_dir / "results.json")
     train_dir = None
     if record.ckpt_path is not None:
         parents = Path(record.ckpt_path).resolve().parents
-        train_dir = next((p for p in parents if p in train_acc), None)
-    top1, top5, source = record.top1, record.top5, "results.json"
-    if top1 is None:
-        top1, top5 = train_acc.get(train_dir, (None, None))
-        source = "metrics.json" if top1 is not None else ""
-    return Run(run_dir, record, top1, top5, source), train_dir
+        train_dir = next((p for p in parents if p in trains), None)
+    train = trains.get(train_dir, {})
+    values = {**train, **{k: v for k, v in record.to_dict().items() if k != "macs_breakdown"}, **extra}
+    if values.get("runtime") is None:
+        values["runtime"] = "eager"  # results.json before runtimes were recorded: eager
+    source = "results.json"
+    if record.top1 is None:
+        values["top1"], values["top5"] = train.get("top1"), train.get("top5")
+        source = "metrics.json" if values["top1"] is not None else ""
+    return Run(run_dir, values, record, train_dir, source)
 
 
-def _no_results_reason(run_dir: Path, train_acc: dict[Path, tuple]) -> str:
-    """Why a run directory that is no valid eval run and no evaluated train run gave nothing."""
-    if run_dir in train_acc:
-        acc = train_acc[run_dir][0]
-        return (f"train run ({'no test/acc' if acc is None else f'test/acc={acc:.4f}'})"
-                " that no results.json points to; run eval.py on its checkpoint")
+def _no_results_reason(run_dir: Path) -> str:
+    """Why a run directory without readable metrics.json or results.json gave nothing."""
     if (run_dir / "error.txt").is_file():  # train.py leaves its traceback there when a run fails
         return "failed run, see error.txt"
     return "no results.json or metrics.json (unfinished run?)"
@@ -110,8 +222,9 @@ def collect_runs(dirs: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tup
     """Reads every run directory under ``dirs``.
 
     Returns:
-        The eval runs with valid results, and ``(run_dir, reason)`` for every run directory
-        that contributed no results (bad files included, with the error as the reason).
+        The runs (eval runs, with their train runs joined in, then train runs no eval run
+        covers), and ``(run_dir, reason)`` for every run directory that gave no run (bad files
+        included, with the error as the reason).
 
     Raises:
         ReportInputError: a directory does not exist or holds no run directory.
@@ -119,25 +232,38 @@ def collect_runs(dirs: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tup
     run_dirs = find_run_dirs(dirs)
     if not run_dirs:
         raise ReportInputError(f"no run directories under {', '.join(map(str, dirs))}")
-    train_acc: dict[Path, tuple[float | None, float | None]] = {}
+    metrics: dict[Path, dict[str, Any]] = {}  # every readable metrics.json, as eval fallbacks
+    trains: dict[Path, dict[str, Any]] = {}   # those that stand on their own as train runs
     missing: dict[Path, str] = {}
-    for d in run_dirs:
-        if (d / "metrics.json").is_file():
-            try:
-                train_acc[d] = read_train_accuracy(d / "metrics.json")
-            except ValueError as err:  # JSONDecodeError is a ValueError
-                missing[d] = f"unreadable metrics.json: {err}"
+    for d in (d for d in run_dirs if (d / "metrics.json").is_file()):
+        try:
+            metrics[d] = _read_metrics(d / "metrics.json")
+        except ValueError as err:  # JSONDecodeError is a ValueError
+            missing[d] = f"unreadable metrics.json: {err}"
+            continue
+        try:
+            trains[d] = train_values(d, metrics[d])
+        except ValueError as err:
+            missing[d] = str(err)
+    fallbacks = {d: trains.get(d) or {"top1": m.get("test/acc"), "top5": m.get("test/acc5")}
+                 for d, m in metrics.items()}
     runs, covered = [], set()
     for d in (d for d in run_dirs if (d / "results.json").is_file()):
         try:
-            run, train_dir = _read_eval_run(d, train_acc)
+            run = _eval_run(d, fallbacks)
         except (ValueError, TypeError) as err:
             missing[d] = f"invalid: {err}"
             continue
         runs.append(run)
-        covered |= {d, train_dir}
+        covered |= {d, run.train_dir}
         missing.pop(d, None)  # its own metrics.json is only a fallback; the results are valid
+    for d, values in trains.items():
+        if d not in covered:
+            runs.append(Run(d, values, None, d, "metrics.json" if values["top1"] is not None else ""))
+            covered.add(d)
     for d in run_dirs:
-        if d not in covered and d not in missing:
-            missing[d] = _no_results_reason(d, train_acc)
+        if d in covered:
+            missing.pop(d, None)  # an old-style metrics.json is fine when an eval run covers it
+        elif d not in missing:
+            missing[d] = _no_results_reason(d)
     return runs, sorted(missing.items())

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dsnet.report.discover import Run, show_path
-from dsnet.report.tables import conv_label
+from dsnet.report.tables import CONTENTION_LIMIT, conv_label, is_contended, one_per_config
 
 _THEORY_NOTE = (
     "Ratios above 1 mean dsconv is cheaper or faster. *Saving delivered* is the measured latency "
@@ -24,8 +24,11 @@ _SHARES_NOTE = (
 _LAYER_NAMES = {"pointwise": "1x1 conv", "standard": "k x k conv", "linear": "fully connected"}
 
 
-def _fmt(value: Any, spec: str = "", scale: float = 1.0) -> str:
-    return "–" if value is None else format(value * scale, spec)
+def fmt(value: Any, spec: str = "", scale: float = 1.0) -> str:
+    """``value`` (times ``scale``) in ``spec``; ``–`` for None."""
+    if value is None:
+        return "–"
+    return format(value * scale if scale != 1.0 else value, spec)
 
 
 def _config_header(conv: bool = True) -> list[str]:
@@ -48,35 +51,55 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _optional_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(key, header, format) of the columns shown only when some row has them, or when they vary."""
+    cols = [(k, h, f) for k, h, f in (("train_size", "train images", "d"), ("epochs", "epochs", "d"),
+                                       ("lr", "lr", "g"), ("weight_decay", "weight decay", "g"),
+                                       ("depthwise_weight_decay", "depthwise wd", "g"))
+            if any(r[k] is not None for r in rows)]
+    for key, header in (("runtime", "runtime"), ("device_name", "device")):
+        if len({r[key] for r in rows if r[key] is not None}) > 1:
+            cols.append((key, header, "s"))
+    return cols
+
+
+def top1_cell(row: dict[str, Any]) -> str:
+    """``91.00 ± 2.48 (n=3)``: mean ± half-width of the 95% interval, in percent; ``–`` if unknown."""
+    cell = fmt(row["top1_mean"], ".2f", 100)
+    if row["top1_ci95"] is not None:
+        cell += f" ± {row['top1_ci95'] * 100:.2f}"
+    if row["top1_mean"] is not None:
+        cell += f" (n={row['n']})"
+    return cell
+
+
 def _results_md(rows: Sequence[dict[str, Any]]) -> str:
-    header = [*_config_header(), "params (M)", "MACs (M)", "top-1 (%)", "latency p50 (ms)",
-              "throughput (img/s)"]
-    several_devices = len({r["device_name"] for r in rows}) > 1
-    if several_devices:
-        header.append("device")
-    body = []
-    for r in rows:
-        top1 = _fmt(r["top1_mean"], ".2f", 100)
-        if r["top1_std"] is not None:
-            top1 += f" ± {r['top1_std'] * 100:.2f}"
-        if r["top1_mean"] is not None:
-            top1 += f" (n={r['n']})"
-        body.append([*_config_cells(r, conv_label(r)), f"{r['params'] / 1e6:.3f}",
-                     f"{r['macs'] / 1e6:.2f}", top1, f"{r['latency_ms_p50']:.3f}",
-                     f"{r['throughput_img_s']:.0f}",
-                     *([r["device_name"]] if several_devices else [])])
+    extra = _optional_columns(rows)
+    header = [*_config_header(), *(h for _, h, _ in extra), "params (M)", "MACs (M)",
+              "top-1 (%), mean ± 95% CI", "latency p50 (ms)", "throughput (img/s)"]
+    body = [[*_config_cells(r, conv_label(r)),
+             *("all" if k == "train_size" and r[k] is None and r["epochs"] is not None
+               else fmt(r[k], f) for k, _, f in extra),
+             f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e6:.2f}", top1_cell(r),
+             fmt(r["latency_ms_p50"], ".3f"), fmt(r["throughput_img_s"], ".0f")] for r in rows]
     return markdown_table(header, body)
 
 
 def _theory_md(rows: Sequence[dict[str, Any]]) -> str:
-    header = [*_config_header(conv=False), "MACs std/ds", "params std/ds", "latency std/ds",
+    header = [*_config_header(conv=False), "runtime", "MACs std/ds", "params std/ds", "latency std/ds",
               "throughput ds/std", "saving delivered", "top-1 ds − std (pp)"]
-    body = [[*_config_cells(r, None),
-             _fmt(r["macs_ratio"], ".2f"), _fmt(r["params_ratio"], ".2f"),
-             _fmt(r["latency_ratio"], ".2f"), _fmt(r["throughput_ratio"], ".2f"),
-             _fmt(r["saving_delivered"], ".0%"), _fmt(r["top1_diff"], "+.2f", 100)]
+    body = [[*_config_cells(r, None), _runtime_cell(r),
+             fmt(r["macs_ratio"], ".2f"), fmt(r["params_ratio"], ".2f"),
+             fmt(r["latency_ratio"], ".2f"), fmt(r["throughput_ratio"], ".2f"),
+             fmt(r["saving_delivered"], ".0%"), fmt(r["top1_diff"], "+.2f", 100)]
             for r in rows]
     return markdown_table(header, body)
+
+
+def _runtime_cell(row: dict[str, Any]) -> str:
+    if row["runtime"] is None:
+        return "–"
+    return row["runtime"] + (f" {row['runtime_version']}" if row.get("runtime_version") else "")
 
 
 def _shares_md(shares: Sequence[dict[str, Any]]) -> str:
@@ -89,38 +112,59 @@ def _shares_md(shares: Sequence[dict[str, Any]]) -> str:
     return markdown_table(header, body)
 
 
+def theory_section(theory: Sequence[dict[str, Any]]) -> str:
+    """The theory-vs-measurement section: one row per configuration and runtime."""
+    return ("## Theory vs measurement: standard / dsconv\n\n" + _THEORY_NOTE + "\n"
+            + (_theory_md(theory) if theory else
+               "No configuration has both standard and dsconv runs.\n"))
+
+
+def shares_section(shares: Sequence[dict[str, Any]]) -> str:
+    """The paper's Table 2: share of MACs and parameters per layer type."""
+    return ("## Where the cost is: share per layer type\n\n" + _SHARES_NOTE + "\n"
+            + (_shares_md(shares) if shares else "No run has a MACs breakdown (eval results).\n"))
+
+
 def write_markdown(out: Path, runs: Sequence[Run], rows: Sequence[dict[str, Any]],
-                   theory: Sequence[dict[str, Any]], shares: Sequence[dict[str, Any]],
-                   missing: Sequence[tuple[Path, str]], plots: Sequence[str]) -> list[str]:
-    """Writes ``results.md`` (everything) and its two analysis sections as files of their own.
+                   sections: dict[str, str], missing: Sequence[tuple[Path, str]],
+                   plots: Sequence[str], notes: Sequence[str]) -> list[str]:
+    """Writes ``results.md`` (everything) and each of ``sections`` as a file of its own.
+
+    Args:
+        sections: ``{file name: Markdown}`` of the analysis sections, in the order they appear.
+        notes: lines said under the introduction (missing columns, runs left out).
 
     Returns:
         The file names written.
     """
-    theory_md = ("## Theory vs measurement: standard / dsconv\n\n" + _THEORY_NOTE + "\n"
-                 + (_theory_md(theory) if theory else
-                    "No configuration has both standard and dsconv runs.\n"))
-    shares_md = ("## Where the cost is: share per layer type\n\n" + _SHARES_NOTE + "\n"
-                 + (_shares_md(shares) if shares else "No run has a MACs breakdown.\n"))
+    timed = [r for r in runs if r.record is not None]
     devices = sorted({f"{r['device_name']} ({r['device']}, {r['precision']}, "
-                      f"{r['num_threads']} threads)" for r in rows})
+                      f"{r['num_threads']} threads)" for r in rows if r["device"] is not None})
+    timing = (f"latency is the median at {_batch_sizes(timed)}, measured on {'; '.join(devices)}."
+              f"{_contention_note(timed)}" if timed else "no run has eval results, so no latency.")
     missing_md = "".join(f"- `{show_path(d)}`: {reason}\n" for d, reason in missing) or "None.\n"
+    notes_md = "".join(f"- {line}\n" for line in notes)
+    figures = "".join(f"![{alt}]({name})\n\n" for name, alt in
+                      (("tradeoff.png", "accuracy against cost"),
+                       ("learning_curves.png", "validation accuracy per epoch"))
+                      if name in plots) or "No run has top-1, so there are no plots.\n\n"
     results_md = (
-        f"# dsnet report\n\n{len(runs)} runs in {len(rows)} configurations. Top-1 is the mean "
-        "over seeds ± sample std (n runs); params and MACs count one image, forward; latency is "
-        f"the median at {_batch_sizes(runs)}, measured on {'; '.join(devices)}.{_contention_note(runs)}\n\n"
-        + ("![accuracy against cost](tradeoff.png)\n\n" if "tradeoff.png" in plots else
-           "No run has top-1, so there are no plots.\n\n")
-        + "## Results\n\n" + _results_md(rows) + "\n" + theory_md + "\n" + shares_md
+        f"# dsnet report\n\n{len(runs)} runs in {_n_configs(rows)}. Top-1 is the mean "
+        "over seeds ± the half-width of its 95% confidence interval (Student t, n − 1 degrees of "
+        "freedom; n seeds); params and MACs count one image, forward; "
+        f"{timing}\n\n" + (notes_md + "\n" if notes_md else "") + figures
+        + "## Results\n\n" + _results_md(rows) + "\n" + "\n".join(sections.values())
         + f"\n## Runs without results ({len(missing)})\n\n" + missing_md)
-    files = {"results.md": results_md, "theory_vs_measurement.md": theory_md,
-             "layer_shares.md": shares_md}
+    files = {"results.md": results_md, **sections}
     for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8")
     return list(files)
 
 
-CONTENTION_LIMIT = 0.05  # share of all CPUs other processes may use while a run is timed
+def _n_configs(rows: Sequence[dict[str, Any]]) -> str:
+    n = len(one_per_config(rows))
+    return f"{n} configurations" + (f" ({len(rows)} rows: one per measurement environment)"
+                                    if len(rows) > n else "")
 
 
 def _batch_sizes(runs: Sequence[Run]) -> str:
@@ -130,10 +174,11 @@ def _batch_sizes(runs: Sequence[Run]) -> str:
 
 def _contention_note(runs: Sequence[Run]) -> str:
     """A warning when some latencies were timed while other processes used the CPUs."""
-    busy = [r.record.cpu_contention for r in runs if (r.record.cpu_contention or 0.0) > CONTENTION_LIMIT]
+    busy = [r for r in runs if is_contended(r)]
     if not busy:
         return ""
-    worst = max(busy)
+    worst = max(r.values.get("cpu_contention") or 0.0 for r in busy)
     return (f" **{len(busy)} of {len(runs)} runs were timed while other processes used more than "
-            f"{CONTENTION_LIMIT:.0%} of the CPUs (up to {worst:.0%}; `cpu_contention` in runs.csv): "
-            "their latencies are upper bounds, and ratios between them are unreliable.**")
+            f"{CONTENTION_LIMIT:.0%} of the CPUs, or were flagged so (up to {worst:.0%}; "
+            "`cpu_contention` and `contention_flagged` in runs.csv): their latencies are upper "
+            "bounds.**")

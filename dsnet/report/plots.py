@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
 
-from dsnet.report.tables import conv_label, conv_rank
+from dsnet.report.tables import conv_label, conv_rank, one_per_config
 
 # (row key, axis label, file stem) of the cost axes accuracy is plotted against.
 COST_AXES = (("params", "parameters", "top1_vs_params"),
@@ -58,6 +58,8 @@ def _point_label(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
         parts.append(f"{row['image_size']}px")
     if len({r["arch"] for r in rows}) > 1:
         parts.append(row["arch"])
+    if len({r["runtime"] for r in rows}) > 1 and all(r["runtime"] for r in rows):
+        parts.append(row["runtime"])
     return " ".join(parts)
 
 
@@ -75,19 +77,30 @@ def _format_axes(ax, xs: Sequence[float], x_key: str, x_label: str) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.1, y=0.1)
     ax.set_xlabel(x_label + " (log scale)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("top-1 accuracy (%), mean ± 95% CI")
     ax.grid(True, which="both", alpha=0.25)
+
+
+def _clipped_ci(rows: Sequence[dict[str, Any]]) -> list[list[float]]:
+    """Error bars (lower, upper) in percent: the 95% interval, cut at 0% and 100% (few seeds
+    give intervals wider than accuracy can go)."""
+    lower = [100 * min(r["top1_ci95"] or 0.0, r["top1_mean"]) for r in rows]
+    upper = [100 * min(r["top1_ci95"] or 0.0, 1.0 - r["top1_mean"]) for r in rows]
+    return [lower, upper]
 
 
 def _draw_panel(ax, rows: Sequence[dict[str, Any]], x_key: str, x_label: str,
                 styles: dict[str, tuple[str, str]]) -> None:
-    """Top-1 (mean ± std over seeds) against one cost, a series per conv label, and the front."""
-    rows = [r for r in rows if r["top1_mean"] is not None and r[x_key] > 0]  # log axis needs > 0
+    """Top-1 (mean ± 95% interval over seeds) against one cost, a series per conv label, and the front."""
+    rows = [r for r in rows  # a log axis needs > 0
+            if r["top1_mean"] is not None and r[x_key] is not None and r[x_key] > 0]
+    if not x_key.startswith("latency"):
+        rows = one_per_config(rows)  # rows of other runtimes repeat its params and MACs
     for label, (colour, marker) in styles.items():
         pts = [r for r in rows if conv_label(r) == label]
         if pts:
             ax.errorbar([r[x_key] for r in pts], [100 * r["top1_mean"] for r in pts],
-                        yerr=[100 * (r["top1_std"] or 0.0) for r in pts], fmt=marker,
+                        yerr=_clipped_ci(pts), fmt=marker,
                         color=colour, label=label, markersize=7, capsize=3, zorder=3)
     for r in rows:
         ax.annotate(_point_label(r, rows), (r[x_key], 100 * r["top1_mean"]), fontsize=8,
@@ -127,14 +140,19 @@ def _figure(rows: Sequence[dict[str, Any]], axes: Sequence[tuple[str, str, str]]
             _draw_panel(grid[i][j], subset, x_key, x_label, styles)
             title = dataset
             if x_key.startswith("latency"):
-                title += " — " + ", ".join(sorted({r["device_name"] for r in subset}))
+                title += " — " + ", ".join(sorted({f"{r['device_name']}, {r['runtime']}"
+                                                   for r in subset if r["device_name"]}))
+                if any(r["n_contended"] for r in subset):
+                    title += " (timed under CPU contention)"
             grid[i][j].set_title(title, fontsize=10)
     _shared_legend(fig, grid.flat)
     return fig
 
 
 def plot_tradeoffs(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[str]:
-    """Writes top-1 against each cost axis, and all three in ``tradeoff``, as PNG and SVG.
+    """Writes top-1 against each cost axis, and all of them in ``tradeoff``, as PNG and SVG.
+
+    The latency axis is drawn only when some run with top-1 has a latency (eval results).
 
     Returns:
         The file names written; none when no configuration has accuracy.
@@ -142,9 +160,10 @@ def plot_tradeoffs(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[str]:
     rows = [r for r in rows if r["top1_mean"] is not None]
     if not rows:
         return []
+    axes = [a for a in COST_AXES if any(r[a[0]] is not None for r in rows)]
     names = []
-    for stem, axes in [*((a[2], [a]) for a in COST_AXES), ("tradeoff", COST_AXES)]:
-        fig = _figure(rows, axes)
+    for stem, panel_axes in [*((a[2], [a]) for a in axes), ("tradeoff", axes)]:
+        fig = _figure(rows, panel_axes)
         fig.savefig(out_dir / f"{stem}.png", dpi=150)
         # No date in the SVG: a rerun differs only in matplotlib's random element ids.
         fig.savefig(out_dir / f"{stem}.svg", metadata={"Date": None})

@@ -1,0 +1,128 @@
+"""Comparisons between configurations: paired differences by seed, at equal width and at equal cost.
+
+A *comparison* pairs two configurations that differ in one factor and are equal in everything
+else (:data:`FACTORS`): the convolution type (each arm keeps its own tuned learning rate and weight
+decay), the schedule length (the convergence check: doubling the epochs) or the depthwise weight
+decay (the paper's detail). Its top-1 difference is taken seed by seed (``b - a``), with the 95%
+interval of the per-seed differences (:func:`dsnet.report.stats.paired_difference`).
+
+*At equal cost* pairs configurations of two convolution types whose parameters, multiply-adds or
+measured latency agree within a relative tolerance, whatever their widths: the accuracy each
+convolution type reaches for the same budget. Both sides' actual costs are in every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from dsnet.report.stats import paired_difference
+from dsnet.report.tables import (
+    ENV_KEYS,
+    MODEL_KEYS,
+    TRAIN_KEYS,
+    TUNED_KEYS,
+    conv_label,
+    conv_rank,
+    one_per_config,
+    ratio,
+)
+
+# factor -> the keys that may differ between its two sides (all other configuration keys match).
+FACTORS = {"conv": ("conv", "groups", *TUNED_KEYS), "epochs": ("epochs",),
+           "depthwise_weight_decay": ("depthwise_weight_decay",)}
+COMPARISON_COLUMNS = ("factor", "dataset", "arch", "width", "image_size", "a", "b", "a_top1_mean",
+                      "b_top1_mean", "diff_mean", "diff_ci95", "n_pairs", "seeds")
+COST_METRICS = ("params", "macs", "latency_ms_p50")
+EQUAL_COST_COLUMNS = ("metric", "dataset", "arch", "image_size", "a_conv", "a_width", "a_cost",
+                      "a_top1_mean", "b_conv", "b_width", "b_cost", "b_top1_mean", "cost_ratio",
+                      "diff_mean", "diff_ci95", "n_pairs", "tolerance")
+DEFAULT_TOLERANCE = 0.05
+
+
+def _side(row: dict[str, Any], factor: str) -> str:
+    """How a comparison names one side: the conv label, or the value of the factor."""
+    if factor == "conv":
+        return conv_label(row)
+    value = row[factor]
+    return "optimizer's" if value is None else f"{value:g}"
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    d = paired_difference(a["top1_by_seed"], b["top1_by_seed"])
+    return {"a_top1_mean": a["top1_mean"], "b_top1_mean": b["top1_mean"], "diff_mean": d["mean"],
+            "diff_ci95": d["ci95"], "n_pairs": d["n"], "seeds": " ".join(map(str, d["seeds"]))}
+
+
+def _order(factor: str, row: dict[str, Any]) -> tuple:
+    """The baseline comes first: standard conv, fewer epochs, the optimizer's decay."""
+    if factor == "conv":
+        return (conv_rank(row["conv"]), row["groups"] or 0)
+    return (row[factor] is not None, row[factor] or 0)
+
+
+def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every pair of configurations with top-1 that differ in exactly one factor of :data:`FACTORS`.
+
+    For the conv factor the baseline is the standard convolution (pairs without one are left
+    out); the other factors compare every two values, the smaller first.
+    """
+    configs = [r for r in one_per_config(rows) if r["top1_mean"] is not None]
+    out = []
+    for factor, free in FACTORS.items():
+        fixed = [k for k in (*MODEL_KEYS, *TRAIN_KEYS) if k not in free]
+        for i, a in enumerate(configs):
+            for b in configs[i + 1:]:
+                if any(a[k] != b[k] for k in fixed) or _side(a, factor) == _side(b, factor):
+                    continue
+                a_, b_ = sorted((a, b), key=lambda r: _order(factor, r))
+                if factor == "conv" and a_["conv"] != "standard":
+                    continue
+                label = "" if factor == "conv" else f"{conv_label(a_)}: "
+                out.append({"factor": factor,
+                            **{k: a_[k] for k in ("dataset", "arch", "width", "image_size")},
+                            "a": label + _side(a_, factor), "b": label + _side(b_, factor),
+                            **_diff(a_, b_)})
+    return out
+
+
+def _match_keys(metric: str) -> tuple[str, ...]:
+    """What two configurations of different conv and width share to be compared at equal cost."""
+    keys = ("dataset", "arch", "image_size", "in_chans", "num_classes", "train_size", "epochs",
+            "depthwise_weight_decay")
+    return (*keys, *ENV_KEYS) if metric.startswith("latency") else keys
+
+
+def equal_cost(rows: Sequence[dict[str, Any]], tolerance: float = DEFAULT_TOLERANCE) -> list[dict[str, Any]]:
+    """Pairs of configurations of two conv types whose cost agrees within ``tolerance``.
+
+    Two costs agree when ``max / min - 1 <= tolerance``. For each configuration and metric only
+    the closest match of each other conv type is kept. The baseline side ``a`` is the one whose
+    conv comes first (standard, group, dsconv); the difference is ``b - a``, paired by seed.
+
+    Raises:
+        ValueError: ``tolerance`` is negative.
+    """
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be a fraction >= 0 (0.05 = 5%), got {tolerance!r}")
+    out = []
+    for metric in COST_METRICS:
+        cands = [r for r in (rows if metric.startswith("latency") else one_per_config(rows))
+                 if r["top1_mean"] is not None and r[metric]]
+        best: dict[tuple, tuple[float, dict, dict]] = {}
+        for a in cands:
+            for b in cands:
+                if (conv_rank(a["conv"]), a["groups"] or 0) >= (conv_rank(b["conv"]), b["groups"] or 0) \
+                        or any(a[k] != b[k] for k in _match_keys(metric)):
+                    continue
+                gap = max(a[metric], b[metric]) / min(a[metric], b[metric]) - 1
+                key = (id(a), conv_label(b))
+                if gap <= tolerance and (key not in best or gap < best[key][0]):
+                    best[key] = (gap, a, b)
+        for _, a, b in best.values():
+            out.append({"metric": metric, **{k: a[k] for k in ("dataset", "arch", "image_size")},
+                        "a_conv": conv_label(a), "a_width": a["width"], "a_cost": a[metric],
+                        "b_conv": conv_label(b), "b_width": b["width"], "b_cost": b[metric],
+                        "cost_ratio": ratio(b[metric], a[metric]), "tolerance": tolerance,
+                        **{k: v for k, v in _diff(a, b).items() if k != "seeds"}})
+    return out

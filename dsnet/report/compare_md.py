@@ -1,0 +1,89 @@
+"""Markdown sections for :mod:`dsnet.report.compare` and for the tuned hyperparameters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from dsnet.report.markdown import fmt, markdown_table
+from dsnet.report.tables import conv_label, one_per_config
+
+_PAIRED_NOTE = (
+    "Each comparison pairs the runs of its two configurations by seed; the difference is b − a in "
+    "percentage points, mean over the n seed pairs ± the half-width of its 95% confidence interval "
+    "(Student t, n − 1 degrees of freedom). An interval that excludes 0 is a difference the seeds "
+    "do not explain. *conv* comparisons keep each arm's own learning rate and weight decay.\n")
+_EQUAL_COST_NOTE = (
+    "Configurations of two convolution types whose {metrics} agree within {tol:.0%} (max/min − 1), "
+    "whatever their widths; the closest match per configuration. Difference b − a in percentage "
+    "points, paired by seed, ± 95% CI (Student t, n − 1 dof).\n")
+_METRIC_NAMES = {"params": "params", "macs": "MACs", "latency_ms_p50": "latency p50 (ms)"}
+
+
+def _diff_cell(row: dict[str, Any]) -> str:
+    if row["diff_mean"] is None:
+        return "– (no seed in common)"
+    cell = f"{row['diff_mean'] * 100:+.2f}"
+    return cell + (f" ± {row['diff_ci95'] * 100:.2f}" if row["diff_ci95"] is not None else "")
+
+
+def _cost(value: float, metric: str) -> str:
+    return f"{value:.3f}" if metric.startswith("latency") else f"{value / 1e6:.3f} M"
+
+
+def comparisons_section(rows: Sequence[dict[str, Any]]) -> str:
+    """Paired differences by seed, one row per comparison."""
+    header = ["factor", "dataset", "model", "width", "resolution (px)", "a", "b", "top-1 a (%)",
+              "top-1 b (%)", "b − a (pp), mean ± 95% CI", "seed pairs"]
+    body = [[r["factor"], r["dataset"], r["arch"], f"{r['width']:g}", str(r["image_size"]), r["a"],
+             r["b"], fmt(r["a_top1_mean"], ".2f", 100), fmt(r["b_top1_mean"], ".2f", 100),
+             _diff_cell(r), f"{r['n_pairs']} ({r['seeds']})" if r["n_pairs"] else "0"] for r in rows]
+    return ("## Paired differences by seed\n\n" + _PAIRED_NOTE + "\n"
+            + (markdown_table(header, body) if body else
+               "No two configurations with top-1 differ in one factor only.\n"))
+
+
+def equal_cost_section(rows: Sequence[dict[str, Any]], tolerance: float) -> str:
+    """The at-equal-cost table: each pair with both sides' costs and the paired difference."""
+    header = ["matched", "dataset", "model", "resolution (px)", "a", "a width", "a cost", "b",
+              "b width", "b cost", "cost b/a", "top-1 a (%)", "top-1 b (%)",
+              "b − a (pp), mean ± 95% CI", "seed pairs"]
+    body = [[_METRIC_NAMES[r["metric"]], r["dataset"], r["arch"], str(r["image_size"]), r["a_conv"],
+             f"{r['a_width']:g}", _cost(r["a_cost"], r["metric"]), r["b_conv"], f"{r['b_width']:g}",
+             _cost(r["b_cost"], r["metric"]), f"{r['cost_ratio']:.3f}",
+             fmt(r["a_top1_mean"], ".2f", 100), fmt(r["b_top1_mean"], ".2f", 100), _diff_cell(r),
+             str(r["n_pairs"])] for r in rows]
+    note = _EQUAL_COST_NOTE.format(metrics="parameters, multiply-adds or measured latency",
+                                   tol=tolerance)
+    return ("## At equal cost\n\n" + note + "\n"
+            + (markdown_table(header, body) if body else
+               f"No two configurations of different convolution types match within {tolerance:.0%}"
+               " (train the widths that match, e.g. with the width-matching recipe).\n"))
+
+
+HPARAM_MIRRORS = ("hparams/lr", "hparams/weight_decay", "hparams/depthwise_weight_decay")
+
+
+def hparams_section(rows: Sequence[dict[str, Any]], hparam_keys: Sequence[str]) -> str:
+    """Learning rate, weight decay and every ``hparams/*`` key of each trained configuration.
+
+    ``hparams/lr`` and the like repeat the config's value; they get a column only where some
+    configuration's differs from it.
+    """
+    configs = [r for r in one_per_config(rows) if r["epochs"] is not None]
+    keys = [k for k in hparam_keys if k not in HPARAM_MIRRORS or any(
+        r.get(k) is not None and r.get(k) != r.get(k.split("/", 1)[1]) for r in configs)]
+    dw = any(r["depthwise_weight_decay"] is not None for r in configs)
+    header = ["dataset", "model", "conv", "width", "epochs", "lr", "weight decay",
+              *(["depthwise wd"] if dw else []), *(k.split("/", 1)[1] for k in keys),
+              "val top-1 (%)", "runs"]
+    body = [[r["dataset"], r["arch"], conv_label(r), f"{r['width']:g}", str(r["epochs"]),
+             fmt(r["lr"], "g"), fmt(r["weight_decay"], "g"),
+             *([fmt(r["depthwise_weight_decay"], "g")] if dw else []),
+             *(fmt(r.get(k), "") for k in keys), fmt(r["val_acc_best_mean"], ".2f", 100),
+             str(r["n_runs"])] for r in configs]
+    return ("## Hyperparameters\n\nThe optimiser's settings of each trained configuration (its "
+            "config.yaml) and the `hparams/*` keys its metrics.json holds (a search's trial count "
+            "and grid, for instance); *val top-1* is the best epoch's validation accuracy, mean over "
+            "seeds, the split a search selects on.\n\n"
+            + (markdown_table(header, body) if body else "No training run among the runs.\n"))

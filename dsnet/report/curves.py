@@ -1,0 +1,121 @@
+"""Learning curves: validation accuracy per epoch from each train run's CSV log, one line per arm.
+
+Lightning's CSVLogger writes ``<run_dir>/csv/version_N/metrics.csv``; a resumed run writes the
+next ``version_N``, so versions are read in order and a later one replaces the epochs it repeats.
+The rows with a ``val/acc`` value are the end-of-epoch validations (``epoch`` counts from 0).
+An *arm* is a configuration (its seeds are the band): the line is the mean over seeds at each
+epoch, the band spans the lowest to the highest seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from dsnet.report.discover import Run
+from dsnet.report.tables import MODEL_KEYS, TRAIN_KEYS, conv_label, conv_rank, write_csv
+
+CURVE_COLUMNS = ("dataset", "arm", "epoch", "val_acc_mean", "val_acc_min", "val_acc_max", "n")
+_CONV_COLOURS = {"standard": "tab:blue", "dsconv": "tab:orange"}  # those of dsnet.report.plots
+_VERSION = re.compile(r"version_(\d+)$")
+
+
+def read_val_curve(run_dir: Path) -> dict[int, float]:
+    """``{epoch: val/acc}`` (fractions, epochs from 1) from a train run's CSV logs; {} without logs."""
+    versions = sorted((int(m.group(1)), p) for p in (run_dir / "csv").glob("version_*")
+                      if (m := _VERSION.search(p.name)) and (p / "metrics.csv").is_file())
+    curve: dict[int, float] = {}
+    for _, path in versions:
+        with (path / "metrics.csv").open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                if row.get("val/acc") and row.get("epoch"):
+                    curve[int(float(row["epoch"])) + 1] = float(row["val/acc"])
+    return curve
+
+
+def _arm_label(values: dict[str, Any], varying: Sequence[str]) -> str:
+    parts = [conv_label(values), f"w{values['width']:g}"]
+    parts += [f"{k}={values[k]}" for k in varying if k not in ("conv", "groups", "width", "dataset")]
+    return " ".join(parts)
+
+
+def learning_curves(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Per dataset, arm and epoch: mean, min and max of val/acc over the arm's seeds, and n."""
+    arms: dict[tuple, dict[Path, dict[int, float]]] = {}
+    first: dict[tuple, dict[str, Any]] = {}
+    for run in runs:
+        if run.train_dir is None:
+            continue
+        key = tuple(run.values.get(k) for k in (*MODEL_KEYS, *TRAIN_KEYS))
+        curve = read_val_curve(run.train_dir)
+        if curve:
+            arms.setdefault(key, {})[run.train_dir] = curve
+            first.setdefault(key, run.values)
+    keys = (*MODEL_KEYS, *TRAIN_KEYS)
+    varying = [k for i, k in enumerate(keys) if len({a[i] for a in arms}) > 1]
+    out = []
+    order = sorted(arms, key=lambda a: (str(a[0]), conv_rank(first[a]["conv"]), str(a[1:])))
+    for key in order:
+        curves = list(arms[key].values())
+        for epoch in sorted({e for c in curves for e in c}):
+            accs = [c[epoch] for c in curves if epoch in c]
+            out.append({"dataset": first[key]["dataset"], "arm": _arm_label(first[key], varying),
+                        "epoch": epoch, "val_acc_mean": statistics.fmean(accs),
+                        "val_acc_min": min(accs), "val_acc_max": max(accs), "n": len(accs)})
+    return out
+
+
+_LINES = ("-", "--", ":", "-.")
+
+
+def _arm_styles(arms: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """A colour per conv label (as in the trade-off plots) and a line style per arm within it."""
+    colours: dict[str, str] = {}
+    styles = {}
+    for arm in arms:
+        conv = arm.rsplit(" w", 1)[0]
+        colour = colours.setdefault(conv, _CONV_COLOURS.get(conv, f"C{len(colours) + 2}"))
+        n = sum(1 for a in styles if a.rsplit(" w", 1)[0] == conv)
+        styles[arm] = (colour, _LINES[n % len(_LINES)])
+    return styles
+
+
+def plot_learning_curves(runs: Sequence[Run], out_dir: Path) -> list[str]:
+    """Writes ``learning_curves.png``/``.svg`` and ``learning_curves.csv``; none without CSV logs."""
+    points = learning_curves(runs)
+    if not points:
+        return []
+    datasets = list(dict.fromkeys(p["dataset"] for p in points))
+    fig = Figure(figsize=(6.4 * len(datasets), 4.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    for ax, dataset in zip(axes, datasets):
+        arms = list(dict.fromkeys(p["arm"] for p in points if p["dataset"] == dataset))
+        styles = _arm_styles(arms)
+        for arm in arms:
+            pts = [p for p in points if p["dataset"] == dataset and p["arm"] == arm]
+            epochs = [p["epoch"] for p in pts]
+            colour, line = styles[arm]
+            seeds = max(p["n"] for p in pts)
+            ax.plot(epochs, [100 * p["val_acc_mean"] for p in pts], color=colour, ls=line, marker=".",
+                    label=f"{arm} (n={seeds})")
+            ax.fill_between(epochs, [100 * p["val_acc_min"] for p in pts],
+                            [100 * p["val_acc_max"] for p in pts], color=colour, alpha=0.2, lw=0)
+        ax.set_title(f"{dataset}: validation accuracy, mean over seeds, band = min–max", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("val top-1 accuracy (%)")
+        ax.grid(True, alpha=0.25)
+        ax.legend(fontsize=8, frameon=False)
+    fig.savefig(out_dir / "learning_curves.png", dpi=150)
+    fig.savefig(out_dir / "learning_curves.svg", metadata={"Date": None})
+    write_csv(out_dir / "learning_curves.csv", points, CURVE_COLUMNS)
+    return ["learning_curves.png", "learning_curves.svg", "learning_curves.csv"]

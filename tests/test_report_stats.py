@@ -1,0 +1,213 @@
+"""The report's statistics and comparison tables on hand-made numbers: Student-t intervals, paired
+differences by seed, equal-cost pairs, hyperparameters, learning-curve logs, a theory row per
+runtime and contended runs left out of it."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from dsnet.report import (
+    build_report,
+    collect_runs,
+    comparisons,
+    equal_cost,
+    missing_columns,
+    summarise,
+)
+from dsnet.report.compare_md import hparams_section
+from dsnet.report.curves import read_val_curve
+from dsnet.report.discover import Run
+from dsnet.report.stats import mean_ci, paired_difference, t_quantile
+from dsnet.report.tables import hparam_columns, theory_vs_measurement
+from dsnet.results import SCHEMA_VERSION, write_json_atomic
+
+
+def test_t_quantiles_are_the_textbook_two_sided_95_percent_values():
+    for dof, value in ((1, 12.706), (2, 4.303), (4, 2.776), (29, 2.045)):
+        assert t_quantile(dof) == pytest.approx(value, abs=5e-4)
+    with pytest.raises(ValueError, match="degrees of freedom must be >= 1, got 0"):
+        t_quantile(0)
+
+
+def test_mean_ci_of_three_seeds_and_of_fewer():
+    stats = mean_ci([0.90, 0.91, 0.92])
+    assert stats["mean"] == pytest.approx(0.91) and stats["std"] == pytest.approx(0.01)
+    assert stats["ci95"] == pytest.approx(4.3027 * 0.01 / math.sqrt(3), rel=1e-4)  # 0.02484
+    assert stats["n"] == 3
+    assert mean_ci([0.5]) == {"mean": 0.5, "std": None, "ci95": None, "n": 1}
+    assert mean_ci([]) == {"mean": None, "std": None, "ci95": None, "n": 0}
+
+
+def test_paired_difference_uses_the_seeds_both_arms_have():
+    a = {0: 0.90, 1: 0.92, 2: 0.91}
+    b = {0: 0.88, 1: 0.91, 2: 0.87, 3: 0.50}  # seed 3 has no partner: left out
+    d = paired_difference(a, b)
+    assert d["seeds"] == [0, 1, 2] and d["n"] == 3
+    assert d["mean"] == pytest.approx(-0.07 / 3)  # differences -0.02, -0.01, -0.04
+    # deviations from the mean: 1/300, 4/300, -5/300
+    assert d["std"] == pytest.approx(math.sqrt((1 + 16 + 25) / 300**2 / 2))
+    assert d["ci95"] == pytest.approx(4.3027 * d["std"] / math.sqrt(3), rel=1e-4)
+
+
+def train_run(name, conv, width, seed, acc, *, params, macs, epochs=15, lr=0.1, **extra):
+    """A train run as discovery makes it (no eval results): values only."""
+    values = dict(dataset="fashion_mnist", arch="mobilenet_v1", conv=conv, groups=None,
+                  width=width, image_size=28, in_chans=1, num_classes=10, seed=seed, top1=acc,
+                  top5=None, params=params, macs=macs, train_size=None, epochs=epochs, lr=lr,
+                  weight_decay=5e-5, depthwise_weight_decay=None, time_per_epoch_s=1.0,
+                  val_acc_best=acc, **extra)
+    return Run(Path(f"/runs/{name}"), values, None, Path(f"/runs/{name}"), "metrics.json")
+
+
+STD = dict(params=1_000_000, macs=10_000_000)
+SWEEP = [
+    *(train_run(f"std{s}", "standard", 0.25, s, acc, **STD)
+      for s, acc in ((0, 0.90), (1, 0.92), (2, 0.91))),
+    # dsconv at its own tuned lr: the conv comparison still pairs it with standard
+    *(train_run(f"ds{s}", "dsconv", 0.25, s, acc, params=130_000, macs=1_300_000, lr=0.2)
+      for s, acc in ((0, 0.88), (1, 0.91), (2, 0.87))),
+    # twice the schedule, two seeds: the convergence comparison
+    *(train_run(f"ds30_{s}", "dsconv", 0.25, s, acc, params=130_000, macs=1_300_000, lr=0.2,
+                epochs=30) for s, acc in ((0, 0.89), (1, 0.93))),
+    # wider dsconv nets whose params (4% more) or MACs (3% more) match standard w0.25
+    *(train_run(f"dsw{s}", "dsconv", 0.875, s, acc, params=1_040_000, macs=12_000_000, lr=0.2)
+      for s, acc in ((0, 0.93), (1, 0.94))),
+    *(train_run(f"dsm{s}", "dsconv", 0.8, s, acc, params=900_000, macs=10_300_000, lr=0.2)
+      for s, acc in ((0, 0.925), (2, 0.935))),
+]
+
+
+def test_comparisons_pair_by_seed_across_conv_type_and_schedule():
+    rows = {(r["factor"], r["width"], r["a"], r["b"]): r for r in comparisons(summarise(SWEEP))}
+    conv = rows[("conv", 0.25, "standard", "dsconv")]
+    assert conv["n_pairs"] == 3 and conv["seeds"] == "0 1 2"
+    assert conv["diff_mean"] == pytest.approx(-0.07 / 3)
+    assert conv["a_top1_mean"] == pytest.approx(0.91) and conv["b_top1_mean"] == pytest.approx(0.8867, abs=1e-4)
+    longer = rows[("epochs", 0.25, "dsconv: 15", "dsconv: 30")]
+    assert longer["n_pairs"] == 2 and longer["seeds"] == "0 1"
+    assert longer["diff_mean"] == pytest.approx(0.015)  # +0.01, +0.02
+    # s = 0.005 * sqrt(2) over 2 pairs: t(0.975, 1) * s / sqrt(2)
+    assert longer["diff_ci95"] == pytest.approx(12.7062 * 0.005, rel=1e-4)
+    # standard w0.25 against dsconv at 30 epochs or at another width: two factors differ
+    assert len(rows) == 2
+
+
+def test_equal_cost_pairs_conv_types_whose_cost_agrees_within_the_tolerance():
+    rows = summarise(SWEEP)
+    matched = {(m["metric"], m["a_width"], m["b_width"]): m for m in equal_cost(rows, 0.05)}
+    assert set(matched) == {("params", 0.25, 0.875), ("macs", 0.25, 0.8)}
+    params = matched[("params", 0.25, 0.875)]
+    assert (params["a_conv"], params["b_conv"]) == ("standard", "dsconv")
+    assert (params["a_cost"], params["b_cost"]) == (1_000_000, 1_040_000)
+    assert params["cost_ratio"] == pytest.approx(1.04)
+    assert params["diff_mean"] == pytest.approx(0.025) and params["n_pairs"] == 2  # seeds 0, 1
+    macs = matched[("macs", 0.25, 0.8)]
+    assert macs["cost_ratio"] == pytest.approx(1.03) and macs["n_pairs"] == 2  # seeds 0, 2
+    assert macs["diff_mean"] == pytest.approx(0.025) and macs["diff_ci95"] == pytest.approx(0.0)
+    assert equal_cost(rows, 0.02) == []  # 4% and 3% apart: no match at 2%
+    with pytest.raises(ValueError, match="tolerance must be a fraction >= 0"):
+        equal_cost(rows, -0.1)
+
+
+def test_missing_columns_say_what_no_run_fills_and_the_command_that_fills_it():
+    trial = train_run("trial", "dsconv", 0.25, 1, None, params=130_000, macs=1_300_000)  # test=false
+    assert missing_columns([*SWEEP[:2], trial]) == [
+        "latency_ms_p50, throughput_img_s, train_macs, layer shares: no eval results for 3 of 3 "
+        "training runs; run `python eval.py ckpt_path=/runs/std0/checkpoints/last.ckpt` (with the "
+        "run's data.* overrides) for each, or `python scripts/reproduce.py RECIPE`, which trains, "
+        "evaluates and reports",
+        "top1: 1 of 3 training runs have no test accuracy (trained with test=false, as a search's "
+        "trials are: their val top-1 is in hyperparameters.md); test one with "
+        "`python eval.py ckpt_path=<run>/checkpoints/best-*.ckpt`"]
+    assert missing_columns(SWEEP[:2])[1:] == []
+
+
+def test_hparams_keys_of_metrics_json_and_the_optimiser_of_config_yaml_are_shown(tmp_path):
+    for conv, lr, acc in (("standard", 0.1, 0.90), ("dsconv", 0.4, 0.85)):
+        d = tmp_path / "runs" / conv
+        d.mkdir(parents=True)
+        write_json_atomic(d / "metrics.json", {
+            "test/acc": acc, "val/acc_best": acc + 0.01, "params": 1000, "macs": 2000, "epochs": 15,
+            "time_per_epoch_s": 2.5, "arch": "mobilenet_v1", "conv": conv, "width": 0.25,
+            "image_size": 28, "dataset": "fashion_mnist", "seed": 2, "hparams/lr": lr,
+            "hparams/lr_trials": 4, "hparams/lr_grid": "0.05,0.1,0.2,0.4"})
+        (d / "config.yaml").write_text(
+            f"data: {{in_chans: 1, num_classes: 10, batch_size: 128, train_size: null}}\n"
+            f"optim: {{optimizer: {{lr: {lr}, weight_decay: 5.0e-05}}}}\n"
+            "module: {depthwise_weight_decay: 0.0}\n", encoding="utf-8")
+    runs, missing = collect_runs([tmp_path / "runs"])
+    assert missing == [] and len(runs) == 2
+    rows = summarise(runs)
+    assert hparam_columns(rows) == ["hparams/lr", "hparams/lr_grid", "hparams/lr_trials"]
+    assert [(r["conv"], r["lr"], r["weight_decay"], r["depthwise_weight_decay"], r["hparams/lr_trials"])
+            for r in rows] == [("standard", 0.1, 5e-05, 0.0, 4), ("dsconv", 0.4, 5e-05, 0.0, 4)]
+    md = hparams_section(rows, hparam_columns(rows))
+    # hparams/lr repeats the config's lr: no column of its own
+    assert ("| dataset | model | conv | width | epochs | lr | weight decay | depthwise wd | lr_grid | "
+            "lr_trials | val top-1 (%) | runs |") in md
+    assert "| fashion_mnist | mobilenet_v1 | dsconv | 0.25 | 15 | 0.4 | 5e-05 | 0 | 0.05,0.1,0.2,0.4 | 4 | 86.00 | 1 |" in md
+
+
+def test_learning_curve_reads_resumed_versions_in_order_later_ones_win(tmp_path):
+    header = "epoch,step,train/loss,val/acc\n"
+    for version, lines in ((0, ["0,9,2.1,", "0,9,,0.25", "1,19,,0.40"]),
+                           (10, ["2,39,,0.70"]),  # version_10 after version_2, not before
+                           (2, ["1,19,,0.45", "2,29,,0.60"])):
+        d = tmp_path / "csv" / f"version_{version}"
+        d.mkdir(parents=True)
+        (d / "metrics.csv").write_text(header + "\n".join(lines) + "\n")
+    assert read_val_curve(tmp_path) == {1: 0.25, 2: 0.45, 3: 0.70}
+    assert read_val_curve(tmp_path / "nothing") == {}
+
+
+def eval_record(conv, seed, runtime, latency, **extra):
+    """A results.json of a cost-only eval (no top-1, so no plots), with forward keys as raw JSON."""
+    costs = {"standard": (3_200_000, 560_000_000), "dsconv": (400_000, 70_000_000)}[conv]
+    return dict(
+        arch="mobilenet_v1", conv=conv, width=1.0, groups=None, image_size=224, in_chans=3,
+        num_classes=1000, dataset="imagenet_subset", seed=seed, params=costs[0], macs=costs[1],
+        train_macs=3 * costs[1], macs_breakdown={}, top1=None, top5=None, latency_ms_p50=latency,
+        latency_ms_p90=latency, latency_ms_iqr=0.1, throughput_img_s=1000.0 / latency,
+        batch_size=64, device="cpu", device_name="Test CPU", precision="fp32",
+        channels_last=False, num_threads=1, torch="2.14.1", git_rev="abc", ckpt_path=None,
+        run_dir="/x", schema_version=SCHEMA_VERSION, runtime=runtime, **extra)
+
+
+def test_theory_table_has_a_row_per_runtime_and_leaves_contended_runs_out(tmp_path):
+    runs = {
+        "std_eager": eval_record("standard", 0, None, 10.0),  # null runtime: eager
+        "ds_eager": eval_record("dsconv", 0, "eager", 5.0),
+        "std_ort": eval_record("standard", 0, "onnxruntime", 8.0, runtime_version="1.20.1"),
+        "ds_ort": eval_record("dsconv", 0, "onnxruntime", 2.0, runtime_version="1.20.1"),
+        # timed while others used 30% of the CPUs, and one flagged by eval itself
+        "ds_ort_busy": eval_record("dsconv", 1, "onnxruntime", 8.0, cpu_contention=0.3),
+        "ds_ort_flag": eval_record("dsconv", 2, "onnxruntime", 9.0, contention_flagged=True),
+    }
+    for name, data in runs.items():
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        write_json_atomic(tmp_path / "runs" / name / "results.json", data)
+    summary = build_report([tmp_path / "runs"], tmp_path / "out")
+    assert (summary.n_runs, summary.n_configs) == (6, 2)
+    assert summary.notes[0] == (
+        "missing: top1: 6 eval runs measured an untrained network (no ckpt_path); evaluate a "
+        "trained checkpoint with `python eval.py ckpt_path=<run>/checkpoints/best-*.ckpt`")
+    assert "6 runs in 2 configurations (4 rows: one per measurement environment)." in \
+        (tmp_path / "out" / "results.md").read_text()
+    assert summary.notes[-1] == (
+        "left out: 2 of 6 eval runs were timed under CPU contention (cpu_contention > 5% or "
+        "contention_flagged); the ratio tables leave their timings out; --include-contended keeps them")
+    theory = {r["runtime"]: r for r in theory_vs_measurement(summarise(collect_runs([tmp_path / "runs"])[0]))}
+    csv_text = (tmp_path / "out" / "theory_vs_measurement.csv").read_text()
+    assert csv_text.count("\n") == 3  # header, eager, onnxruntime
+    md = (tmp_path / "out" / "theory_vs_measurement.md").read_text()
+    # eager: latency 10/5 = 2, saving (1 - 0.5) / (1 - 1/8) = 57%; onnxruntime (quiet run only): 8/2 = 4,
+    # saving (1 - 0.25) / 0.875 = 86%
+    assert "| imagenet_subset | mobilenet_v1 | 1 | 224 | eager | 8.00 | 8.00 | 2.00 | 2.00 | 57% | – |" in md
+    assert ("| imagenet_subset | mobilenet_v1 | 1 | 224 | onnxruntime 1.20.1 | 8.00 | 8.00 | 4.00 | "
+            "4.00 | 86% | – |") in md
+    # with --include-contended the dsconv onnxruntime latency is the median of 2, 8, 9
+    build_report([tmp_path / "runs"], tmp_path / "out2", include_contended=True)
+    md = (tmp_path / "out2" / "theory_vs_measurement.md").read_text()
+    assert "| onnxruntime 1.20.1 | 8.00 | 8.00 | 1.00 | 1.00 | 0% | – |" in md
+    assert theory["onnxruntime"]["latency_ratio"] == 1.0  # summarise() without a filter: all runs
