@@ -8,12 +8,13 @@ import numbers
 from torch import nn
 
 from dsnet.blocks import CONV_TYPES
-from dsnet.models import mobilenet_v1, mobilenet_v2  # noqa: F401  (registers the models)
+from dsnet.models import mobilenet_v1, mobilenet_v2, resnet  # noqa: F401  (registers the models)
 from dsnet.models._registry import get_model_fn, list_models
 from dsnet.models.mobilenet_v1 import MobileNetV1
 from dsnet.models.mobilenet_v2 import MobileNetV2
+from dsnet.models.resnet import ResNet
 
-__all__ = ["create_model", "list_models", "MobileNetV1", "MobileNetV2"]
+__all__ = ["create_model", "list_models", "MobileNetV1", "MobileNetV2", "ResNet"]
 
 
 def _positive_int(name: str, value) -> None:
