@@ -129,7 +129,8 @@ class ConversionReport:
         return [
             f"{self.source} -> conv={self.conv}: {len(self.converted)} full k×k convolutions converted ({stem})",
             f"  layers: {kinds}",
-            f"  params: {self.params_before:,} -> {self.params_after:,} (before/after {self.params_before / self.params_after:.2f}x)",
+            f"  params: {self.params_before:,} -> {self.params_after:,} "
+            f"(before/after {self.params_before / self.params_after:.2f}x)",
             f"  MACs per {px} image: {self.macs_before:,} -> {self.macs_after:,} "
             f"(before/after {self.macs_before / self.macs_after:.2f}x)",
         ]
