@@ -8,7 +8,8 @@ The convolution types a user can switch between:
 
 :func:`spatial_groups` is the one place that maps a convolution type to the ``groups`` of its k×k
 step, and :func:`conv2d` the one place an ``nn.Conv2d`` is made, so "depthwise means groups == in_chs"
-and "groups must divide both channel counts" are each written once.
+and "groups must divide both channel counts" are each written once. :func:`spatial_conv` is one k×k
+layer of any type with nothing between its steps, the drop-in the ResNets and network conversion use.
 """
 
 from __future__ import annotations

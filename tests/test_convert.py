@@ -192,3 +192,16 @@ def test_training_a_converted_network_records_its_source(tmp_path):
     assert (metrics["arch"], metrics["conv"], metrics["params"]) == ("timm:resnet18", "dsconv", count_params(ours))
     assert metrics["macs"] == count_macs(ours, (3, 32, 32))
     assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [((1, 7), 2, (0, 3), 1), (3, 1, 2, 2), (5, 2, 0, 1)])
+def test_separable_step_keeps_the_full_convolutions_geometry(kernel, stride, padding, dilation):
+    from dsnet.blocks import spatial_conv
+
+    full = nn.Conv2d(8, 16, kernel, stride, padding, dilation, bias=True)
+    step = spatial_conv("dsconv", 8, 16, kernel, stride, padding, dilation, bias=True)
+    x = torch.randn(1, 8, 19, 23)
+    assert step(x).shape == full(x).shape
+    k = full.kernel_size[0] * full.kernel_size[1]
+    # the bias sits on the pointwise step only: k·k·8 depthwise + 8·16 pointwise weights + 16 biases
+    assert count_params(step) == k * 8 + 8 * 16 + 16 and step.conv_dw.bias is None
