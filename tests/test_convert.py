@@ -4,14 +4,16 @@ Output shapes stay, every parameter learns, parameters and MACs equal the analyt
 ResNet-18 gives exactly dsnet's own ResNet-18, and what cannot be converted is refused in one line.
 """
 
+import importlib.util
 import logging
 
 import pytest
 import torch
-from conftest import compose_train
+from conftest import ROOT, compose_train
 from hydra.utils import instantiate
 from torch import nn
 
+from dsnet.blocks import spatial_conv
 from dsnet.measure import count_macs, count_params
 from dsnet.models import create_model
 from dsnet.models.convert import build_source, convert_convs, convert_network, is_full_spatial
@@ -196,8 +198,6 @@ def test_training_a_converted_network_records_its_source(tmp_path):
 
 @pytest.mark.parametrize("kernel,stride,padding,dilation", [((1, 7), 2, (0, 3), 1), (3, 1, 2, 2), (5, 2, 0, 1)])
 def test_separable_step_keeps_the_full_convolutions_geometry(kernel, stride, padding, dilation):
-    from dsnet.blocks import spatial_conv
-
     full = nn.Conv2d(8, 16, kernel, stride, padding, dilation, bias=True)
     step = spatial_conv("dsconv", 8, 16, kernel, stride, padding, dilation, bias=True)
     x = torch.randn(1, 8, 19, 23)
@@ -205,3 +205,15 @@ def test_separable_step_keeps_the_full_convolutions_geometry(kernel, stride, pad
     k = full.kernel_size[0] * full.kernel_size[1]
     # the bias sits on the pointwise step only: k·k·8 depthwise + 8·16 pointwise weights + 16 biases
     assert count_params(step) == k * 8 + 8 * 16 + 16 and step.conv_dw.bias is None
+
+
+def test_convert_report_script_reports_and_refuses(capsys):
+    # scripts/ is not a package: load the script as a module
+    spec = importlib.util.spec_from_file_location("convert_report", ROOT / "scripts" / "convert_report.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["timm:convnext_atto", "timm:efficientnet_b0", "--image-size", "32"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "timm:convnext_atto -> conv=dsconv: 3 full k×k convolutions converted (stem stem.0 kept full)"
+    assert lines[-1].startswith("timm:efficientnet_b0: refused: timm:efficientnet_b0 has no full k×k convolution")
+    assert len(lines) == 5  # four report lines, one refusal
