@@ -22,11 +22,11 @@ from dsnet.task import train
 SIDE = 64  # px: every ResNet stage keeps a map larger than 1x1, so a misplaced stride would show
 
 
-@pytest.mark.parametrize("library", ["timm", "torchvision"])
-@pytest.mark.parametrize("conv,options", [
-    ("dsconv", {}), ("group", {"groups": 2}), ("dsconv", {"convert_stem": True}),
-], ids=["dsconv", "group2", "dsconv_stem"])  # standard: test_resnet.py checks it against torchvision
-def test_converted_resnet18_equals_dsnets_own_resnet18(library, conv, options):
+@pytest.mark.parametrize("library,conv,options", [
+    ("timm", "dsconv", {}), ("timm", "group", {"groups": 2}), ("timm", "dsconv", {"convert_stem": True}),
+    ("torchvision", "dsconv", {}), ("torchvision", "group", {"groups": 4}),
+], ids=["timm-dsconv", "timm-group2", "timm-dsconv_stem", "torchvision-dsconv", "torchvision-group4"])
+def test_converted_resnet18_equals_dsnets_own_resnet18(library, conv, options):  # standard: test_resnet.py
     converted = create_model(f"{library}:resnet18", conv=conv, image_size=SIDE, **options)
     ours = create_model("resnet18", conv=conv, **options)
     assert count_params(converted) == count_params(ours)
@@ -113,14 +113,14 @@ def test_every_parameter_of_a_converted_network_gets_a_gradient(source, conv, op
 
 def test_conversion_report_is_logged_and_returned(caplog):
     with caplog.at_level(logging.INFO, logger="dsnet.models.convert"):
-        net = create_model("timm:resnet18", conv="dsconv", image_size=224)
+        net = create_model("timm:resnet18", conv="dsconv", image_size=SIDE)
     assert [r.getMessage() for r in caplog.records] == [
         "timm:resnet18 -> conv=dsconv: 16 full k×k convolutions converted (stem conv1 kept full)",
         "  layers: standard 17 -> 1, depthwise 0 -> 16, pointwise 3 -> 19, grouped 0 -> 0, linear 1 -> 1",
         "  params: 11,689,512 -> 1,955,176 (before/after 5.98x)",
-        "  MACs per 3x224x224 image: 1,814,073,344 -> 336,804,096 (before/after 5.39x)",
+        "  MACs per 3x64x64 image: 148,557,824 -> 27,964,416 (before/after 5.31x)",
     ]
-    assert (net.report.params_before, net.report.macs_after) == (11_689_512, 336_804_096)
+    assert (net.report.params_before, net.report.macs_after) == (11_689_512, 27_964_416)
 
 
 def test_total_stride_guard_for_timm_and_torchvision_networks():
