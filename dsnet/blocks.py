@@ -8,7 +8,8 @@ The convolution types a user can switch between:
 
 :func:`spatial_groups` is the one place that maps a convolution type to the ``groups`` of its k×k
 step, and :func:`conv2d` the one place an ``nn.Conv2d`` is made, so "depthwise means groups == in_chs"
-and "groups must divide both channel counts" are each written once.
+and "groups must divide both channel counts" are each written once. :func:`spatial_conv` is one k×k
+layer of any type with nothing between its steps, the drop-in the ResNets and network conversion use.
 """
 
 from __future__ import annotations
@@ -229,6 +230,40 @@ def create_conv_block(
         in_chs, out_chs, kernel_size, stride, groups=k_groups, depth_multiplier=depth_multiplier,
         bias=bias, norm_layer=norm_layer, act_layer=act_layer,
     )
+
+
+def spatial_conv(
+    conv: str,
+    in_chs: int,
+    out_chs: int,
+    kernel_size: int | tuple[int, int] = 3,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str | None = None,
+    dilation: int | tuple[int, int] = 1,
+    *,
+    groups: int | None = None,
+    bias: bool = False,
+) -> nn.Module:
+    """One k×k convolution of type ``conv`` with nothing between its steps: a drop-in for a full k×k conv.
+
+    ``standard`` is a single ``nn.Conv2d``; ``dsconv`` and ``group`` are a :class:`SeparableConv`
+    (``conv_dw`` with :func:`spatial_groups` groups, then ``conv_pw``) with no norm and no activation
+    between the two steps, as in Xception (Chollet 2017, section 4.7: "the absence of any
+    non-linearity leads to both faster convergence and better final performance"); whatever norm and
+    activation followed the replaced convolution follow ``conv_pw``. MobileNet (Howard et al. 2017)
+    puts BN + ReLU between them instead (:func:`create_conv_block`). Stride, padding and dilation go
+    to the k×k step, so the output shape is that of the full convolution. ``bias`` goes on the
+    pointwise step only: a bias on the depthwise step would pass through the linear pointwise step
+    and be absorbed by its bias.
+    """
+    k_groups = spatial_groups(conv, in_chs, groups)
+    if conv == "standard":
+        return conv2d(in_chs, out_chs, kernel_size, stride, padding, dilation, bias=bias)
+    block = SeparableConv(in_chs, out_chs, kernel_size, stride, padding, dilation, groups=k_groups,
+                          norm_layer=None, act_layer=None)
+    if bias:
+        block.conv_pw = pointwise_conv(in_chs, out_chs, bias=True)
+    return block
 
 
 class InvertedResidual(nn.Module):

@@ -25,7 +25,7 @@ def configs_of(group: str) -> list[str]:
 
 
 def test_every_group_has_its_configs():
-    assert configs_of("model") == ["conv", "dsconv", "group", "mobilenet_v2"]
+    assert configs_of("model") == ["conv", "convert", "dsconv", "group", "mobilenet_v2", "resnet18", "resnet34", "resnet50"]
     assert configs_of("optim") == ["adamw", "rmsprop", "sgd"]
     assert {"default", "cpu", "gpu", "ddp"} <= set(configs_of("trainer"))
     assert configs_of("logger") == ["csv", "tensorboard", "wandb"]
@@ -48,7 +48,8 @@ def test_default_train_config(tmp_path):
 
 @pytest.mark.parametrize("name", configs_of("model"))
 def test_model_configs_build_their_network(name, tmp_path):
-    cfg = compose_train(f"model={name}", run_dir=tmp_path)
+    keep_width = ("model.width=1.0",) if name == "convert" else ()  # a conversion keeps its source's channels
+    cfg = compose_train(f"model={name}", *keep_width, run_dir=tmp_path)
     net = instantiate(cfg.model)
     assert net.num_classes == 10
     assert net(torch.randn(2, 3, 16, 16)).shape == (2, 10)

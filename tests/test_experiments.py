@@ -85,6 +85,8 @@ def test_every_recipe_composes_for_train_and_eval(name, tmp_path):
         ("table7", [("dsconv", None, 0.25, px, True) for px in (56, 48, 40, 32)] * 3),
         ("group_sweep", [*(("group", g, 0.25, 28, True) for g in (1, 2, 4, 8)), ("dsconv", None, 0.25, 28, True)] * 3),
         ("table7_gpu", [("dsconv", None, 1.0, px, True) for px in (64, 55, 46, 37)] * 3),
+        ("resnet18_fashion", [("standard", None, 0.25, 28, True), ("dsconv", None, 0.25, 28, True),
+                              ("dsconv", None, 0.6875, 28, True)] * 2),
     ],
 )
 def test_every_sweep_job_is_the_configuration_of_its_table(name, expected, tmp_path):

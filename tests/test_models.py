@@ -117,7 +117,8 @@ def test_in_chans_and_num_classes():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"arch": "resnet50"}, "unknown arch 'resnet50'; expected one of mobilenet_v1, mobilenet_v2"),
+    ({"arch": "resnet19"}, "unknown arch 'resnet19'; expected one of mobilenet_v1, mobilenet_v2, resnet18, resnet34, resnet50, "
+                         "or timm:<name> / torchvision:<name> to convert"),
     ({"arch": "mobilenet_v1", "conv": "separable"}, "unknown conv type 'separable'; expected one of standard, dsconv, group"),
     ({"arch": "mobilenet_v1", "width": 0}, "width=0 must be a finite positive number"),
     ({"arch": "mobilenet_v1", "width": -0.5}, "width=-0.5 must be a finite positive number"),

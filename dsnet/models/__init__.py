@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
@@ -9,12 +10,14 @@ import numbers
 from torch import nn
 
 from dsnet.blocks import CONV_TYPES
-from dsnet.models import mobilenet_v1, mobilenet_v2  # noqa: F401  (registers the models)
+from dsnet.models import mobilenet_v1, mobilenet_v2, resnet  # noqa: F401  (registers the models)
 from dsnet.models._registry import get_model_fn, list_models
+from dsnet.models.convert import create_converted, is_source
 from dsnet.models.mobilenet_v1 import MobileNetV1
 from dsnet.models.mobilenet_v2 import MobileNetV2
+from dsnet.models.resnet import ResNet
 
-__all__ = ["create_model", "list_models", "MobileNetV1", "MobileNetV2"]
+__all__ = ["create_model", "list_models", "MobileNetV1", "MobileNetV2", "ResNet"]
 
 
 def _positive_int(name: str, value) -> None:
@@ -34,7 +37,8 @@ def create_model(
     """Build backbone ``arch`` with convolution type ``conv`` and width multiplier ``width``.
 
     Args:
-        arch: one of :func:`list_models`.
+        arch: one of :func:`list_models`, or a network to convert, ``timm:<name>`` or
+            ``torchvision:<name>`` (:mod:`dsnet.models.convert`; options ``convert_stem``, ``image_size``).
         conv: ``standard``, ``dsconv`` or ``group`` (the latter needs ``groups=...``).
         width: width multiplier α, any positive number; channel counts are rounded to multiples of 8.
         num_classes: size of the classifier output.
@@ -44,7 +48,13 @@ def create_model(
     Raises:
         ValueError: an unknown arch, conv type or option, or a value out of range, named in the message.
     """
-    model_cls = get_model_fn(arch)
+    if is_source(arch):
+        source = arch_options.pop("source", arch)  # configs/model/convert.yaml sets arch: ${.source}
+        if source != arch:
+            raise ValueError(f"arch={arch!r} and source={source!r} name different networks")
+        model_cls = functools.partial(create_converted, arch)
+    else:
+        model_cls = get_model_fn(arch)
     if conv not in CONV_TYPES:
         raise ValueError(f"unknown conv type {conv!r}; expected one of {', '.join(CONV_TYPES)}")
     if isinstance(width, bool) or not isinstance(width, numbers.Real) or not 0 < width < math.inf:

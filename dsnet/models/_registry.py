@@ -23,5 +23,6 @@ def list_models() -> list[str]:
 
 def get_model_fn(arch: str) -> Callable[..., nn.Module]:
     if arch not in _MODELS:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(list_models())}")
+        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(list_models())}, "
+                         "or timm:<name> / torchvision:<name> to convert")
     return _MODELS[arch]
