@@ -24,7 +24,7 @@ from dsnet.models import create_model
 net = create_model("mobilenet_v1", width=0.25).eval()
 x = torch.randn(64, 3, 64, 64)
 with torch.inference_mode():
-    for _ in range(2):
+    for _ in range(3):
         net(x)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range({PASSES}):
@@ -48,8 +48,9 @@ def test_keep_freed_removes_the_page_faults_of_repeated_forward_passes():
     assert (system["mode"], kept["mode"]) == ("system", "keep_freed")
     # glibc's defaults: about 5,000 faults per pass here (20 MB of activations mapped in again).
     assert system["faults"] >= 1000 * PASSES, system
-    # Freed memory kept: the passes after warm-up reuse the heap (0 faults measured).
-    assert kept["faults"] <= 50 * PASSES, kept
+    # Freed memory kept: the passes after warm-up reuse the heap (0 to 128 faults per pass measured,
+    # on a machine under memory pressure from other jobs).
+    assert kept["faults"] <= min(300 * PASSES, system["faults"] / 10), (kept, system)
 
 
 def test_unknown_mode_is_refused_with_the_allowed_ones():

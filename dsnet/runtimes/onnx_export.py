@@ -25,5 +25,6 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], directory: str | 
     # The exporter reports its passes at INFO level and prints progress; it is not what the user asked for.
     logging.getLogger("torch.onnx").setLevel(logging.WARNING)
     torch.onnx.export(model.float().cpu(), (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                      dynamic_shapes={INPUT_NAME: {0: torch.export.Dim(BATCH_DIM)}}, dynamo=True, verbose=False)
+                      # positional, not keyed by name: forward's argument is x in some networks, input in nn.Sequential
+                      dynamic_shapes=({0: torch.export.Dim(BATCH_DIM)},), dynamo=True, verbose=False)
     return path
