@@ -70,6 +70,12 @@ def test_settings_a_runtime_cannot_run_are_refused(tiny_net, name, settings, mes
         create_runtime(name, tiny_net, **settings)
 
 
+def test_results_schema_knows_every_runtime():
+    from dsnet import results, runtimes
+
+    assert results.RUNTIMES == tuple(runtimes.RUNTIMES)  # results.py spells them out to stay torch-free
+
+
 def test_a_missing_package_names_it_and_how_to_install_it(tiny_net, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(RuntimeUnavailableError) as err:

@@ -14,6 +14,7 @@ on the same input (:data:`TOLERANCE`), so a fast but wrong conversion is an erro
 from __future__ import annotations
 
 import importlib
+
 from torch import nn
 
 from dsnet.runtimes.base import Runtime, RuntimeMismatchError, RuntimeUnavailableError, TOLERANCE
@@ -32,7 +33,7 @@ RUNTIMES = {
 
 def _runtime_class(name: str) -> type[Runtime]:
     if name not in RUNTIMES:
-        raise ValueError(f"runtime={name!r}; expected one of {', '.join(RUNTIMES)}")
+        raise RuntimeUnavailableError(f"runtime={name!r}; expected one of {', '.join(RUNTIMES)}")
     module, cls = RUNTIMES[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
