@@ -23,7 +23,8 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], directory: str | 
     path = directory / "model.onnx"
     example = torch.zeros(2, *input_size)  # 2, not 1: a batch of 1 would be specialised away
     # The exporter reports its passes at INFO level and prints progress; it is not what the user asked for.
-    logging.getLogger("torch.onnx").setLevel(logging.WARNING)
+    for name in ("torch.onnx", "onnxscript", "onnx_ir"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     torch.onnx.export(model.float().cpu(), (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                       # positional, not keyed by name: forward's argument is x in some networks, input in nn.Sequential
                       dynamic_shapes=({0: torch.export.Dim(BATCH_DIM)},), dynamo=True, verbose=False)
