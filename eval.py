@@ -4,6 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers before Hydra composes)
+from dsnet.allocator import configure as configure_allocator
 from dsnet.cli import one_line_errors, run
 from dsnet.evaluate import evaluate
 
@@ -11,6 +12,7 @@ from dsnet.evaluate import evaluate
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
     with one_line_errors("eval.py"):
+        configure_allocator(cfg.get("allocator", "keep_freed"))  # process-wide: the entry point's to set
         results, _ = evaluate(cfg)
     return results["top1"]
 

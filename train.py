@@ -4,6 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers before Hydra composes)
+from dsnet.allocator import configure as configure_allocator
 from dsnet.cli import one_line_errors, run
 from dsnet.task import train
 
@@ -11,6 +12,7 @@ from dsnet.task import train
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     with one_line_errors("train.py"):
+        configure_allocator(cfg.get("allocator", "keep_freed"))  # process-wide: the entry point's to set
         metrics, _ = train(cfg)
     return metrics["test/acc"]  # what a Hydra sweeper (e.g. Optuna) would optimise
 

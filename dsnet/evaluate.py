@@ -28,7 +28,6 @@ import copy
 import logging
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from torch import nn
 
 import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
 from dsnet.guards import InputError, first_line
-from dsnet.measure import measure_latency, model_cost
+from dsnet.measure import model_cost, time_network
 from dsnet.results import ResultsRecord, write_results
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     # test below must see the weights exactly as loaded.
     try:
         latency = time_network(copy.deepcopy(net), input_size, **OmegaConf.to_container(cfg.latency))
-    except ValueError as err:  # the settings' checks name the key without its group
+    except ValueError as err:  # the settings' checks (and RuntimeUnavailableError) name the key without its group
         raise EvalInputError(re.sub(r"^(latency\.)?", "latency.", first_line(err))) from None
     cost = model_cost(net, input_size)
     accuracy = {"top1": None, "top5": None}
@@ -148,7 +147,8 @@ def describe(model_cfg: DictConfig, data_cfg: DictConfig) -> dict[str, Any]:
 def timing(latency: dict[str, Any]) -> dict[str, Any]:
     """The results keys of a :func:`dsnet.measure.measure_latency` measurement."""
     keys = ("latency_ms_p50", "latency_ms_p90", "latency_ms_iqr", "throughput_img_s", "device",
-            "device_name", "precision", "channels_last", "num_threads", "torch", "git_rev")
+            "device_name", "precision", "channels_last", "num_threads", "torch", "git_rev", "runtime",
+            "runtime_version", "allocator", "contention_flagged")
     return dict(
         {key: latency[key] for key in keys},
         batch_size=latency["throughput_batch_size"],  # results.json: batch_size is throughput's
@@ -255,69 +255,6 @@ def check_data_shape(data_cfg: DictConfig, train_cfg: DictConfig, source: Path) 
 
 # --- measurements ----------------------------------------------------------------------------------
 
-ROUND_KEYS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_iqr")  # taken from the best round
-BUSY_WARN = 0.05  # warn when other work took more than this share of the machine's CPU time
-
-
-def cpu_seconds() -> tuple[float, float] | None:
-    """(machine-wide busy CPU seconds incl. VM steal, this process's CPU seconds); None off Linux."""
-    try:
-        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), time.process_time()
-
-
-def time_network(net: nn.Module, input_size: tuple[int, int, int], *, rounds: int = 5, **settings) -> dict[str, Any]:
-    """Latency: the best of ``rounds`` :func:`dsnet.measure.measure_latency` rounds; throughput: the last.
-
-    Timing noise on a CPU is one-sided: other processes, a cold first round (caches, allocator,
-    clocks) and the VM's neighbours only ever slow a round down. On the team's 2-core VM, with no
-    other process running, a forward pass alternates between a fast and a ~35 % slower state every
-    0.5-2 s (host-level contention, invisible from inside the VM). The round with the lowest median
-    is the one least disturbed, and it is what a rerun reproduces if one round in the run caught a
-    fast phase: two back-to-back runs' best of five rounds agreed to 2 %; with three rounds, their
-    medians differed by 10 %, and their best rounds by 31 % once every round of one run fell in slow
-    phases. Its p50, p90 and IQR are reported together, so they describe one set of timed blocks.
-    Throughput is timed once, in the last (warmest) round: at 224 px a batch of 64 takes about a
-    second per call on one core, and each measurement needs five or more calls.
-
-    Args:
-        rounds: number of latency measurements, >= 1.
-        **settings: measure_latency's keyword arguments (device, precision, min_run_time, ...).
-
-    Returns:
-        The last round's dict (settings, environment, throughput) with :data:`ROUND_KEYS` from the
-        best round, ``latency_repeats`` summed over rounds, ``round_p50s_ms`` (each round's p50)
-        and ``cpu_busy_other``: the share of all CPUs that other processes used meanwhile (None
-        off Linux).
-    """
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"latency.rounds={rounds!r} must be a positive integer")
-    # measure_latency always times two batch sizes: giving it the latency batch size (default 1)
-    # twice keeps the earlier rounds cheap; their second, throughput, number is not used.
-    latency_only = {**settings, "throughput_batch_size": settings.get("batch_size", 1)}
-    start, wall = cpu_seconds(), time.perf_counter()
-    results = [measure_latency(net, input_size, **latency_only) for _ in range(rounds - 1)]
-    results.append(measure_latency(net, input_size, **settings))
-    end, wall = cpu_seconds(), time.perf_counter() - wall
-    best = min(results, key=lambda r: r["latency_ms_p50"])
-    merged = {**results[-1], **{key: best[key] for key in ROUND_KEYS}}
-    merged["latency_repeats"] = sum(r["latency_repeats"] for r in results)
-    merged["round_p50s_ms"] = [r["latency_ms_p50"] for r in results]
-    # Other processes' (and VM neighbours') share of all CPUs while we timed: the figure that says
-    # whether the numbers above can be trusted on a shared machine.
-    merged["cpu_busy_other"] = None
-    if start and end:
-        other_s = (end[0] - start[0]) - (end[1] - start[1])
-        merged["cpu_busy_other"] = min(max(other_s / (wall * (os.cpu_count() or 1)), 0.0), 1.0)
-        if merged["cpu_busy_other"] > BUSY_WARN:
-            log.warning("other processes used %.0f %% of the CPUs while latency was timed: the latency and "
-                        "throughput numbers are inflated; time on a quiet machine", 100 * merged["cpu_busy_other"])
-    return merged
-
-
 def measure_accuracy(cfg: DictConfig, net: nn.Module) -> tuple[dict[str, float], dict[str, Any]]:
     """Top-1 and top-5 on the test split via ``Trainer.test``: training's own metric code path."""
     datamodule = instantiate(cfg.data)
@@ -354,8 +291,9 @@ def print_summary(record: ResultsRecord, latency: dict[str, Any]) -> None:
          f"{r.latency_ms_p50:.3f} / {r.latency_ms_p90:.3f} ms (IQR {r.latency_ms_iqr:.3f})"),
         ("latency p50 per round", " ".join(f"{t:.2f}" for t in latency["round_p50s_ms"]) + " ms"),
         ("other load while timing", "-" if r.cpu_contention is None
-         else f"{100 * r.cpu_contention:.0f} % of {os.cpu_count()} CPUs"),
+         else f"{100 * r.cpu_contention:.0f} % of {os.cpu_count()} CPUs" + (" (flagged)" * r.contention_flagged)),
         (f"throughput (batch {r.batch_size})", f"{r.throughput_img_s:.1f} img/s"),
+        ("runtime", f"{r.runtime} {r.runtime_version}, allocator {r.allocator}"),
         ("device", f"{r.device_name}, threads={r.num_threads}, {r.precision}"
          + (", channels_last" if r.channels_last else "")),
         ("results", f"{r.run_dir}/results.json"),

@@ -21,6 +21,18 @@ Units and conventions (they are in the key names where a unit applies):
 * ``macs_breakdown``: per layer type (``pointwise``, ``depthwise``, ``standard``, ``grouped``,
   ``linear``, ...) a ``{"params": int, "macs": int}`` dict; it partitions the counted layers, so
   its sums never exceed ``params`` / ``macs`` (the remainder is e.g. normalisation parameters).
+* ``runtime``: what ran the timed forward passes: ``eager``, ``compile`` (``torch.compile``, inductor),
+  ``onnxruntime`` (CPU execution provider) or ``openvino`` (CPU); ``runtime_version`` its package's
+  version (torch's for eager and compile). Files written before these keys timed eager PyTorch
+  (or compiled it, with ``latency.compile=true``, which they did not record): absent means ``eager``.
+* ``allocator``: the CPU allocator policy of the timing process (``keep_freed`` or ``system``, see
+  ``dsnet.allocator``); ``None`` when unknown (older files).
+* ``contention_flagged``: True when other processes used more than the threshold share of the CPUs
+  while (or just before) latency was timed, after the bounded retries of ``dsnet.contention``;
+  the report leaves flagged runs out of its ratio tables unless asked. Absent means False.
+* ``activations``: output elements of every counted layer (conv and linear) for one image, the
+  activation count of pycls (Radosavovic et al. 2020). ``memory_traffic_bytes``: bytes read and
+  written by those layers for one image in fp32: input + weights + output of each. ``None`` in older files.
 * ``groups``: the group count of ``conv="group"`` models, ``None`` otherwise.
 
 Files are JSON only (never pickle) and are replaced atomically, so a reader never sees half a file.
@@ -40,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")  # dsnet.runtimes.RUNTIMES; not imported: no torch here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +97,13 @@ class ResultsRecord:
     # Added after version 1 files were first written: optional on read, absent means its default.
     latency_batch_size: int = 1
     cpu_contention: float | None = None
+    # Added with issue 13 (runtimes, allocator, contention): optional on read as well.
+    runtime: str = "eager"
+    runtime_version: str | None = None
+    allocator: str | None = None
+    contention_flagged: bool = False
+    activations: int | None = None
+    memory_traffic_bytes: int | None = None
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -174,7 +194,10 @@ def _type_name(hint: Any) -> str:
 
 
 RESULT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ResultsRecord))
-_OPTIONAL_KEYS = frozenset({"latency_batch_size", "cpu_contention"})  # see the fields: older files lack them
+_OPTIONAL_KEYS = frozenset({  # see the fields: older files lack them
+    "latency_batch_size", "cpu_contention", "runtime", "runtime_version", "allocator", "contention_flagged",
+    "activations", "memory_traffic_bytes",
+})
 _FLOAT_KEYS = frozenset(  # keys whose values are stored as float even when JSON wrote an int
     name for name, hint in typing.get_type_hints(ResultsRecord).items() if float in _args(hint)
 )
@@ -192,6 +215,11 @@ def _check_values(record: ResultsRecord) -> None:
                 "latency_ms_iqr", "throughput_img_s"):
         if getattr(record, key) < 0:
             raise ValueError(f"key {key!r}: expected >= 0, got {getattr(record, key)!r}")
+    for key in ("activations", "memory_traffic_bytes"):
+        if getattr(record, key) is not None and getattr(record, key) < 0:
+            raise ValueError(f"key {key!r}: expected >= 0 or null, got {getattr(record, key)!r}")
+    if record.runtime not in RUNTIMES:
+        raise ValueError(f"key 'runtime': expected one of {', '.join(RUNTIMES)}, got {record.runtime!r}")
     for key in ("top1", "top5", "cpu_contention"):
         value = getattr(record, key)
         if value is not None and not 0.0 <= value <= 1.0:

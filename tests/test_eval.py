@@ -3,6 +3,7 @@ and bad checkpoints refused before anything is written."""
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,13 @@ import entrypoints
 from conftest import ROOT, TINY, compose_train
 
 from dsnet.evaluate import EvalInputError, evaluate, time_network
-from dsnet.measure import count_macs, count_params, count_train_macs, macs_breakdown
+from dsnet.measure import count_macs, count_params, count_train_macs, macs_breakdown, model_cost
 from dsnet.models import create_model
 from dsnet.results import RESULT_KEYS, load_results
 from dsnet.task import train
 
-FAST_LATENCY = ("latency.rounds=1", "latency.min_run_time=0.01", "latency.throughput_batch_size=2")
+FAST_LATENCY = ("latency.rounds=1", "latency.min_run_time=0.01", "latency.throughput_batch_size=2",
+                "latency.contention.retries=0", "latency.contention.probe_s=0")  # flag, never wait
 QUIET = ("+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false")
 
 
@@ -63,6 +65,11 @@ def test_cost_only_eval_writes_valid_results_with_exact_counts(tmp_path):
     assert "datamodule" not in objects and not (out / "data").exists()
 
 
+def load_results_from(tmp_path, results: dict):
+    (tmp_path / "new.json").write_text(json.dumps(results))
+    return load_results(tmp_path / "new.json")
+
+
 def test_results_keys_added_by_eval_are_optional_on_read_and_range_checked(tmp_path):
     results = dict(
         arch="mobilenet_v1", conv="dsconv", width=0.5, groups=None, image_size=224, in_chans=1,
@@ -71,13 +78,21 @@ def test_results_keys_added_by_eval_are_optional_on_read_and_range_checked(tmp_p
         latency_ms_p90=9.1, latency_ms_iqr=1.0, throughput_img_s=80.0, batch_size=64, device="cpu",
         device_name="AMD EPYC", precision="fp32", channels_last=False, num_threads=1, torch="2.14.1",
         git_rev="2b4cca2", ckpt_path=None, run_dir="/runs/eval", schema_version=1,
-        latency_batch_size=1, cpu_contention=0.02,
+        latency_batch_size=1, cpu_contention=0.02, runtime="onnxruntime", runtime_version="1.32.0",
+        allocator="keep_freed", contention_flagged=True, activations=1_000, memory_traffic_bytes=9_000,
     )
     assert tuple(results) == RESULT_KEYS
-    older = {k: v for k, v in results.items() if k not in ("latency_batch_size", "cpu_contention")}
+    added = ("latency_batch_size", "cpu_contention", "runtime", "runtime_version", "allocator",
+             "contention_flagged", "activations", "memory_traffic_bytes")
+    older = {k: v for k, v in results.items() if k not in added}
     (tmp_path / "old.json").write_text(json.dumps(older))
-    record = load_results(tmp_path / "old.json")  # a file written before the two keys existed
+    record = load_results(tmp_path / "old.json")  # a file written before these keys existed
     assert (record.latency_batch_size, record.cpu_contention) == (1, None)
+    assert (record.runtime, record.runtime_version, record.allocator, record.contention_flagged) == (
+        "eager", None, None, False)
+    assert load_results_from(tmp_path, results).runtime == "onnxruntime"
+    with pytest.raises(ValueError, match="key 'runtime': expected one of eager, compile, onnxruntime, openvino"):
+        load_results_from(tmp_path, {**results, "runtime": "tensorrt"})
     (tmp_path / "bad.json").write_text(json.dumps({**results, "cpu_contention": 1.5}))
     with pytest.raises(ValueError, match="key 'cpu_contention': expected a fraction in"):
         load_results(tmp_path / "bad.json")
@@ -102,6 +117,7 @@ def test_rounds_report_the_best_round():
     assert timing["latency_ms_p50"] <= timing["latency_ms_p90"]  # both from the best round
     assert timing["throughput_batch_size"] == 2 and timing["throughput_img_s"] > 0  # the last round's
     assert timing["cpu_busy_other"] is None or 0.0 <= timing["cpu_busy_other"] <= 1.0
+    assert timing["runtime"] == "eager" and timing["contention_retries"] <= 2
 
 
 # --- with a checkpoint -----------------------------------------------------------------------------
@@ -209,6 +225,9 @@ def test_cli_cost_only_run_writes_results(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["image_size"] == 16 and results["macs"] > 0 and results["top1"] is None
     assert "params" in proc.output and "latency p50" in proc.output  # the human summary
+    # eval.py sets the allocator for its process (configs/eval.yaml: keep_freed) and records it.
+    assert (results["allocator"], results["runtime"]) == ("keep_freed", "eager")
+    assert results["runtime_version"] == torch.__version__ and isinstance(results["contention_flagged"], bool)
 
 
 def test_cli_bad_checkpoint_exits_nonzero_with_one_line(tmp_path):
@@ -240,3 +259,19 @@ def test_cli_unusable_checkpoint_exits_1_with_one_line_and_writes_nothing(traine
     lines = proc.lines
     assert len(lines) == 1 and lines[0].startswith(f"eval.py: error: {path}: ") and message in lines[0], proc.output
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_runtime_whose_package_is_missing_is_one_line_error_and_no_results(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what Python does for a package not installed
+    with pytest.raises(EvalInputError) as err:
+        evaluate(eval_cfg(tmp_path, "latency.runtime=openvino"))
+    assert str(err.value) == "latency.runtime=openvino needs the openvino package: pip install openvino"
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_cost_only_eval_records_activations_and_memory_traffic(tmp_path):
+    results, objects = evaluate(eval_cfg(tmp_path))
+    cost = model_cost(objects["net"], (results["in_chans"], 16, 16))  # conftest's tiny data: 16 px
+    assert (results["activations"], results["memory_traffic_bytes"]) == (cost["activations"], cost["memory_traffic_bytes"])
+    assert (results["runtime"], results["runtime_version"]) == ("eager", torch.__version__)
+    assert results["contention_flagged"] in (True, False) and results["allocator"] in ("system", "keep_freed")

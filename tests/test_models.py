@@ -125,7 +125,7 @@ def test_in_chans_and_num_classes():
     ({"arch": "mobilenet_v1", "width": "wide"}, "width='wide' must be a finite positive number"),
     ({"arch": "mobilenet_v1", "num_classes": 0}, "num_classes=0 must be a positive integer"),
     ({"arch": "mobilenet_v1", "in_chans": 2.5}, "in_chans=2.5 must be a positive integer"),
-    ({"arch": "mobilenet_v1", "depth": 3}, "unknown option(s) depth for arch 'mobilenet_v1'; expected any of depth_multiplier, dropout, groups, small_input"),
+    ({"arch": "mobilenet_v1", "depth": 3}, "unknown option(s) depth for arch 'mobilenet_v1'; expected any of act, depth_multiplier, dropout, groups, small_input"),
     ({"arch": "mobilenet_v2", "depth_multiplier": 2}, "unknown option(s) depth_multiplier for arch 'mobilenet_v2'"),
     ({"arch": "mobilenet_v1", "conv": "group"}, "groups=None must be a positive integer"),
     ({"arch": "mobilenet_v1", "conv": "dsconv", "groups": 2}, "groups=2 is only used with conv='group'"),
@@ -162,3 +162,14 @@ def test_reduction_is_the_total_stride_and_smaller_inputs_are_refused(arch, smal
     assert model.forward_features(torch.zeros(1, 3, reduction, reduction)).shape[-2:] == (1, 1)
     with pytest.raises(ValueError, match=rf"image_size={reduction - 1} is too small .* downsamples by {reduction}"):
         model.check_input_size(reduction - 1)
+
+
+def test_mobilenet_v1_act_option_matches_timm_relu6_network():
+    ours = create_model("mobilenet_v1", act="relu6")
+    theirs = timm.create_model("mobilenetv1_100")  # no weights: offline
+    relu6 = lambda net: sum(isinstance(m, torch.nn.ReLU6) for m in net.modules())  # noqa: E731
+    assert count_params(ours) == count_params(theirs) == 4_231_976
+    assert relu6(ours) == relu6(theirs) == 27
+    assert relu6(create_model("mobilenet_v1")) == 0  # the default stays the paper's ReLU
+    with pytest.raises(ValueError, match=r"act='gelu'; expected one of relu, relu6"):
+        create_model("mobilenet_v1", act="gelu")

@@ -10,6 +10,16 @@ import torch
 from torch import nn
 
 
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}  # a model's ``act`` option -> the layer
+
+
+def activation(act: str):
+    """The activation layer class named ``act``; ValueError naming the allowed ones."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act={act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[act]
+
+
 class Backbone(nn.Module):
     """A classifier in three parts, as in timm: ``stem`` and ``features`` (``forward_features``),
     then ``head`` (``forward_head``). Subclasses build the three modules and set ``num_classes`` and

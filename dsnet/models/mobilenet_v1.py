@@ -8,6 +8,9 @@ paper's width multiplier α (Table 6); the input resolution is free (Table 7's �
 ``small_input=True`` is the small-image variant used by the well-known CIFAR ports (e.g.
 kuangliu/pytorch-cifar): the stem has stride 1 instead of 2, so a 32 px input ends at 2×2
 (total stride 16) instead of collapsing to 1×1. Nothing else changes.
+
+``act`` is the activation: ``relu`` as in the paper, or ``relu6`` as in the TensorFlow release and
+timm's ``mobilenetv1_100``, to compare with those like for like.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import NamedTuple
 from torch import nn
 
 from dsnet.blocks import ConvNormAct, create_conv_block, init_weights, make_divisible
-from dsnet.models._common import Backbone, ClassifierHead, naming_layer
+from dsnet.models._common import Backbone, ClassifierHead, activation, naming_layer
 from dsnet.models._registry import register_model
 
 
@@ -57,18 +60,21 @@ class MobileNetV1(Backbone):
         groups: int | None = None,
         depth_multiplier: int = 1,
         dropout: float = 0.0,
+        act: str = "relu",
     ):
         super().__init__()
         self.num_classes = num_classes
+        act_layer = activation(act)
         in_chs = make_divisible(STEM_CHS * width)
         with naming_layer("stem"):
-            self.stem = ConvNormAct(in_chans, in_chs, 3, stride=1 if small_input else 2)
+            self.stem = ConvNormAct(in_chans, in_chs, 3, stride=1 if small_input else 2, act_layer=act_layer)
         layers = []
         for i, layer in enumerate(LAYERS):
             out_chs = make_divisible(layer.out_chs * width)
             with naming_layer(f"features.{i} ({in_chs} -> {out_chs} channels)"):
                 layers.append(create_conv_block(
                     conv, in_chs, out_chs, 3, layer.stride, groups=groups, depth_multiplier=depth_multiplier,
+                    act_layer=act_layer,
                 ))
             in_chs = out_chs
         self.features = nn.Sequential(*layers)

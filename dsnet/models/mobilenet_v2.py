@@ -14,7 +14,7 @@ from typing import NamedTuple
 from torch import nn
 
 from dsnet.blocks import ConvNormAct, InvertedResidual, init_weights, make_divisible
-from dsnet.models._common import Backbone, ClassifierHead, naming_layer
+from dsnet.models._common import Backbone, ClassifierHead, activation, naming_layer
 from dsnet.models._registry import register_model
 
 
@@ -54,10 +54,11 @@ class MobileNetV2(Backbone):
         small_input: bool = False,
         groups: int | None = None,
         dropout: float = 0.2,
+        act: str = "relu6",
     ):
         super().__init__()
         self.num_classes = num_classes
-        act = nn.ReLU6
+        act = activation(act)
         in_chs = make_divisible(STEM_CHS * width)
         with naming_layer("stem"):
             self.stem = ConvNormAct(in_chans, in_chs, 3, stride=1 if small_input else 2, act_layer=act)

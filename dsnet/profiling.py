@@ -1,0 +1,137 @@
+"""Where the time goes: measured time per layer type beside parameters and multiply-adds, and how
+well each counted cost predicts measured latency across networks.
+
+:func:`layer_type_shares` profiles eager forward passes with ``torch.profiler``: every leaf module
+runs inside a ``record_function`` range named after its layer type, so the profiler's totals per
+range are the time of that type. A norm, activation or pooling layer is charged to the layer type
+of the convolution it follows (MobileNet's "layer" is conv + BN + ReLU); everything under ``stem``
+and ``head`` is charged to those. Time outside every leaf (the residual adds, Python between modules)
+is ``other``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from dsnet.measure import layer_costs, layer_type
+
+# The paper's Table 2, generalised: the layer types time is reported for.
+TIME_TYPES = ("stem", "depthwise", "pointwise", "full", "grouped", "head", "other")
+_CONV_TYPE = {"standard": "full", "depthwise": "depthwise", "pointwise": "pointwise", "grouped": "grouped",
+              "linear": "head"}
+COST_METRICS = ("params", "macs", "activations", "memory_traffic_bytes")  # results.json keys
+
+
+def _time_type(name: str, module: nn.Module, current: str) -> str:
+    part = name.split(".", 1)[0]
+    if part in ("stem", "head"):
+        return part
+    kind = layer_type(module)
+    return _CONV_TYPE[kind] if kind else current
+
+
+def layer_type_shares(model: nn.Module, input_size: tuple[int, int, int], *, batch_size: int = 1,
+                      passes: int = 5, num_threads: int = 1) -> dict[str, dict[str, float]]:
+    """Share of params, MACs and measured eager CPU time per layer type (:data:`TIME_TYPES`).
+
+    Args:
+        passes: profiled forward passes (after two untimed ones); their times are summed.
+
+    Returns:
+        ``{type: {"params": share, "macs": share, "time": share, "time_ms": ms per pass}}``; each
+        share column sums to 1 over the types (params and MACs over the counted layers).
+    """
+    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+    kinds, current = {}, "stem"
+    for name, module in leaves:  # definition order is execution order in these backbones
+        current = kinds[name] = _time_type(name, module, current)
+    ranges = {}
+
+    def enter(name):
+        def hook(module, inputs):
+            ranges[name] = record_function(f"dsnet/{kinds[name]}")
+            ranges[name].__enter__()
+        return hook
+
+    def leave(name):
+        return lambda module, inputs, output: ranges.pop(name).__exit__(None, None, None)
+
+    hooks = [h for n, m in leaves for h in (m.register_forward_pre_hook(enter(n)), m.register_forward_hook(leave(n)))]
+    was_training, threads = model.training, torch.get_num_threads()
+    x = torch.randn(batch_size, *input_size)
+    try:
+        model.eval()
+        torch.set_num_threads(num_threads)
+        with torch.inference_mode():
+            for _ in range(2):
+                model(x)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(passes):
+                    with record_function("dsnet/forward"):
+                        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+        torch.set_num_threads(threads)
+    totals = {e.key.removeprefix("dsnet/"): e.cpu_time_total for e in prof.key_averages() if e.key.startswith("dsnet/")}
+    forward = totals.pop("forward")
+    times = {kind: totals.get(kind, 0.0) for kind in TIME_TYPES if kind != "other"}
+    times["other"] = max(forward - sum(times.values()), 0.0)
+    counts = {kind: {"params": 0, "macs": 0} for kind in TIME_TYPES}
+    for cost in layer_costs(model, input_size):
+        kind = kinds.get(cost.name) or _time_type(cost.name, model.get_submodule(cost.name), "other")
+        counts[kind]["params"] += cost.params
+        counts[kind]["macs"] += cost.macs
+    total = {key: sum(c[key] for c in counts.values()) or 1 for key in ("params", "macs")}
+    return {kind: {"params": counts[kind]["params"] / total["params"], "macs": counts[kind]["macs"] / total["macs"],
+                   "time": times[kind] / forward, "time_ms": times[kind] / passes / 1e3} for kind in TIME_TYPES}
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):  # ties share the mean of their ranks
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation of two equally long sequences (ties get mean ranks); NaN if undefined."""
+    if len(x) != len(y):
+        raise ValueError(f"spearman: {len(x)} values against {len(y)}")
+    if len(x) < 2:
+        return math.nan
+    rx, ry = _ranks(list(x)), _ranks(list(y))
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    norm = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return cov / norm if norm else math.nan
+
+
+def cost_latency_correlation(runs: Sequence[Mapping], metrics: Sequence[str] = COST_METRICS,
+                             latency_key: str = "latency_ms_p50") -> dict[str, float]:
+    """How well each counted cost predicts measured latency across ``runs`` (results.json dicts).
+
+    Runs lacking a metric (older files: ``activations`` is None) are left out of that metric's
+    correlation; the caller decides which runs enter (e.g. not ``contention_flagged`` ones, one runtime).
+
+    Returns:
+        ``{metric: Spearman rank correlation with latency_key}``.
+    """
+    result = {}
+    for metric in metrics:
+        pairs = [(run[metric], run[latency_key]) for run in runs if run.get(metric) is not None]
+        result[metric] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+    return result

@@ -1,0 +1,135 @@
+"""Inference runtimes (dsnet.runtimes) and contention-aware timing (dsnet.contention)."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from dsnet.contention import ContentionPolicy, guarded
+from dsnet.measure import time_network
+from dsnet.models import create_model
+from dsnet.runtimes import RuntimeMismatchError, RuntimeUnavailableError, create_runtime
+from dsnet.runtimes.base import check_against_eager
+from dsnet.runtimes.eager import Eager
+
+FAST = dict(rounds=1, min_run_time=0.02, throughput_batch_size=3, num_threads=1,
+            contention={"retries": 0, "probe_s": 0})
+
+
+@pytest.fixture(scope="module")
+def tiny_net():
+    torch.manual_seed(0)
+    return create_model("mobilenet_v1", width=0.25, num_classes=10, small_input=True)
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_exported_runtime_matches_eager_and_is_timed(tiny_net, name):
+    package = pytest.importorskip(name)
+    timing = time_network(tiny_net, (3, 32, 32), runtime=name, **FAST)
+    assert (timing["runtime"], timing["runtime_version"]) == (name, package.__version__)
+    assert 0 < timing["latency_ms_p50"] <= timing["latency_ms_p90"] and timing["throughput_img_s"] > 0
+    assert timing["throughput_batch_size"] == 3 and tiny_net.training  # restored
+
+
+def test_check_against_eager_is_relative_to_the_logit_scale():
+    reference = torch.tensor([[2.0, -4.0]])
+    # Differences of 2**-12 and 2**-10 are exact in fp32 at these magnitudes: errors 2**-14 and 2**-12.
+    assert check_against_eager("x", reference + torch.tensor([[0.0, 2**-12]]), reference, "fp32") == 2**-14
+    with pytest.raises(RuntimeMismatchError, match=r"runtime=x: output differs from eager PyTorch by 2\.44e-04 of "
+                                                   r"the logits' scale \(4\) on the timing input; allowed at fp32: 0\.0001"):
+        check_against_eager("x", reference + torch.tensor([[2**-10, 0.0]]), reference, "fp32")
+    with pytest.raises(RuntimeMismatchError, match="differs"):
+        check_against_eager("x", torch.full((1, 2), float("nan")), reference, "fp32")
+
+
+def test_a_wrong_conversion_is_refused_before_timing(tiny_net):
+    other = create_model("mobilenet_v1", width=0.25, num_classes=10, small_input=True).eval()
+
+    class Swapped(Eager):  # a runtime that runs some other network than the one it was given
+        name = "swapped"
+
+        def _prepare(self, x):
+            return lambda: other(x)
+
+    with pytest.raises(RuntimeMismatchError, match="runtime=swapped: output differs from eager"):
+        Swapped(tiny_net.eval()).forward_for(torch.randn(1, 3, 32, 32))
+    tiny_net.train()
+
+
+@pytest.mark.parametrize("name, settings, message", [
+    ("onnxruntime", {"precision": "bf16"}, "runtime=onnxruntime times precision fp32, not precision=bf16"),
+    ("openvino", {"channels_last": True}, "runtime=openvino chooses its own memory layout"),
+    ("tensorrt", {}, "runtime='tensorrt'; expected one of eager, compile, onnxruntime, openvino"),
+])
+def test_settings_a_runtime_cannot_run_are_refused(tiny_net, name, settings, message):
+    with pytest.raises(ValueError, match=message):
+        create_runtime(name, tiny_net, **settings)
+
+
+def test_results_schema_knows_every_runtime():
+    from dsnet import results, runtimes
+
+    assert results.RUNTIMES == tuple(runtimes.RUNTIMES)  # results.py spells them out to stay torch-free
+
+
+def test_a_missing_package_names_it_and_how_to_install_it(tiny_net, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(RuntimeUnavailableError) as err:
+        create_runtime("onnxruntime", tiny_net)
+    assert str(err.value) == "runtime=onnxruntime needs the onnxruntime package: pip install onnxruntime"
+
+
+# --- contention ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def spinner():
+    """Another process using one CPU fully while the test runs."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    time.sleep(0.2)  # let it start spinning
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="CPU shares come from /proc/stat")
+def test_a_busy_machine_is_retried_a_bounded_number_of_times_then_flagged(spinner):
+    calls = []
+    # Half a CPU of foreign load is contended on any machine; the spinner alone uses a whole one.
+    policy = ContentionPolicy(threshold=0.5 / os.cpu_count(), probe_s=0.2, wait_s=0.05, retries=2)
+    result = guarded(lambda: calls.append(1) or {"latency_ms_p50": 1.0}, policy)
+    assert result["contention_flagged"] is True and result["contention_retries"] == 2
+    assert result["cpu_busy_other_before"] > policy.threshold
+    assert len(calls) == 1  # busy probes skip the timing; the last attempt times anyway
+    assert result["latency_ms_p50"] == 1.0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="CPU shares come from /proc/stat")
+def test_below_the_threshold_nothing_waits_or_is_flagged(spinner):
+    result = guarded(lambda: {"x": 1}, ContentionPolicy(threshold=1.0, probe_s=0.1, wait_s=10.0, retries=3))
+    assert (result["contention_flagged"], result["contention_retries"], result["x"]) == (False, 0, 1)
+    assert 0.0 <= result["cpu_busy_other"] <= 1.0
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("threshold", 1.5, r"contention.threshold=1.5 must be a fraction in \[0, 1\]"),
+    ("retries", -1, "contention.retries=-1 must be a non-negative integer"),
+    ("wait_s", -2.0, "contention.wait_s=-2.0 must be >= 0 seconds"),
+])
+def test_bad_contention_policy_is_refused(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ContentionPolicy(**{field: value})
+
+
+def test_memory_traffic_and_activations_are_input_weights_and_output():
+    from dsnet.measure import layer_costs, model_cost
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(8 * 36, 5))
+    conv, fc = layer_costs(net, (3, 6, 6))
+    assert (conv.activations, conv.memory_bytes) == (8 * 36, 4 * (3 * 36 + 3 * 9 * 8 + 8 * 36))
+    assert (fc.activations, fc.memory_bytes) == (5, 4 * (8 * 36 + 8 * 36 * 5 + 5 + 5))
+    cost = model_cost(net, (3, 6, 6))
+    assert (cost["activations"], cost["memory_traffic_bytes"]) == (8 * 36 + 5, conv.memory_bytes + fc.memory_bytes)
