@@ -380,7 +380,8 @@ def time_network(net: nn.Module, input_size: tuple[int, int, int], *, rounds: in
         raise ValueError(f"latency.rounds={rounds!r} must be a positive integer")
     policy = contention if isinstance(contention, ContentionPolicy) else ContentionPolicy(**(contention or {}))
     _check_latency_args(settings.get("device", "cpu"), settings.get("precision", "fp32"),
-                        settings.get("batch_size", 1), settings.get("throughput_batch_size", 64))
+                        settings.get("batch_size", 1), settings.get("throughput_batch_size", 64),
+                        settings.get("num_threads"), settings.get("min_run_time", 1.0))
     build = {k: settings[k] for k in ("device", "precision", "channels_last", "num_threads") if k in settings}
     was_training = net.training
     settings["runtime"] = prepare_runtime(settings.get("runtime", "eager"), net, **build)

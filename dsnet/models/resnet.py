@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from dsnet.blocks import conv2d, init_weights, make_divisible, spatial_conv
-from dsnet.models._common import Backbone, ClassifierHead, naming_layer
+from dsnet.models._common import Backbone, ClassifierHead, activation, naming_layer
 from dsnet.models._registry import register_model
 
 STEM_CHS = 64  # Table 1, conv1: 7×7, 64, stride 2, then a 3×3 max pool, stride 2
@@ -71,15 +71,16 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_chs: int, chs: int, stride: int = 1, conv: str = "standard", groups: int | None = None):
+    def __init__(self, in_chs: int, chs: int, stride: int = 1, conv: str = "standard", groups: int | None = None,
+                 act_layer: type[nn.Module] = nn.ReLU):
         super().__init__()
         self.conv1 = spatial_conv(conv, in_chs, chs, 3, stride, groups=groups)
         self.bn1 = nn.BatchNorm2d(chs)
-        self.act1 = nn.ReLU(inplace=True)
+        self.act1 = act_layer(inplace=True)
         self.conv2 = spatial_conv(conv, chs, chs, 3, groups=groups)
         self.bn2 = nn.BatchNorm2d(chs)
         self.downsample = _shortcut(in_chs, chs, stride)
-        self.act2 = nn.ReLU(inplace=True)
+        self.act2 = act_layer(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -92,19 +93,20 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_chs: int, chs: int, stride: int = 1, conv: str = "standard", groups: int | None = None):
+    def __init__(self, in_chs: int, chs: int, stride: int = 1, conv: str = "standard", groups: int | None = None,
+                 act_layer: type[nn.Module] = nn.ReLU):
         super().__init__()
         out_chs = chs * self.expansion
         self.conv1 = conv2d(in_chs, chs, 1)
         self.bn1 = nn.BatchNorm2d(chs)
-        self.act1 = nn.ReLU(inplace=True)
+        self.act1 = act_layer(inplace=True)
         self.conv2 = spatial_conv(conv, chs, chs, 3, stride, groups=groups)
         self.bn2 = nn.BatchNorm2d(chs)
-        self.act2 = nn.ReLU(inplace=True)
+        self.act2 = act_layer(inplace=True)
         self.conv3 = conv2d(chs, out_chs, 1)
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.downsample = _shortcut(in_chs, out_chs, stride)
-        self.act3 = nn.ReLU(inplace=True)
+        self.act3 = act_layer(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -130,14 +132,17 @@ class ResNet(Backbone):
         groups: int | None = None,
         convert_stem: bool = False,
         dropout: float = 0.0,
+        act: str = "relu",
     ):
         super().__init__()
+        act_layer = activation(act)
         block_name, depths = DEPTHS[depth]
         block_cls = BLOCKS[block_name]
         self.num_classes = num_classes
         in_chs = make_divisible(STEM_CHS * width)
         with naming_layer(f"stem ({in_chans} -> {in_chs} channels)"):
-            self.stem = self._stem(in_chans, in_chs, small_input, conv if convert_stem else "standard", groups)
+            self.stem = self._stem(in_chans, in_chs, small_input, conv if convert_stem else "standard", groups,
+                                   act_layer)
         stem_stride = 1 if small_input else 4
         stages = []
         for stage_idx, (stage, num_blocks) in enumerate(zip(STAGES, depths)):
@@ -146,7 +151,7 @@ class ResNet(Backbone):
             for block_idx in range(num_blocks):
                 name = f"features.{stage_idx}.{block_idx} ({in_chs} -> {chs * block_cls.expansion} channels)"
                 with naming_layer(name):
-                    blocks.append(block_cls(in_chs, chs, stage.stride if block_idx == 0 else 1, conv, groups))
+                    blocks.append(block_cls(in_chs, chs, stage.stride if block_idx == 0 else 1, conv, groups, act_layer))
                 in_chs = chs * block_cls.expansion
             stages.append(nn.Sequential(*blocks))
         self.features = nn.Sequential(*stages)
@@ -158,12 +163,13 @@ class ResNet(Backbone):
         init_weights(self)
 
     @staticmethod
-    def _stem(in_chans: int, out_chs: int, small_input: bool, conv: str, groups: int | None) -> nn.Sequential:
+    def _stem(in_chans: int, out_chs: int, small_input: bool, conv: str, groups: int | None,
+              act_layer: type[nn.Module]) -> nn.Sequential:
         if small_input:  # the CIFAR ResNets' stem: 3×3 at stride 1, no pool
             layers = [("conv", spatial_conv(conv, in_chans, out_chs, 3, 1, groups=groups))]
         else:
             layers = [("conv", spatial_conv(conv, in_chans, out_chs, 7, 2, groups=groups))]
-        layers += [("bn", nn.BatchNorm2d(out_chs)), ("act", nn.ReLU(inplace=True))]
+        layers += [("bn", nn.BatchNorm2d(out_chs)), ("act", act_layer(inplace=True))]
         if not small_input:
             layers.append(("pool", nn.MaxPool2d(3, stride=2, padding=1)))
         return nn.Sequential(OrderedDict(layers))
