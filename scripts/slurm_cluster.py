@@ -39,6 +39,9 @@ CLIENTS = ("sbatch", "srun", "sinfo", "squeue", "scontrol", "scancel")
 NODES = ("n1", "n2")
 CLONE_NEWUTS = 0x04000000  # <sched.h>
 PARTITION = "local"
+# A requeued job waits this long before it may start again. SLURM takes it from the credential
+# lifetime (AuthInfo=cred_expire, default 120 s), which must still cover a job step's launch.
+REQUEUE_DELAY_S = 6
 CPUS_PER_NODE = 2  # declared, not detected (config_overrides): each node may run two 1-CPU tasks
 
 # Fast scheduling and short waits: a test should not sit idle. KillWait is the grace between the
@@ -50,7 +53,7 @@ SlurmctldPort={ctld_port}
 SlurmdPort={node_ports[0]}
 CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
 AuthType=auth/munge
-AuthInfo=socket={dir}/munge/munge.socket
+AuthInfo=socket={dir}/munge/munge.socket,cred_expire={requeue_delay_s}
 CredType=cred/munge
 SlurmUser=root
 SlurmdUser=root
@@ -208,7 +211,7 @@ class LocalSlurmCluster:
         ports = [free_port() for _ in NODES]
         nodes = "\n".join(NODE_LINE.format(name=n, host=host, port=p, cpus=CPUS_PER_NODE) for n, p in zip(NODES, ports))
         self.conf.write_text(SLURM_CONF.format(
-            host=host, ctld_port=free_port(), node_ports=ports, dir=self.dir, kill_wait_s=self.kill_wait_s,
+            host=host, ctld_port=free_port(), node_ports=ports, dir=self.dir, kill_wait_s=self.kill_wait_s, requeue_delay_s=REQUEUE_DELAY_S,
             nodes=nodes, partition=PARTITION, node_names=",".join(NODES)))
 
     def _spawn(self, name: str, argv: list[str]) -> None:
