@@ -10,11 +10,13 @@ from ``checkpoints/last.ckpt``. Needs root and Debian's ``slurm-wlm`` and ``mung
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -132,25 +134,55 @@ def uninterrupted(tmp_path: Path, env: dict, *overrides: str) -> subprocess.Pope
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def task_pid(job_id: str) -> int:
+    """PID of the job's Python task (submitit's runner, started by srun) on this machine."""
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (proc_dir / "environ").read_bytes().split(b"\0")
+            argv = (proc_dir / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(argv[0].decode()).name.startswith("python") and b"submitit.core._submit" in argv \
+                and f"SLURM_JOB_ID={job_id.split('_')[0]}".encode() in environ:
+            return int(proc_dir.name)
+    raise AssertionError(f"no Python task of job {job_id} found")
+
+
 def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
 @pytest.mark.slow
-def test_sweep_runs_each_job_through_sbatch_and_a_failing_job_does_not_stop_the_other(cluster, env, tmp_path):
-    output = finish(start_sweep(tmp_path, env, *TINY, *QUIET, "model.width=0.25,-1"))
-    sweep = tmp_path / "sweep"
-    assert "width=-1 must be a positive number" in output  # the sweep reports the failed job ...
-    assert metrics(sweep / "0")["width"] == 0.25  # ... and the other one ran to its metrics
-    assert "width=-1" in (sweep / "1" / "error.txt").read_text()
-    assert not (sweep / "1" / "metrics.json").exists()
-    jobs = job_dirs(sweep)
-    assert [p.name.split("_")[1] for p in jobs] == ["0", "1"]  # one array job, two tasks: two sbatch jobs
-    array_id = jobs[0].name.split("_")[0]
+def test_sweep_through_sbatch_survives_a_failing_job_and_a_preempted_one(cluster, env, tmp_path):
+    """Two jobs of one sweep: one fails (a bad width), the other is requeued by the scheduler in the
+    middle of its second epoch (``scontrol requeue``, what preemption with PreemptMode=REQUEUE does):
+    SIGTERM, a checkpoint at that step, the same job again, resumed there, to the full epoch count.
+    A stale Lightning ``hpc_ckpt`` in its run directory, older than that checkpoint, is not what it
+    resumes from (Lightning issue #13773)."""
+    epochs = 3
+    proc = start_sweep(tmp_path, env, *RUN, f"trainer.max_epochs={epochs}", "ckpt_path=last", "model.width=0.25,-1")
+    sweep, run_dir = tmp_path / "sweep", tmp_path / "sweep" / "0"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    wait_for(lambda: last.exists() and logged_step(run_dir) >= STEPS_PER_EPOCH + 4, proc, "epoch 2")
+    stale = run_dir / "hpc_ckpt_1.ckpt"
+    stale.write_bytes(last.read_bytes())  # the end of epoch 1, as an earlier Lightning auto-requeue would leave it
+    job, failing = job_dirs(sweep)
+    subprocess.run(["scontrol", "requeue", job.name], env=env, check=True, timeout=30)
+    output = finish(proc)
+
+    assert proc.returncode != 0 and "width=-1 must be a positive number" in output  # the sweep reports the failure
+    assert "width=-1" in (sweep / "1" / "error.txt").read_text() and not (sweep / "1" / "metrics.json").exists()
+    array_id = job.name.split("_")[0]
     assert "#SBATCH --array=0-1" in (sweep / ".submitit" / array_id / f"{array_id}_submission.sh").read_text()
-    for job in jobs:
-        assert show_job(job.name, env)["JobState"] == "COMPLETED"
-        assert "Job completed successfully" in job_logs(job)  # the failure is Hydra's record, not a crash
+    assert "Job completed successfully" in job_logs(failing)  # Hydra's record of a failure, not a crash
+    logs = job_logs(job)
+    saved = re.search(r"SIGTERMException at epoch 1, step (\d+): saved (\S+); resume with ckpt_path=last", logs)
+    assert saved, logs[-3000:]
+    assert STEPS_PER_EPOCH < int(saved.group(1)) < 2 * STEPS_PER_EPOCH and saved.group(2) == str(last)
+    assert f"Restoring states from the checkpoint path at {last}" in logs and str(stale) not in logs
+    assert show_job(job.name, env)["Restarts"] == "1"
+    assert checkpoint_step(last) == epochs * STEPS_PER_EPOCH
+    assert (metrics(run_dir)["epochs"], metrics(run_dir)["width"]) == (epochs, 0.25)
 
 
 @pytest.mark.slow
@@ -176,59 +208,42 @@ def test_ddp_across_two_nodes_takes_its_ranks_from_slurm(cluster, env, tmp_path)
 
 @pytest.mark.slow
 def test_time_limit_requeues_through_submitit_and_resumes_to_the_uninterrupted_metrics(cluster, env, tmp_path):
-    """A 1-minute limit, USR2 50 s before it (SLURM checks limits every 30 s, so it comes 10-40 s in)."""
-    epochs = 40  # longer than the first run can last: it is still training when the signal comes
-    overrides = (f"trainer.max_epochs={epochs}",)
-    proc = start_sweep(tmp_path, env, *RUN, *overrides, "hydra.launcher.timeout_min=1",
-                       "hydra.launcher.signal_delay_s=50", "hydra.launcher.max_num_timeout=1", "ckpt_path=last")
-    reference = uninterrupted(tmp_path, env, *overrides)
+    """A 1-minute limit and USR2 ``signal_delay_s`` before it; submitit requeues, the rerun resumes.
+
+    SLURM checks limits every 30 s, so the signal comes 29-59 s into the run: a real job is still
+    training then, this tiny one would have finished. So once its first epoch is saved the test
+    freezes it (SIGSTOP, behind SLURM's back: its clock runs on) until the signal comes. The rerun gets a longer limit, as real jobs have, so it is not signalled again.
+    """
+    epochs = 3
+    proc = start_sweep(tmp_path, env, *RUN, f"trainer.max_epochs={epochs}", "hydra.launcher.timeout_min=1",
+                       "hydra.launcher.signal_delay_s=1", "hydra.launcher.max_num_timeout=1", "ckpt_path=last")
+    reference = uninterrupted(tmp_path, env, f"trainer.max_epochs={epochs}")
     sweep, run_dir = tmp_path / "sweep", tmp_path / "sweep" / "0"
-    wait_for(lambda: job_dirs(sweep) and show_job(job_dirs(sweep)[0].name, env).get("Restarts") == "1",
-             proc, "the requeue", timeout=150)
     last = run_dir / "checkpoints" / "last.ckpt"
-    resumed_at = checkpoint_step(last) if last.exists() else 0
+    wait_for(last.exists, proc, "the first epoch's checkpoint")
+    (job,) = job_dirs(sweep)
+    pid = task_pid(job.name)
+    os.kill(pid, signal.SIGSTOP)
+    frozen_at = checkpoint_step(last)
+    try:  # slurmstepd sends SIGCONT with the signal, so the handler runs
+        wait_for(lambda: "Caught signal SIGUSR2" in job_logs(job), proc, "SLURM's USR2", timeout=75)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: show_job(job.name, env).get("Restarts") == "1", proc, "the requeue", timeout=60)
+    subprocess.run(["scontrol", "update", f"JobId={job.name}", "TimeLimit=5"], env=env, check=True, timeout=30)
     output = finish(proc)
     assert proc.returncode == 0, output[-3000:]
-    assert finish(reference) and reference.returncode == 0
+    finish(reference)
+    assert reference.returncode == 0
 
-    (job,) = job_dirs(sweep)
     logs = job_logs(job)
-    assert "Caught signal SIGUSR2" in logs and "this job is timed-out" in logs
+    assert "Caught signal SIGUSR2 on localhost: this job is timed-out." in logs
     assert f"Requeued job {job.name} (0 remaining timeouts)" in logs
-    assert resumed_at % STEPS_PER_EPOCH == 0  # the last finished epoch's checkpoint
-    if resumed_at:
-        assert f"Restoring states from the checkpoint path at {last}" in logs
+    # The rerun resumes from the last finished epoch's checkpoint (USR2 makes submitit exit at once).
+    assert frozen_at % STEPS_PER_EPOCH == 0 and 0 < frozen_at < epochs * STEPS_PER_EPOCH
+    assert f"Restoring states from the checkpoint path at {last}" in logs
     assert show_job(job.name, env)["Restarts"] == "1"  # requeued once: Lightning did not requeue too
     assert "SLURM auto-requeueing enabled" not in logs and not list(run_dir.glob("hpc_ckpt_*.ckpt"))
     assert checkpoint_step(last) == epochs * STEPS_PER_EPOCH
     assert {k: metrics(run_dir)[k] for k in COMPARED} == {k: metrics(tmp_path / "reference")[k] for k in COMPARED}
-
-
-@pytest.mark.slow
-def test_scheduler_requeue_mid_epoch_resumes_from_the_interrupted_step(cluster, env, tmp_path):
-    """``scontrol requeue`` mid-epoch (what preemption with PreemptMode=REQUEUE does): SIGTERM, a
-    checkpoint at that step, the same job again, resumed there. A stale Lightning ``hpc_ckpt`` in the
-    run directory, older than that checkpoint, is not what it resumes from (Lightning issue #13773)."""
-    epochs = 3
-    proc = start_sweep(tmp_path, env, *RUN, f"trainer.max_epochs={epochs}", "ckpt_path=last")
-    sweep, run_dir = tmp_path / "sweep", tmp_path / "sweep" / "0"
-    last = run_dir / "checkpoints" / "last.ckpt"
-    wait_for(lambda: last.exists() and logged_step(run_dir) >= STEPS_PER_EPOCH + 6, proc, "epoch 2")
-    stale = run_dir / "hpc_ckpt_1.ckpt"
-    stale.write_bytes(last.read_bytes())  # the end of epoch 1, as an earlier auto-requeue would have left it
-    (job,) = job_dirs(sweep)
-    subprocess.run(["scontrol", "requeue", job.name], env=env, check=True, timeout=30)
-    wait_for(lambda: show_job(job.name, env).get("Restarts") == "1", proc, "the requeue")
-    output = finish(proc)
-    assert proc.returncode == 0, output[-3000:]
-
-    logs = job_logs(job)
-    saved = re.search(r"SIGTERMException at epoch 1, step (\d+): saved (\S+); resume with ckpt_path=last", logs)
-    assert saved, logs[-3000:]
-    interrupted_at = int(saved.group(1))
-    assert STEPS_PER_EPOCH < interrupted_at < 2 * STEPS_PER_EPOCH and saved.group(2) == str(last)
-    assert f"Restoring states from the checkpoint path at {last}" in logs
-    assert str(stale) not in logs
-    assert show_job(job.name, env)["Restarts"] == "1"
-    assert checkpoint_step(last) == epochs * STEPS_PER_EPOCH
-    assert metrics(run_dir)["epochs"] == epochs
