@@ -198,7 +198,9 @@ def test_sweep_through_sbatch_survives_a_failing_job_and_a_preempted_one(cluster
 
 @pytest.mark.slow
 def test_ddp_across_two_nodes_takes_its_ranks_from_slurm(cluster, env, started, tmp_path):
-    proc = start_sweep(started, tmp_path, env, *TINY, *QUIET, "trainer=ddp", "trainer.num_nodes=2", "trainer.devices=1")
+    # test=false: the test phase under DDP is tests/test_ddp.py's; here it only adds time
+    proc = start_sweep(started, tmp_path, env, *TINY, *QUIET, "trainer=ddp", "trainer.num_nodes=2", "trainer.devices=1",
+                       "test=false")
     output = finish(proc)
     assert proc.returncode == 0, output[-3000:]
     sweep = tmp_path / "sweep"
