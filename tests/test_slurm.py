@@ -194,6 +194,7 @@ def test_sweep_through_sbatch_survives_a_failing_job_and_a_preempted_one(cluster
     assert "SLURM auto-requeueing enabled" not in logs and not list(run_dir.glob("hpc_ckpt_*.ckpt"))
     assert checkpoint_step(last) == epochs * STEPS_PER_EPOCH
     assert (metrics(run_dir)["epochs"], metrics(run_dir)["width"]) == (epochs, 0.25)
+    assert 0 < metrics(run_dir)["time_per_epoch_s"] < 60  # the resumed epoch is timed from the resume
 
 
 @pytest.mark.slow
