@@ -31,6 +31,7 @@ class EpochTimer(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._times_s = []
+        self._start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
