@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra records it for this job and runs the others
         sys.exit(f"train.py: error: {err}")  # the user's to fix: one line, no traceback
-    return metrics["test/acc"]  # what a Hydra sweeper (e.g. Optuna) would optimise
+    return metrics.get(cfg.get("optimized_metric", "test/acc"))  # what a Hydra sweeper (e.g. Optuna) optimises
 
 
 if __name__ == "__main__":
