@@ -108,14 +108,22 @@ def _alive(pid_file: Path) -> bool:
     return True
 
 
+_COMPOSED: dict[tuple[str, ...], tuple[str, dict]] = {}  # overrides -> (name, config): composing takes ~0.1 s
+
+
 def resolve(jobs: list[Job]) -> list[Job]:
     """Fills in each job's run-directory name and resolved config by composing ``train.yaml``."""
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        for job in jobs:
-            job.overrides = [*job.overrides, *(o for o in EXTRA if o not in job.overrides)]
-            cfg = compose("train", overrides=job.overrides, return_hydra_config=True)
-            job.name = str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
-            job.config = OmegaConf.to_container(cfg, resolve=False)
+    for job in jobs:
+        job.overrides = [*job.overrides, *(o for o in EXTRA if o not in job.overrides)]
+    missing = [job for job in jobs if tuple(job.overrides) not in _COMPOSED]
+    if missing:
+        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+            for job in missing:
+                cfg = compose("train", overrides=job.overrides, return_hydra_config=True)
+                _COMPOSED[tuple(job.overrides)] = (str(OmegaConf.select(cfg, "hydra.sweep.subdir")),
+                                                   OmegaConf.to_container(cfg, resolve=False))
+    for job in jobs:
+        job.name, job.config = _COMPOSED[tuple(job.overrides)]
     return jobs
 
 
