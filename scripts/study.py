@@ -38,6 +38,7 @@ Stages, in the issue's priority order (the chosen lr per arm comes from ``lr_sea
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import os
@@ -63,7 +64,7 @@ SEARCH = ["experiment=converged", "hparams_search=converged_lr"]
 SEEDS = (2, 3, 4)  # the tables' seeds; the search ran at seed 1 (its winner is not reused)
 ARMS = ("conv", "dsconv")
 MAX_GROW = 2  # values the lr grid may grow by, over both edges together
-SMALL_FILES = ("metrics.json", "config.yaml", "error.txt", ".hydra/overrides.yaml")  # + csv/*/metrics.csv
+SMALL_FILES = ("metrics.json", "config.yaml", "error.txt", ".hydra/overrides.yaml", "study_sessions.json")  # + csv/*/metrics.csv
 
 
 def log(message: str) -> None:
@@ -246,12 +247,27 @@ class Runner:
                 t.join(timeout=1.0)  # a short join, so the signal handlers run in the main thread
         return all(job.state(self.runs_dir) in ("finished", "failed") for job in jobs)
 
+    def busy(self) -> int:
+        """Runs going on under runs_dir, this runner's and any other's (their .pid files)."""
+        return sum(_alive(p) for p in self.runs_dir.glob("*/*.pid"))
+
     def _worker(self, todo: queue.Queue) -> None:
         while not self.stopping.is_set():
-            try:
-                job = todo.get_nowait()
-            except queue.Empty:
-                return
+            with self.lock:
+                if self.busy() >= self.workers:  # another runner's jobs count too: never more at once
+                    job = None
+                else:
+                    try:
+                        job = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    if job.state(self.runs_dir) not in ("todo", "partial"):
+                        continue  # started or finished elsewhere meanwhile
+                    job.pid_file(self.runs_dir).parent.mkdir(parents=True, exist_ok=True)
+                    job.pid_file(self.runs_dir).write_text(f"{os.getpid()}\n")  # held until the run's own pid
+            if job is None:
+                time.sleep(30)
+                continue
             self._run(job)
 
     def _run(self, job: Job) -> None:
@@ -260,7 +276,7 @@ class Runner:
         cmd = ["nice", "-n", "19", sys.executable, "train.py", "-m", *job.overrides,
                f"hydra.sweep.dir={stage_dir}", "ckpt_path=last"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        log(f"start {job.stage}/{job.name} ({job.state(self.runs_dir)})")
+        log(f"start {job.stage}/{job.name} ({epochs_done(job.run_dir(self.runs_dir))} epochs done)")
         start = time.time()
         with open(stage_dir / f"{job.name}.log", "a") as out:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -268,8 +284,10 @@ class Runner:
             with self.lock:
                 self.running[job.name] = proc.pid
                 self.write_pids()
-            rc = proc.wait()
+            _, status, usage = os.wait4(proc.pid, 0)  # wait4: the CPU time the run used, for the budget
+            rc = os.waitstatus_to_exitcode(status)
         job.pid_file(self.runs_dir).unlink(missing_ok=True)
+        record_session(job.run_dir(self.runs_dir), start, usage.ru_utime + usage.ru_stime, rc)
         with self.lock:
             del self.running[job.name]
             self.write_pids()
@@ -278,6 +296,25 @@ class Runner:
             collect(self.runs_dir, [job])
         elif rc != 0:  # killed or interrupted (a failed run writes error.txt)
             self.stop(f"{job.name} exited {rc} without a result")
+
+
+def record_session(run_dir: Path, start: float, cpu_s: float, rc: int) -> None:
+    """Appends one sitting of a run (wall and CPU seconds, exit status) to its study_sessions.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "study_sessions.json"
+    sessions = json.loads(path.read_text()) if path.is_file() else []
+    sessions.append({"start_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
+                     "wall_s": round(time.time() - start, 1), "cpu_s": round(cpu_s, 1), "exit": rc})
+    path.write_text(json.dumps(sessions, indent=1) + "\n")
+
+
+def epochs_done(run_dir: Path) -> int:
+    """Epochs a run has logged (its CSV's ``epochs`` column, over resumed versions too)."""
+    done = 0
+    for csv_file in run_dir.glob("csv/*/metrics.csv"):
+        rows = csv.DictReader(csv_file.open())
+        done = max([done, *(int(float(r["epochs"])) for r in rows if r.get("epochs"))])
+    return done
 
 
 def collect(runs_dir: Path, jobs: list[Job]) -> int:
@@ -362,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "plan":
         for name, jobs in stages:
             for job in jobs:
-                print(f"{name:16s} {job.name:40s} {job.state(runs_dir)}")
+                state = job.state(runs_dir)
+                epochs = f"{epochs_done(job.run_dir(runs_dir))}/{job.config['trainer']['max_epochs']} epochs"
+                print(f"{name:16s} {job.name:40s} {state:9s} {epochs}")
         if choice is None:
             print("(the later stages are listed once the lr search finished)")
     elif args.command == "choose":
