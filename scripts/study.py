@@ -235,6 +235,7 @@ class Runner:
 
     def run_stage(self, jobs: list[Job]) -> bool:
         """Runs the jobs not finished yet; True when every job of the stage is finished or failed."""
+        self.jobs = jobs
         todo: queue.Queue[Job] = queue.Queue()
         for job in jobs:
             if job.state(self.runs_dir) in ("todo", "partial"):
@@ -266,6 +267,7 @@ class Runner:
                     job.pid_file(self.runs_dir).parent.mkdir(parents=True, exist_ok=True)
                     job.pid_file(self.runs_dir).write_text(f"{os.getpid()}\n")  # held until the run's own pid
             if job is None:
+                collect(self.runs_dir, self.jobs)  # runs another runner started may have finished
                 time.sleep(30)
                 continue
             self._run(job)
@@ -325,6 +327,9 @@ def collect(runs_dir: Path, jobs: list[Job]) -> int:
         if job.state(runs_dir) not in ("finished", "failed"):
             continue
         dst = RESULTS_DIR / "runs" / job.stage / job.name
+        result = "metrics.json" if (src / "metrics.json").is_file() else "error.txt"
+        if (dst / result).is_file() and (dst / result).stat().st_mtime == (src / result).stat().st_mtime:
+            continue  # copied already (copy2 keeps the time), and not run since
         for rel in [*SMALL_FILES, *(str(p.relative_to(src)) for p in src.glob("csv/*/metrics.csv"))]:
             if (src / rel).is_file():
                 (dst / rel).parent.mkdir(parents=True, exist_ok=True)
