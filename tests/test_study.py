@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ROOT
+from conftest import ROOT, TINY, compose_train
 from dsnet.matching import match_width
 from dsnet.measure import count_macs, count_params
 from dsnet.models import create_model
@@ -145,3 +145,18 @@ def test_the_lr_choice_grows_the_grid_at_an_edge_for_both_arms(tmp_path):
     assert {arm: (c["lr"], c["trials"], c["at_edge"]) for arm, c in choice.items()} == {
         "conv": (0.1, 5, False), "dsconv": (0.4, 5, False)}
     assert choice["dsconv"]["grid"] == "0.05,0.1,0.2,0.4,0.8" and choice["dsconv"]["scores"]["0.8"] == 0.3
+
+
+# --- what a converged run records -----------------------------------------------------------------
+
+
+def test_a_converged_run_records_its_hyperparameters_in_metrics_json(tmp_path):
+    from dsnet.task import train
+
+    cfg = compose_train("experiment=converged", *TINY, "model=dsconv", "module.depthwise_weight_decay=0",
+                        "hparams.lr_trials=4", "hparams.lr_grid='0.05,0.1,0.2,0.4'", run_dir=tmp_path, tiny=False)
+    metrics, _ = train(cfg)
+    assert {k: v for k, v in metrics.items() if k.startswith("hparams/")} == {
+        "hparams/lr": 0.1, "hparams/weight_decay": 5e-5, "hparams/depthwise_weight_decay": 0,
+        "hparams/lr_trials": 4, "hparams/lr_grid": "0.05,0.1,0.2,0.4", "hparams/lr_selected_on": "val/acc_best"}
+    assert json.loads((tmp_path / "metrics.json").read_text())["hparams/lr_trials"] == 4
