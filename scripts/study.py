@@ -5,6 +5,7 @@
     python scripts/study.py collect               # copy finished runs' small files into docs/results/converged/runs
     python scripts/study.py restore               # the reverse: committed runs back into the run directory
     python scripts/study.py choose                # the lr chosen per arm, written to docs/results/converged/lr_choice.json
+    python scripts/study.py match --cost latency  # dsconv's width with standard w0.25's latency (idle machine!)
 
 A session on another day: ``restore`` then ``run``. Restored runs hold ``metrics.json`` and the resolved
 ``config.yaml``, so ``train.py`` skips them (``skip_finished``); a run interrupted with SIGTERM left
@@ -31,7 +32,8 @@ Stages, in the issue's priority order (the chosen lr per arm comes from ``lr_sea
 - ``long_w0.25``: the convergence check, experiment=converged_long (30 epochs), seeds 2, 3, 4.
 - ``dw_decay_w0.25``: dsconv with no weight decay on its depthwise filters, seeds 2, 3, 4.
 - ``equal_cost``: dsconv at the widths matching standard w0.25's parameters and multiply-adds
-  (``dsnet.matching.match_width``), seeds 2, 3, 4, at dsconv's chosen lr.
+  (``dsnet.matching.match_width``), and its latency once ``match --cost latency`` measured it
+  (docs/results/converged/match_latency.json), seeds 2, 3, 4, at dsconv's chosen lr.
 - ``table6``: dsconv at widths 1.0 and 0.75 (0.5 and 0.25 are Table 4's), seeds 2, 3, 4.
 """
 
@@ -63,6 +65,7 @@ DEFAULT_RUNS_DIR = Path(os.environ.get("DSNET_STUDY_DIR", "/work/study_runs/conv
 SEARCH = ["experiment=converged", "hparams_search=converged_lr"]
 SEEDS = (2, 3, 4)  # the tables' seeds; the search ran at seed 1 (its winner is not reused)
 ARMS = ("conv", "dsconv")
+FMNIST = {"image_size": 28, "num_classes": 10, "in_chans": 1}  # what experiment=converged trains on
 MAX_GROW = 2  # values the lr grid may grow by, over both edges together
 SMALL_FILES = ("metrics.json", "config.yaml", "error.txt", ".hydra/overrides.yaml", "study_sessions.json")  # + csv/*/metrics.csv
 
@@ -199,8 +202,10 @@ def later_stages(choice: dict) -> list[tuple[str, list[Job]]]:
         return [Job(stage, [*base, f"model={arm}", f"model.width={w:g}", f"seed={seed}", *chosen(choice, arm)], arm)
                 for seed, w, arm in itertools.product(SEEDS, widths, arms)]
 
-    matched = [match_width("dsconv", "standard", 0.25, cost=cost, image_size=28, num_classes=10, in_chans=1).width
-               for cost in ("params", "macs")]
+    matched = [match_width("dsconv", "standard", 0.25, cost=cost, **FMNIST).width for cost in ("params", "macs")]
+    if (RESULTS_DIR / "match_latency.json").is_file():  # measured once (study.py match --cost latency), then fixed
+        matched.append(json.loads((RESULTS_DIR / "match_latency.json").read_text())["width"])
+    matched = sorted(set(matched))
     return [
         ("table4_w0.25", jobs("table4_w0.25", ["experiment=converged"])),
         ("table4_w0.5", jobs("table4_w0.5", ["experiment=converged"], widths=(0.5,))),
@@ -352,6 +357,19 @@ def restore(runs_dir: Path) -> int:
     return restored
 
 
+def match(cost: str, min_run_time: float) -> dict:
+    """dsconv's width matching standard w0.25 in ``cost``; latency: batch 1, 1 thread, 28 px, fp32."""
+    from dsnet.matching import match_width
+    from dsnet.measure import environment, measure_latency
+
+    def latency_ms(net):
+        return measure_latency(net, (1, 28, 28), num_threads=1, min_run_time=min_run_time)["latency_ms_p50"]
+
+    found = match_width("dsconv", "standard", 0.25, cost=latency_ms if cost == "latency" else cost,
+                        tolerance=0.05 if cost == "latency" else 0.02, max_width=1.0, **FMNIST)
+    return {**vars(found), "cost_name": cost, "environment": environment("cpu") if cost == "latency" else None}
+
+
 def all_jobs(runs_dir: Path) -> tuple[list[tuple[str, list[Job]]], dict | None]:
     search, choice = choose(runs_dir)
     stages = [("lr_search", search)]
@@ -363,7 +381,10 @@ def all_jobs(runs_dir: Path) -> tuple[list[tuple[str, list[Job]]], dict | None]:
 def main(argv: list[str] | None = None) -> int:
     global RESULTS_DIR
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("plan", "run", "collect", "restore", "choose"))
+    parser.add_argument("command", choices=("plan", "run", "collect", "restore", "choose", "match"))
+    parser.add_argument("--cost", choices=("params", "macs", "latency"), default="params",
+                        help="match: the cost to match (latency is measured: run it on an idle machine)")
+    parser.add_argument("--min-run-time", type=float, default=1.0, help="match --cost latency: seconds per timing")
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
     parser.add_argument("--workers", type=int, default=2, help="training processes at once (default 2)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where collect copies runs to")
@@ -374,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     EXTRA[:] = args.extra
     runs_dir = args.runs_dir.resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
+    if args.command == "match":
+        found = match(args.cost, args.min_run_time)
+        if args.cost == "latency":  # the equal_cost stage trains at this width from now on
+            (RESULTS_DIR / "match_latency.json").write_text(json.dumps(found, indent=2) + "\n")
+        print(json.dumps(found, indent=2))
+        return 0
     if args.command == "restore":
         log(f"restored {restore(runs_dir)} runs into {runs_dir}")
         return 0
