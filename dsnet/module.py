@@ -171,9 +171,9 @@ class ClassifierModule(L.LightningModule):
         params = [p for p in self.net.parameters() if p.requires_grad]
         depthwise = []
         if self.hparams.depthwise_weight_decay is not None:
-            depthwise = list({id(m.weight): m.weight for m in self.net.modules()
-                              if layer_type(m) == "depthwise" and m.weight.requires_grad}.values())
-            params = [p for p in params if id(p) not in {id(d) for d in depthwise}]
+            depthwise = [m.weight for m in self.net.modules() if layer_type(m) == "depthwise" and m.weight.requires_grad]
+            in_depthwise = {id(p) for p in depthwise}
+            params = [p for p in params if id(p) not in in_depthwise]
         dw_group = [{"params": depthwise, "weight_decay": float(self.hparams.depthwise_weight_decay)}] if depthwise else []
         if not self.hparams.no_weight_decay_norm_bias:
             return [{"params": params}, *dw_group] if dw_group else params
