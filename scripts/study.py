@@ -445,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:16s} {job.name:40s} {state:9s} {epochs}")
         if choice is None:
             print("(the later stages are listed once the lr search finished)")
+        sittings = [x for f in runs_dir.glob("*/*/study_sessions.json") for x in json.loads(f.read_text())]
+        print(f"CPU used: {sum(x['cpu_s'] for x in sittings) / 3600:.2f} h in {len(sittings)} sittings of runs "
+              "(study_sessions.json; runs started by a runner older than it are not counted)")
     elif args.command == "choose":
         if choice is None:
             sys.exit("study.py: error: the lr search has unfinished trials (python scripts/study.py plan)")
