@@ -14,7 +14,7 @@ def main(cfg: DictConfig) -> float | None:
     with one_line_errors("train.py"):
         configure_allocator(cfg.get("allocator", "keep_freed"))  # process-wide: the entry point's to set
         metrics, _ = train(cfg)
-    return metrics["test/acc"]  # what a Hydra sweeper (e.g. Optuna) would optimise
+    return metrics.get(cfg.get("optimized_metric", "test/acc"))  # what a Hydra sweeper (e.g. Optuna) optimises
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ Registering twice is harmless (``replace=True``), so re-imports and reloads are 
 - ``${dsnet.num_classes:${data.data_dir},${data.classes}}`` -> the number of classes an ImageNet
   subset has, counted by ``dsnet.data.resolve_classes`` (one place decides what a subset holds).
 - ``${dsnet.ddp_start_method:}`` -> how DDP starts its processes; see :func:`ddp_start_method`.
+- ``${dsnet.match_width:dsconv,standard,0.25,params,${data.image_size},${data.num_classes},${data.in_chans}}``
+  -> the width at which dsconv has the parameters (or ``macs``) of standard at width 0.25, within 2%
+  (``dsnet.matching.match_width``), e.g. ``model.width='${dsnet.match_width:...}'`` on the command line.
 """
 
 from __future__ import annotations
@@ -64,11 +67,20 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def match_width(conv, target_conv, target_width, cost, image_size=224, num_classes=1000, in_chans=3) -> float:
+    """The width of ``conv`` whose ``cost`` (params or macs) matches ``target_conv`` at ``target_width``."""
+    from dsnet.matching import match_width as solve  # lazy: builds networks
+
+    return solve(conv, target_conv, float(target_width), cost=cost, image_size=int(image_size),
+                 num_classes=int(num_classes), in_chans=int(in_chans), max_width=max(1.0, 4 * float(target_width))).width
+
+
 def register_resolvers() -> None:
     """Registers the ``dsnet.*`` resolvers (again: replacing them is harmless)."""
     OmegaConf.register_new_resolver("dsnet.small_input", small_input, replace=True)
     OmegaConf.register_new_resolver("dsnet.num_classes", num_classes, replace=True)
     OmegaConf.register_new_resolver("dsnet.ddp_start_method", ddp_start_method, replace=True)
+    OmegaConf.register_new_resolver("dsnet.match_width", match_width, replace=True, use_cache=True)
 
 
 register_resolvers()

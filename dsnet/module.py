@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from dsnet.measure import layer_type
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]  # partial: (params) -> optimizer
 SchedulerFactory = Callable[..., TimmScheduler]  # partial: (optimizer, t_initial=, warmup_t=) -> scheduler
 
@@ -44,6 +46,10 @@ class ClassifierModule(L.LightningModule):
         label_smoothing: cross-entropy label smoothing in [0, 1).
         no_weight_decay_norm_bias: exempt normalisation parameters and biases from weight decay,
             as the MobileNet recipes do (decay on them regularises nothing, it only rescales).
+        depthwise_weight_decay: weight decay of the depthwise filters (the convolutions with groups ==
+            in_channels, found by ``dsnet.measure.layer_type``), in a parameter group of their own;
+            Howard et al. put "very little or no" decay on them, as they have so few parameters.
+            None: the optimizer's weight decay, like every other weight.
         compile: ``torch.compile`` the network in place (state-dict keys stay unchanged).
         channels_last: keep weights and inputs in channels-last memory format.
         freeze_norm_stats: batch norm normalises with its running statistics and never updates
@@ -63,6 +69,7 @@ class ClassifierModule(L.LightningModule):
         warmup_epochs: float = 0.0,
         label_smoothing: float = 0.0,
         no_weight_decay_norm_bias: bool = True,
+        depthwise_weight_decay: float | None = None,
         compile: bool = False,
         channels_last: bool = False,
         freeze_norm_stats: bool = False,
@@ -77,6 +84,8 @@ class ClassifierModule(L.LightningModule):
             raise ValueError(f"label_smoothing={label_smoothing!r} must be in [0, 1)")
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs={warmup_epochs!r} must be >= 0")
+        if depthwise_weight_decay is not None and not depthwise_weight_decay >= 0:
+            raise ValueError(f"depthwise_weight_decay={depthwise_weight_decay!r} must be >= 0, or None for the optimizer's")
         # Only plain values go into the checkpoint: it must load with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "input_size"])
         self.net = net
@@ -178,12 +187,18 @@ class ClassifierModule(L.LightningModule):
 
     def _param_groups(self) -> list:
         params = [p for p in self.net.parameters() if p.requires_grad]
+        depthwise = []
+        if self.hparams.depthwise_weight_decay is not None:
+            depthwise = [m.weight for m in self.net.modules() if layer_type(m) == "depthwise" and m.weight.requires_grad]
+            in_depthwise = {id(p) for p in depthwise}
+            params = [p for p in params if id(p) not in in_depthwise]
+        dw_group = [{"params": depthwise, "weight_decay": float(self.hparams.depthwise_weight_decay)}] if depthwise else []
         if not self.hparams.no_weight_decay_norm_bias:
-            return params
+            return [{"params": params}, *dw_group] if dw_group else params
         # Norm scales/shifts and biases are the only 1-d parameters of a conv net.
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}, *dw_group]
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self._param_groups())

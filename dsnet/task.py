@@ -123,6 +123,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, An
         dataset=getattr(datamodule, "name", type(datamodule).__name__),
         seed=cfg.seed,
     )
+    if cfg.get("hparams"):  # a recipe's record of how its hyperparameters were chosen (experiment/converged.yaml)
+        metrics.update({f"hparams/{k}": v for k, v in OmegaConf.to_container(cfg.hparams, resolve=True).items()})
     if rank_zero_only.rank == 0:
         write_json_atomic(run_dir / "metrics.json", metrics)
         log.info("metrics: %s", metrics)

@@ -1,0 +1,461 @@
+"""The converged trade-off study (issue 12): a resumable queue of training runs, in priority order.
+
+    python scripts/study.py plan                  # every job of the study and its state
+    python scripts/study.py run [--workers 2]     # train what is not finished yet, resuming partial runs
+    python scripts/study.py collect               # copy finished runs' small files into docs/results/converged/runs
+    python scripts/study.py restore               # the reverse: committed runs back into the run directory
+    python scripts/study.py choose                # the lr chosen per arm, written to docs/results/converged/lr_choice.json
+    python scripts/study.py match --cost latency  # dsconv's width with standard w0.25's latency (idle machine!)
+
+A session on another day: ``restore`` then ``run``. Restored runs hold ``metrics.json`` and the resolved
+``config.yaml``, so ``train.py`` skips them (``skip_finished``); a run interrupted with SIGTERM left
+``checkpoints/last.ckpt`` and continues from it (every job runs with ``ckpt_path=last``).
+
+Runs live under ``--runs-dir`` (default /work/study_runs/converged, or $DSNET_STUDY_DIR), one
+directory per stage, one run directory per job named by ``hydra.sweep.subdir`` of
+``experiment=converged`` (``<conv>_w<width>_lr<lr>_e<epochs>_seed<seed>``). Restoring needs the same
+``--runs-dir``: the resolved config holds the run's own path, and a different one trains again.
+
+Every job is ``nice -n 19 python train.py -m <stage overrides> <job overrides> hydra.sweep.dir=<stage dir>
+ckpt_path=last`` with OMP_NUM_THREADS=1, so the study takes only idle CPU. ``run`` starts the jobs of a
+stage with ``--workers`` processes at once, and a stage only once the stages before it finished
+(the tables need the lr the search chose). Its process group id and the running jobs' pids are in
+``<runs-dir>/PIDS``: ``kill -STOP -- -<pgid>`` pauses everything, ``kill -CONT -- -<pgid>`` resumes,
+``kill -TERM -- -<pgid>`` stops (each run writes last.ckpt; the runner starts nothing new).
+
+Stages, in the issue's priority order (the chosen lr per arm comes from ``lr_search``):
+
+- ``lr_search``: hparams_search=converged_lr at width 0.25, seed 1, test off. If an arm's best lr is
+  at an edge of the grid, the grid grows by a factor 2 on that side for both arms (equal trial counts).
+- ``table4_w0.25``, ``table4_w0.5``: standard and dsconv, seeds 2, 3, 4, each arm at its chosen lr
+  (w0.5 reuses the lr chosen at w0.25: a stated shortcut, no search at 0.5).
+- ``long_w0.25``: the convergence check, experiment=converged_long (30 epochs), seeds 2, 3, 4.
+- ``dw_decay_w0.25``: dsconv with no weight decay on its depthwise filters, seeds 2, 3, 4.
+- ``equal_cost``: dsconv at the widths matching standard w0.25's parameters and multiply-adds
+  (``dsnet.matching.match_width``; one width, 0.74, when it matches both within 2%), and its latency once ``match --cost latency`` measured it
+  (docs/results/converged/match_latency.json), seeds 2, 3, 4, at dsconv's chosen lr.
+- ``table6``: dsconv at widths 1.0 and 0.75 (0.5 and 0.25 are Table 4's), seeds 2, 3, 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "docs" / "results" / "converged"
+DEFAULT_RUNS_DIR = Path(os.environ.get("DSNET_STUDY_DIR", "/work/study_runs/converged"))
+SEARCH = ["experiment=converged", "hparams_search=converged_lr"]
+SEEDS = (2, 3, 4)  # the tables' seeds; the search ran at seed 1 (its winner is not reused)
+ARMS = ("conv", "dsconv")
+FMNIST = {"image_size": 28, "num_classes": 10, "in_chans": 1}  # what experiment=converged trains on
+MAX_GROW = 2  # values the lr grid may grow by, over both edges together
+SMALL_FILES = ("metrics.json", "config.yaml", "error.txt", ".hydra/overrides.yaml", "study_sessions.json")  # + csv/*/metrics.csv
+
+
+def log(message: str) -> None:
+    print(f"[study {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+@dataclass
+class Job:
+    stage: str
+    overrides: list[str]
+    arm: str = ""  # model config: conv or dsconv
+    name: str = ""  # the run directory's name: hydra.sweep.subdir, resolved
+    config: dict = field(default_factory=dict)
+
+    def run_dir(self, runs_dir: Path) -> Path:
+        return runs_dir / self.stage / self.name
+
+    def pid_file(self, runs_dir: Path) -> Path:
+        return runs_dir / self.stage / f"{self.name}.pid"
+
+    def state(self, runs_dir: Path) -> str:
+        run_dir = self.run_dir(runs_dir)
+        if _alive(self.pid_file(runs_dir)):
+            return "running"  # by another runner (one restarted with new code, say): leave it alone
+        if (run_dir / "metrics.json").is_file():
+            return "finished"
+        if (run_dir / "error.txt").is_file():
+            return "failed"
+        return "partial" if (run_dir / "checkpoints" / "last.ckpt").is_file() else "todo"
+
+
+EXTRA: list[str] = []  # --extra: overrides added to every job (a smoke run of the machinery)
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_COMPOSED: dict[tuple[str, ...], tuple[str, dict]] = {}  # overrides -> (name, config): composing takes ~0.1 s
+
+
+def resolve(jobs: list[Job]) -> list[Job]:
+    """Fills in each job's run-directory name and resolved config by composing ``train.yaml``."""
+    for job in jobs:
+        job.overrides = [*job.overrides, *(o for o in EXTRA if o not in job.overrides)]
+    missing = [job for job in jobs if tuple(job.overrides) not in _COMPOSED]
+    if missing:
+        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+            for job in missing:
+                cfg = compose("train", overrides=job.overrides, return_hydra_config=True)
+                _COMPOSED[tuple(job.overrides)] = (str(OmegaConf.select(cfg, "hydra.sweep.subdir")),
+                                                   OmegaConf.to_container(cfg, resolve=False))
+    for job in jobs:
+        job.name, job.config = _COMPOSED[tuple(job.overrides)]
+    return jobs
+
+
+# --- the learning-rate search and its choice ------------------------------------------------------
+
+def search_grid() -> tuple[list[str], list[float]]:
+    """The arms and the lr grid of hparams_search/converged_lr.yaml."""
+    params = OmegaConf.load(ROOT / "configs" / "hparams_search" / "converged_lr.yaml").hydra.sweeper.params
+    return str(params["model"]).split(","), [float(v) for v in str(params["optim.optimizer.lr"]).split(",")]
+
+
+def search_jobs(grid: list[float]) -> list[Job]:
+    # Centre out and the two arms interleaved, so a search cut short has the middle of the grid for both.
+    centre = sorted(grid, key=lambda lr: abs(grid.index(lr) - (len(grid) - 1) / 2))
+    arms, _ = search_grid()
+    return [Job("lr_search", [*SEARCH, f"model={arm}", f"optim.optimizer.lr={lr:g}"], arm) for lr in centre for arm in arms]
+
+
+def val_acc(job: Job, runs_dir: Path) -> float | None:
+    """val/acc_best of a finished trial, 0.0 for a failed one (say a NaN loss), None if not run yet."""
+    state = job.state(runs_dir)
+    if state == "failed":
+        return 0.0
+    if state != "finished":
+        return None
+    return json.loads((job.run_dir(runs_dir) / "metrics.json").read_text())["val/acc_best"]
+
+
+def choose(runs_dir: Path) -> tuple[list[Job], dict | None]:
+    """The search's jobs (grid grown at the edges where needed) and, once all finished, the choice.
+
+    Returns:
+        ``(jobs, choice)``; ``choice`` is None while trials are missing, else
+        ``{arm: {"lr", "val/acc_best", "trials", "grid", "scores", "at_edge"}}``. Ties go to the
+        smaller lr. The grid grows by at most MAX_GROW values; a best lr still at its edge says so.
+    """
+    arms, base = search_grid()
+    grid = list(base)
+    while True:
+        jobs = resolve(search_jobs(grid))
+        scores = {arm: {} for arm in arms}
+        for job in jobs:
+            scores[job.arm][float(job.config["optim"]["optimizer"]["lr"])] = val_acc(job, runs_dir)
+        if any(v is None for s in scores.values() for v in s.values()):
+            return jobs, None
+        best = {arm: max(sorted(s), key=lambda lr, s=s: s[lr]) for arm, s in scores.items()}
+        if len(grid) < len(base) + MAX_GROW and any(lr == min(grid) for lr in best.values()):
+            grid = [min(grid) / 2, *grid]
+        elif len(grid) < len(base) + MAX_GROW and any(lr == max(grid) for lr in best.values()):
+            grid = [*grid, max(grid) * 2]
+        else:
+            break
+    choice = {arm: {"lr": best[arm], "val/acc_best": scores[arm][best[arm]], "trials": len(grid),
+                    "grid": ",".join(f"{lr:g}" for lr in sorted(grid)),
+                    "scores": {f"{lr:g}": scores[arm][lr] for lr in sorted(grid)},
+                    "at_edge": best[arm] in (min(grid), max(grid))} for arm in arms}
+    return jobs, choice
+
+
+# --- the stages after the search ------------------------------------------------------------------
+
+def chosen(choice: dict, arm: str) -> list[str]:
+    c = choice[arm]
+    return [f"optim.optimizer.lr={c['lr']:g}", f"hparams.lr_trials={c['trials']}", f"hparams.lr_grid='{c['grid']}'"]
+
+
+def later_stages(choice: dict) -> list[tuple[str, list[Job]]]:
+    """Every stage after the search, in priority order, each arm at its chosen lr."""
+    from dsnet.matching import match_width  # lazy: builds networks
+    from dsnet.measure import count_macs
+    from dsnet.models import create_model
+
+    def jobs(stage: str, base: list[str], arms=ARMS, widths=(0.25,)) -> list[Job]:
+        return [Job(stage, [*base, f"model={arm}", f"model.width={w:g}", f"seed={seed}", *chosen(choice, arm)], arm)
+                for seed, w, arm in itertools.product(SEEDS, widths, arms)]
+
+    by_params = match_width("dsconv", "standard", 0.25, cost="params", **FMNIST)
+    by_macs = match_width("dsconv", "standard", 0.25, cost="macs", **FMNIST)
+    # One run set serves both rows when the params-matched width also matches the MACs within 2%
+    # (at 28 px: w0.74, -0.11% params and +1.8% MACs; the MACs-matched w0.73 is -2.2% in params).
+    macs_at = count_macs(create_model("mobilenet_v1", conv="dsconv", width=by_params.width, small_input=True,
+                                      num_classes=FMNIST["num_classes"], in_chans=FMNIST["in_chans"]),
+                         (FMNIST["in_chans"], FMNIST["image_size"], FMNIST["image_size"]))
+    matched = [by_params.width] if abs(macs_at / by_macs.target - 1) <= 0.02 else [by_params.width, by_macs.width]
+    if (RESULTS_DIR / "match_latency.json").is_file():  # measured once (study.py match --cost latency), then fixed
+        matched.append(json.loads((RESULTS_DIR / "match_latency.json").read_text())["width"])
+    matched = sorted(set(matched))
+    return [
+        ("table4_w0.25", jobs("table4_w0.25", ["experiment=converged"])),
+        ("table4_w0.5", jobs("table4_w0.5", ["experiment=converged"], widths=(0.5,))),
+        ("long_w0.25", jobs("long_w0.25", ["experiment=converged_long"])),
+        ("dw_decay_w0.25", jobs("dw_decay_w0.25", ["experiment=converged", "module.depthwise_weight_decay=0"],
+                                arms=("dsconv",))),
+        ("equal_cost", jobs("equal_cost", ["experiment=converged"], arms=("dsconv",), widths=matched)),
+        ("table6", jobs("table6", ["experiment=converged"], arms=("dsconv",), widths=(1.0, 0.75))),
+    ]
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+class Runner:
+    """Runs jobs ``workers`` at a time; stops starting new ones after SIGTERM or a killed job."""
+
+    def __init__(self, runs_dir: Path, workers: int) -> None:
+        self.runs_dir, self.workers = runs_dir, workers
+        self.stopping = threading.Event()
+        self.running: dict[str, int] = {}
+        self.lock = threading.Lock()
+        signal.signal(signal.SIGTERM, lambda *_: self.stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: self.stop("SIGINT"))
+
+    def stop(self, why: str) -> None:
+        log(f"{why}: starting no new runs; the running ones save last.ckpt and exit")
+        self.stopping.set()
+
+    def write_pids(self) -> None:
+        lines = [f"pgid {os.getpgid(0)}", f"runner {os.getpid()}", *(f"job {p} {n}" for n, p in self.running.items())]
+        (self.runs_dir / "PIDS").write_text("\n".join(lines) + "\n")
+
+    def run_stage(self, jobs: list[Job]) -> bool:
+        """Runs the jobs not finished yet; True when every job of the stage is finished or failed."""
+        self.jobs = jobs
+        todo: queue.Queue[Job] = queue.Queue()
+        for job in jobs:
+            if job.state(self.runs_dir) in ("todo", "partial"):
+                todo.put(job)
+        threads = [threading.Thread(target=self._worker, args=(todo,)) for _ in range(self.workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=1.0)  # a short join, so the signal handlers run in the main thread
+        return all(job.state(self.runs_dir) in ("finished", "failed") for job in jobs)
+
+    def busy(self) -> int:
+        """Runs going on under runs_dir, this runner's and any other's (their .pid files)."""
+        return sum(_alive(p) for p in self.runs_dir.glob("*/*.pid"))
+
+    def _worker(self, todo: queue.Queue) -> None:
+        while not self.stopping.is_set():
+            with self.lock:
+                if self.busy() >= self.workers:  # another runner's jobs count too: never more at once
+                    job = None
+                else:
+                    try:
+                        job = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    if job.state(self.runs_dir) not in ("todo", "partial"):
+                        continue  # started or finished elsewhere meanwhile
+                    job.pid_file(self.runs_dir).parent.mkdir(parents=True, exist_ok=True)
+                    job.pid_file(self.runs_dir).write_text(f"{os.getpid()}\n")  # held until the run's own pid
+            if job is None:
+                collect(self.runs_dir, self.jobs)  # runs another runner started may have finished
+                time.sleep(30)
+                continue
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        stage_dir = self.runs_dir / job.stage
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        cmd = ["nice", "-n", "19", sys.executable, "train.py", "-m", *job.overrides,
+               f"hydra.sweep.dir={stage_dir}", "ckpt_path=last"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        log(f"start {job.stage}/{job.name} ({epochs_done(job.run_dir(self.runs_dir))} epochs done)")
+        start = time.time()
+        with open(stage_dir / f"{job.name}.log", "a") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            job.pid_file(self.runs_dir).write_text(f"{proc.pid}\n")
+            with self.lock:
+                self.running[job.name] = proc.pid
+                self.write_pids()
+            _, status, usage = os.wait4(proc.pid, 0)  # wait4: the CPU time the run used, for the budget
+            rc = os.waitstatus_to_exitcode(status)
+        job.pid_file(self.runs_dir).unlink(missing_ok=True)
+        record_session(job.run_dir(self.runs_dir), start, usage.ru_utime + usage.ru_stime, rc)
+        with self.lock:
+            del self.running[job.name]
+            self.write_pids()
+        log(f"end {job.stage}/{job.name}: exit {rc}, {(time.time() - start) / 60:.1f} min, {job.state(self.runs_dir)}")
+        if job.state(self.runs_dir) in ("finished", "failed"):
+            collect(self.runs_dir, [job])
+        elif rc != 0:  # killed or interrupted (a failed run writes error.txt)
+            self.stop(f"{job.name} exited {rc} without a result")
+
+
+def record_session(run_dir: Path, start: float, cpu_s: float, rc: int) -> None:
+    """Appends one sitting of a run (wall and CPU seconds, exit status) to its study_sessions.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "study_sessions.json"
+    sessions = json.loads(path.read_text()) if path.is_file() else []
+    sessions.append({"start_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
+                     "wall_s": round(time.time() - start, 1), "cpu_s": round(cpu_s, 1), "exit": rc})
+    path.write_text(json.dumps(sessions, indent=1) + "\n")
+
+
+def epochs_done(run_dir: Path) -> int:
+    """Epochs a run has logged (its CSV's ``epochs`` column, over resumed versions too)."""
+    done = 0
+    for csv_file in run_dir.glob("csv/*/metrics.csv"):
+        rows = csv.DictReader(csv_file.open())
+        done = max([done, *(int(float(r["epochs"])) for r in rows if r.get("epochs"))])
+    return done
+
+
+def collect(runs_dir: Path, jobs: list[Job]) -> int:
+    """Copies the small files of finished (or failed) runs into docs/results/converged/runs."""
+    copied = 0
+    for job in jobs:
+        src = job.run_dir(runs_dir)
+        if job.state(runs_dir) not in ("finished", "failed"):
+            continue
+        dst = RESULTS_DIR / "runs" / job.stage / job.name
+        result = "metrics.json" if (src / "metrics.json").is_file() else "error.txt"
+        if (dst / result).is_file() and (dst / result).stat().st_mtime == (src / result).stat().st_mtime:
+            continue  # copied already (copy2 keeps the time), and not run since
+        for rel in [*SMALL_FILES, *(str(p.relative_to(src)) for p in src.glob("csv/*/metrics.csv"))]:
+            if (src / rel).is_file():
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / rel, dst / rel)
+        copied += 1
+    return copied
+
+
+def restore(runs_dir: Path) -> int:
+    """Copies the committed runs back under ``runs_dir`` (never over a run directory's own files)."""
+    restored = 0
+    for metrics in (RESULTS_DIR / "runs").glob("*/*/metrics.json"):
+        src = metrics.parent
+        dst = runs_dir / src.relative_to(RESULTS_DIR / "runs")
+        for path in src.rglob("*"):
+            if path.is_file() and not (dst / path.relative_to(src)).exists():
+                (dst / path.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, dst / path.relative_to(src))
+        restored += 1
+    return restored
+
+
+def match(cost: str, min_run_time: float) -> dict:
+    """dsconv's width matching standard w0.25 in ``cost``; latency: batch 1, 1 thread, 28 px, fp32."""
+    from dsnet.matching import match_width
+    from dsnet.measure import environment, measure_latency
+
+    def latency_ms(net):
+        return measure_latency(net, (1, 28, 28), num_threads=1, min_run_time=min_run_time)["latency_ms_p50"]
+
+    found = match_width("dsconv", "standard", 0.25, cost=latency_ms if cost == "latency" else cost,
+                        tolerance=0.05 if cost == "latency" else 0.02, max_width=1.0, **FMNIST)
+    return {**vars(found), "cost_name": cost, "environment": environment("cpu") if cost == "latency" else None}
+
+
+def all_jobs(runs_dir: Path) -> tuple[list[tuple[str, list[Job]]], dict | None]:
+    search, choice = choose(runs_dir)
+    stages = [("lr_search", search)]
+    if choice is not None:
+        stages += [(name, resolve(jobs)) for name, jobs in later_stages(choice)]
+    return stages, choice
+
+
+def main(argv: list[str] | None = None) -> int:
+    global RESULTS_DIR
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("plan", "run", "collect", "restore", "choose", "match"))
+    parser.add_argument("--cost", choices=("params", "macs", "latency"), default="params",
+                        help="match: the cost to match (latency is measured: run it on an idle machine)")
+    parser.add_argument("--min-run-time", type=float, default=1.0, help="match --cost latency: seconds per timing")
+    parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    parser.add_argument("--workers", type=int, default=2, help="training processes at once (default 2)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where collect copies runs to")
+    parser.add_argument("--extra", action="append", default=[], metavar="OVERRIDE",
+                        help="an override for every job, e.g. --extra trainer.max_epochs=1 (smoke runs)")
+    args = parser.parse_args(argv)
+    RESULTS_DIR = args.results_dir.resolve()
+    EXTRA[:] = args.extra
+    runs_dir = args.runs_dir.resolve()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    if args.command == "match":
+        found = match(args.cost, args.min_run_time)
+        if args.cost == "latency":  # the equal_cost stage trains at this width from now on
+            (RESULTS_DIR / "match_latency.json").write_text(json.dumps(found, indent=2) + "\n")
+        print(json.dumps(found, indent=2))
+        return 0
+    if args.command == "restore":
+        log(f"restored {restore(runs_dir)} runs into {runs_dir}")
+        return 0
+    if args.command == "run":
+        os.nice(19)  # the runner and every run it starts take only idle CPU
+        runner = Runner(runs_dir, args.workers)
+        while not runner.stopping.is_set():
+            stages, _ = all_jobs(runs_dir)
+            pending = [(name, jobs) for name, jobs in stages
+                       if any(j.state(runs_dir) not in ("finished", "failed") for j in jobs)]
+            if not pending:
+                log("every stage finished")
+                break
+            name, jobs = pending[0]
+            if not any(j.state(runs_dir) in ("todo", "partial") for j in jobs):
+                time.sleep(60)  # the rest of the stage runs in another runner's processes
+                continue
+            log(f"stage {name}: {len(jobs)} jobs")
+            before = [j.state(runs_dir) for j in jobs]
+            runner.run_stage(jobs)
+            if [j.state(runs_dir) for j in jobs] == before and not runner.stopping.is_set():
+                log(f"stage {name}: no job changed state; stopping (see the jobs' .log files)")
+                return 1
+        return 0
+    stages, choice = all_jobs(runs_dir)
+    if args.command == "collect":
+        log(f"copied {sum(collect(runs_dir, jobs) for _, jobs in stages)} runs into {RESULTS_DIR / 'runs'}")
+    elif args.command == "plan":
+        for name, jobs in stages:
+            for job in jobs:
+                state = job.state(runs_dir)
+                epochs = f"{epochs_done(job.run_dir(runs_dir))}/{job.config['trainer']['max_epochs']} epochs"
+                print(f"{name:16s} {job.name:40s} {state:9s} {epochs}")
+        if choice is None:
+            print("(the later stages are listed once the lr search finished)")
+        sittings = [x for f in runs_dir.glob("*/*/study_sessions.json") for x in json.loads(f.read_text())]
+        print(f"CPU used: {sum(x['cpu_s'] for x in sittings) / 3600:.2f} h in {len(sittings)} sittings of runs "
+              "(study_sessions.json; runs started by a runner older than it are not counted)")
+    elif args.command == "choose":
+        if choice is None:
+            sys.exit("study.py: error: the lr search has unfinished trials (python scripts/study.py plan)")
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / "lr_choice.json").write_text(json.dumps(choice, indent=2) + "\n")
+        print(json.dumps(choice, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

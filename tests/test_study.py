@@ -1,0 +1,162 @@
+"""The converged study's pieces: depthwise weight decay, equal-cost width matching and its resolver,
+and scripts/study.py's learning-rate choice on a search's result files."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import ROOT, TINY, compose_train
+from dsnet.matching import match_width
+from dsnet.measure import count_macs, count_params
+from dsnet.models import create_model
+from dsnet.module import ClassifierModule
+
+FMNIST = dict(image_size=28, num_classes=10, in_chans=1)  # Fashion-MNIST through the small-input stem
+STANDARD_W025_PARAMS = 1771650  # model=conv at width 0.25 on Fashion-MNIST (metrics.json of the runs)
+
+
+def sgd(params, weight_decay: float = 0.0):
+    return torch.optim.SGD(params, lr=0.1, weight_decay=weight_decay)
+
+
+def optimizer_of(conv: str, depthwise_weight_decay) -> tuple[torch.optim.Optimizer, torch.nn.Module]:
+    net = create_model("mobilenet_v1", conv=conv, width=0.25, num_classes=10, in_chans=1, small_input=True)
+    module = ClassifierModule(net, 10, optimizer=functools.partial(sgd, weight_decay=5e-5),
+                              depthwise_weight_decay=depthwise_weight_decay)
+    return module.configure_optimizers(), net
+
+
+# --- depthwise weight decay -----------------------------------------------------------------------
+
+
+def test_depthwise_filters_get_their_own_weight_decay_and_nothing_else_does():
+    optimizer, net = optimizer_of("dsconv", 0.0)
+    decay, no_decay, depthwise = optimizer.param_groups
+    expected = [m.weight for m in net.modules()
+                if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels and m.groups > 1]
+    assert len(expected) == 13  # one per MobileNetV1 block
+    assert [id(p) for p in depthwise["params"]] == [id(p) for p in expected]
+    assert depthwise["weight_decay"] == 0.0
+    # every other weight keeps the optimizer's decay, the stem's too (1 input channel, groups 1: not depthwise)
+    assert decay["weight_decay"] == 5e-5
+    assert {id(p) for p in decay["params"]} == {id(p) for p in net.parameters() if p.ndim > 1} - {id(p) for p in expected}
+    every = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(every) == sorted(id(p) for p in net.parameters()) and len(every) == len(set(every))
+    assert len(no_decay["params"]) == 2 * 27 + 1  # 27 batch norms (scale, shift) and the fc bias
+
+
+def test_depthwise_weight_decay_none_or_no_depthwise_filters_keeps_two_groups():
+    for conv, dw in (("dsconv", None), ("standard", 0.0)):
+        optimizer, _ = optimizer_of(conv, dw)
+        assert [g["weight_decay"] for g in optimizer.param_groups] == [5e-5, 0.0]
+    with pytest.raises(ValueError, match=r"depthwise_weight_decay=-1.0 must be >= 0, or None"):
+        optimizer_of("dsconv", -1.0)
+
+
+# --- equal-cost width matching --------------------------------------------------------------------
+
+
+def test_match_width_finds_the_dsconv_width_with_standard_w025_params():
+    found = match_width("dsconv", "standard", 0.25, cost="params", max_width=1.0, **FMNIST)
+    net = functools.partial(create_model, "mobilenet_v1", conv="dsconv", num_classes=10, in_chans=1, small_input=True)
+    assert (found.width, found.target) == (0.74, STANDARD_W025_PARAMS)
+    assert found.cost == count_params(net(width=0.74)) == 1769682
+    assert abs(found.rel_error) <= 0.02 and found.rel_error == (1769682 - STANDARD_W025_PARAMS) / STANDARD_W025_PARAMS
+    # the neighbouring steps are further from the target
+    assert count_params(net(width=0.73)) < found.cost < STANDARD_W025_PARAMS < count_params(net(width=0.75))
+    assert STANDARD_W025_PARAMS - count_params(net(width=0.73)) > STANDARD_W025_PARAMS - found.cost
+    assert count_params(net(width=0.75)) - STANDARD_W025_PARAMS > STANDARD_W025_PARAMS - found.cost
+
+
+def test_match_width_on_macs_and_on_a_callable_cost():
+    found = match_width("dsconv", "standard", 0.25, cost="macs", max_width=1.0, **FMNIST)
+    assert (found.width, found.target, found.cost) == (0.73, 22896256, 22948456)
+    net = create_model("mobilenet_v1", conv="dsconv", width=0.73, num_classes=10, in_chans=1, small_input=True)
+    assert count_macs(net, (1, 28, 28)) == found.cost
+    assert match_width("dsconv", "standard", 0.25, cost=count_params, max_width=1.0, **FMNIST).width == 0.74
+
+
+def test_a_tie_between_two_steps_goes_to_the_smaller_width():
+    # Head width in channels (steps of 8), plus 4 for the network without depthwise filters: the
+    # standard w0.25 target is 256 + 4, exactly between dsconv's 256 (w0.25) and 264 (w0.26).
+    def head_plus_4(net):
+        return net.head.fc.in_features + (0 if any(m.groups > 1 for m in net.modules()
+                                                   if isinstance(m, torch.nn.Conv2d)) else 4)
+
+    found = match_width("dsconv", "standard", 0.25, cost=head_plus_4, max_width=0.5, tolerance=0.05, **FMNIST)
+    assert (found.width, found.cost, found.target) == (0.25, 256, 260)
+
+
+def test_a_target_out_of_reach_or_tolerance_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"^standard at width 1.0 costs \d+ params, outside what dsconv reaches "
+                                         r"at widths 0.01..0.5 \(\d+..\d+\)$"):
+        match_width("dsconv", "standard", 1.0, cost="params", max_width=0.5, **FMNIST)
+    with pytest.raises(ValueError, match=r"^no width of dsconv costs 1771650 params within 0.0%: the nearest, "
+                                         r"width 0.74, costs 1769682 \(-0.1%\); try a smaller resolution$"):
+        match_width("dsconv", "standard", 0.25, cost="params", max_width=1.0, tolerance=1e-4, **FMNIST)
+    with pytest.raises(ValueError, match=r"cost='latency': expected one of params, macs or a callable"):
+        match_width("dsconv", "standard", 0.25, cost="latency")
+
+
+def test_the_match_width_resolver_gives_the_width_to_a_config():
+    cfg = OmegaConf.create({"data": FMNIST, "width": "${dsnet.match_width:dsconv,standard,0.25,params,"
+                                                     "${data.image_size},${data.num_classes},${data.in_chans}}"})
+    assert cfg.width == 0.74
+
+
+# --- scripts/study.py: the learning rate chosen per arm -------------------------------------------
+
+
+def load_study():
+    spec = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["study"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_lr_choice_grows_the_grid_at_an_edge_for_both_arms(tmp_path):
+    study = load_study()
+    jobs, choice = study.choose(tmp_path)
+    assert choice is None and len(jobs) == 8  # 2 arms x the 4 lr of hparams_search/converged_lr.yaml
+    assert {j.name for j in jobs} == {f"{c}_w0.25_lr{lr}_e15_seed1" for c in ("standard", "dsconv")
+                                      for lr in ("0.05", "0.1", "0.2", "0.4")}
+
+    def finish(jobs, val_acc):
+        for job in jobs:
+            if job.state(tmp_path) == "todo":
+                job.run_dir(tmp_path).mkdir(parents=True)
+                lr = float(job.config["optim"]["optimizer"]["lr"])
+                (job.run_dir(tmp_path) / "metrics.json").write_text(json.dumps({"val/acc_best": val_acc(job.arm, lr)}))
+
+    # standard peaks inside the grid; dsconv's best is its largest lr: both arms get lr 0.8
+    finish(jobs, lambda arm, lr: {"conv": 0.9 - abs(lr - 0.1), "dsconv": lr}[arm])
+    jobs, choice = study.choose(tmp_path)
+    assert choice is None and len(jobs) == 10
+    finish(jobs, lambda arm, lr: {"conv": 0.9 - abs(lr - 0.1), "dsconv": 0.3 if lr == 0.8 else lr}[arm])
+    _, choice = study.choose(tmp_path)
+    assert {arm: (c["lr"], c["trials"], c["at_edge"]) for arm, c in choice.items()} == {
+        "conv": (0.1, 5, False), "dsconv": (0.4, 5, False)}
+    assert choice["dsconv"]["grid"] == "0.05,0.1,0.2,0.4,0.8" and choice["dsconv"]["scores"]["0.8"] == 0.3
+
+
+# --- what a converged run records -----------------------------------------------------------------
+
+
+def test_a_converged_run_records_its_hyperparameters_in_metrics_json(tmp_path):
+    from dsnet.task import train
+
+    cfg = compose_train("experiment=converged", *TINY, "model=dsconv", "module.depthwise_weight_decay=0",
+                        "hparams.lr_trials=4", "hparams.lr_grid='0.05,0.1,0.2,0.4'", run_dir=tmp_path, tiny=False)
+    metrics, _ = train(cfg)
+    assert {k: v for k, v in metrics.items() if k.startswith("hparams/")} == {
+        "hparams/lr": 0.1, "hparams/weight_decay": 5e-5, "hparams/depthwise_weight_decay": 0,
+        "hparams/lr_trials": 4, "hparams/lr_grid": "0.05,0.1,0.2,0.4", "hparams/lr_selected_on": "val/acc_best"}
+    assert json.loads((tmp_path / "metrics.json").read_text())["hparams/lr_trials"] == 4
