@@ -15,6 +15,9 @@ import yaml
 from hydra.errors import InstantiationException
 
 from conftest import TINY, run_cli
+import lightning as L
+
+from dsnet.callbacks import WarmupEMA, ema_decay
 from dsnet.module import ClassifierModule
 from dsnet.task import train
 
@@ -158,6 +161,50 @@ def test_ema_validates_and_checkpoints_the_averaged_weights(train_cfg, tmp_path)
     best = torch.load(objects["trainer"].checkpoint_callback.best_model_path, weights_only=True, map_location="cpu")
     tested = objects["module"].state_dict()
     assert all(torch.equal(tested[k], best["state_dict"][k]) for k in best["state_dict"])
+
+
+def test_ema_decay_warms_up_as_timm_model_ema_v3():
+    # min(decay, 1 - (1 + n)^-0.75): averages the recent steps early on, reaches 0.999 after 10,000
+    assert ema_decay(0, 0.999) == 0.0  # the first update after the copy replaces it
+    assert ema_decay(1, 0.999) == pytest.approx(1 - 2 ** -0.75)
+    assert ema_decay(70, 0.999) == pytest.approx(1 - 71 ** -0.75)  # 0.959: a window of about 24 steps
+    assert ema_decay(9_999, 0.999) == pytest.approx(0.999) and ema_decay(50_000, 0.999) == 0.999
+    assert WarmupEMA(decay=0.99, warmup=False).decay_at(3) == 0.99
+
+
+def test_warmup_ema_averages_the_weights_by_the_warmed_up_decay(tmp_path):
+    # A linear classifier trained by plain SGD: every step's raw weights are recorded.
+    net = torch.nn.Linear(1, 2, bias=False)
+    module = ClassifierModule(torch.nn.Sequential(net), 2, optimizer=sgd)
+    ema = WarmupEMA(decay=0.9)
+    raw, averaged = [], None
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            raw.append(net.weight.detach().clone())
+
+    data = torch.utils.data.TensorDataset(torch.ones(8, 1), torch.ones(8, dtype=torch.long))
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, callbacks=[Record(), ema])
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2))
+    for n, w in enumerate(raw):  # AveragedModel copies at its first update, then averages
+        averaged = w if averaged is None else averaged + (1 - ema.decay_at(n)) * (w - averaged)
+    assert len(raw) == 4 and not torch.equal(raw[0], raw[-1])
+    torch.testing.assert_close(ema._average_model.module.net[0].weight.detach(), averaged, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("ema,learns", [((), True), (("callbacks.ema.warmup=false", "callbacks.ema.decay=0.999"), False)],
+                         ids=["warm-up", "fixed 0.999 (before)"])
+def test_a_short_ema_run_learns(ema, learns, train_cfg):
+    # 96 steps on nearly noise-free synthetic data: the raw network reaches 100 % here. With the decay
+    # at 0.999 from the first step the average stayed at the initial weights (chance, 10 %); the
+    # warmed-up one measured 62.5 % (seed 1; 99.4 % with seed 2).
+    metrics, _ = train(train_cfg("callbacks=ema", *ema, "data.num_train=1088", "data.noise=0.02", "data.num_test=512",
+                                 "trainer.max_epochs=3", "seed=1", "callbacks.model_summary=null"))
+    if learns:
+        assert metrics["test/acc"] >= 0.4
+    else:
+        assert metrics["test/acc"] <= 0.2
 
 
 def test_failure_leaves_error_txt_and_raises(train_cfg, tmp_path):
