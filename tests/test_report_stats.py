@@ -162,7 +162,8 @@ def test_learning_curve_reads_resumed_versions_in_order_later_ones_win(tmp_path)
 
 
 def eval_record(conv, seed, runtime, latency, **extra):
-    """A results.json of a cost-only eval (no top-1, so no plots), with forward keys as raw JSON."""
+    """A results.json of a cost-only eval (no top-1, so no plots), with forward keys as raw JSON;
+    ``runtime=None`` leaves the key out, as files written before it existed do."""
     costs = {"standard": (3_200_000, 560_000_000), "dsconv": (400_000, 70_000_000)}[conv]
     return dict(
         arch="mobilenet_v1", conv=conv, width=1.0, groups=None, image_size=224, in_chans=3,
@@ -171,12 +172,12 @@ def eval_record(conv, seed, runtime, latency, **extra):
         latency_ms_p90=latency, latency_ms_iqr=0.1, throughput_img_s=1000.0 / latency,
         batch_size=64, device="cpu", device_name="Test CPU", precision="fp32",
         channels_last=False, num_threads=1, torch="2.14.1", git_rev="abc", ckpt_path=None,
-        run_dir="/x", schema_version=SCHEMA_VERSION, runtime=runtime, **extra)
+        run_dir="/x", schema_version=SCHEMA_VERSION, **({} if runtime is None else {"runtime": runtime}), **extra)
 
 
 def test_theory_table_has_a_row_per_runtime_and_leaves_contended_runs_out(tmp_path):
     runs = {
-        "std_eager": eval_record("standard", 0, None, 10.0),  # null runtime: eager
+        "std_eager": eval_record("standard", 0, None, 10.0),  # no runtime key (files before it existed): eager
         "ds_eager": eval_record("dsconv", 0, "eager", 5.0),
         "std_ort": eval_record("standard", 0, "onnxruntime", 8.0, runtime_version="1.20.1"),
         "ds_ort": eval_record("dsconv", 0, "onnxruntime", 2.0, runtime_version="1.20.1"),
