@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
@@ -20,6 +21,11 @@ import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers)
 import entrypoints
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# One thread per test process: the suite runs one worker per core, and a worker whose OpenMP threads
+# share a core with other work waits at every barrier (a tiny training run took 157 s instead of 8 s
+# beside a second job on this 2-core machine).
+torch.set_num_threads(1)
 CONFIG_DIR = ROOT / "configs"
 
 # Small enough for seconds on 2 CPU cores, big enough for every code path (several batches,
