@@ -139,7 +139,6 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_that_resumes_to_the_full_epoch_cou
         assert metrics(run_dir)["epochs"] == EPOCHS
 
 
-@pytest.mark.slow
 def test_rerunning_an_interrupted_multirun_skips_the_jobs_that_finished(tmp_path):
     sweep = ("-m", *TINY, "model.width=0.25,0.5", "hydra.sweep.dir=sweep", "ckpt_path=last")
     first = run_cli(*sweep, cwd=tmp_path)

@@ -230,7 +230,6 @@ def cli_ok(result) -> None:
     assert result.returncode == 0, result.output[-6000:]
 
 
-@pytest.mark.slow
 def test_cli_single_run_writes_the_hydra_run_dir(tmp_path):
     cli_ok(run_cli(*TINY, "hydra.run.dir=run", cwd=tmp_path))
     run = tmp_path / "run"
@@ -238,7 +237,6 @@ def test_cli_single_run_writes_the_hydra_run_dir(tmp_path):
     assert read_metrics(run)["epochs"] == 1
 
 
-@pytest.mark.slow
 def test_multirun_2x2_gives_four_run_dirs(tmp_path):
     cli_ok(run_cli("-m", *TINY, "model=conv,dsconv", "model.width=0.25,0.5", "hydra.sweep.dir=sweep", cwd=tmp_path))
     runs = sorted((tmp_path / "sweep").glob("[0-9]*"))
@@ -247,7 +245,6 @@ def test_multirun_2x2_gives_four_run_dirs(tmp_path):
     assert got == {("standard", 0.25), ("standard", 0.5), ("dsconv", 0.25), ("dsconv", 0.5)}
 
 
-@pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     result = run_cli("-m", *TINY, "model.width=-1,0.25", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert result.returncode != 0  # the sweep reports the failure ...
@@ -271,14 +268,12 @@ def test_ddp_jobs_inside_a_multirun(tmp_path):
         assert "test/acc" in (run / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
 
 
-@pytest.mark.slow
 def test_submitit_local_launcher(tmp_path):
     cli_ok(run_cli("-m", *TINY, "hydra/launcher=submitit_local", "hydra.sweep.dir=sweep", cwd=tmp_path))
     assert read_metrics(tmp_path / "sweep" / "0")["epochs"] == 1
     assert list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))
 
 
-@pytest.mark.slow
 def test_wandb_offline_writes_its_run_files(tmp_path):
     cli_ok(run_cli(*TINY, "logger=wandb", "hydra.run.dir=run", cwd=tmp_path, env={"WANDB_MODE": "offline"}))
     (run_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
