@@ -46,7 +46,7 @@ def run(main: Callable[[], object], prog: str) -> None:
 
 @contextlib.contextmanager
 def one_line_errors(prog: str, in_job: bool = True) -> Iterator[None]:
-    """Turns a user error raised inside into ``SystemExit("<prog>: error: <message>")``.
+    """Turns a user error raised inside into the line ``<prog>: error: <message>`` on stderr and exit 1.
 
     Used around the task inside the ``@hydra.main`` function too (``in_job=True``): Hydra writes
     "Error executing job with overrides: ..." for every exception a job raises, while an exit passes

@@ -91,9 +91,8 @@ def user_error(err: BaseException) -> str | None:
 
     The user's: our :class:`InputError`\s; a constructor refusing its arguments while Hydra
     instantiates a config node (:data:`INSTANTIATION_USER_ERRORS`), reported under the node's key;
-    and Hydra's own errors about
-    the command line (an unknown config group option, a key that is not in the config, bad
-    override syntax).
+    and Hydra's own errors about the command line (an unknown config group option, a key that is
+    not in the config, bad override syntax).
     """
     if isinstance(err, InputError):
         return first_line(err)
