@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +88,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         latency = time_network(copy.deepcopy(net), input_size, **OmegaConf.to_container(cfg.latency))
     except ValueError as err:  # the settings' checks (and RuntimeUnavailableError) name the key without its group
-        raise EvalInputError(re.sub(r"^(latency\.)?", "latency.", first_line(err))) from None
+        raise EvalInputError(f"latency.{first_line(err)}") from None
     cost = model_cost(net, input_size)
     accuracy = {"top1": None, "top5": None}
     if ckpt is not None:

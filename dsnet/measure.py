@@ -377,7 +377,7 @@ def time_network(net: nn.Module, input_size: tuple[int, int, int], *, rounds: in
         and :func:`dsnet.contention.guarded`'s keys (``cpu_busy_other``, ``contention_flagged``, ...).
     """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"latency.rounds={rounds!r} must be a positive integer")
+        raise ValueError(f"rounds={rounds!r} must be a positive integer")
     policy = contention if isinstance(contention, ContentionPolicy) else ContentionPolicy(**(contention or {}))
     _check_latency_args(settings.get("device", "cpu"), settings.get("precision", "fp32"),
                         settings.get("batch_size", 1), settings.get("throughput_batch_size", 64),

@@ -87,11 +87,15 @@ class ProgressLog(ProgressBar):
             total = trainer.num_training_batches
             log.info("epoch %d/%d step %d/%s | loss %s | %.0f img/s", trainer.current_epoch + 1, trainer.max_epochs,
                      step, total if total != float("inf") else "?", _fmt(trainer.callback_metrics.get("train/loss_step")),
-                     self._images / max(self._train_end - self._start, 1e-9))
+                     self._images_per_s())
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._pending = {"epoch": trainer.current_epoch + 1, "seconds": time.perf_counter() - self._start,
-                         "img_s": self._images / max(self._train_end - self._start, 1e-9)}
+                         "img_s": self._images_per_s()}
+
+    def _images_per_s(self) -> float:
+        """Training images per second of this epoch so far (its validation not counted)."""
+        return self._images / max(self._train_end - self._start, 1e-9)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write_pending(trainer)
