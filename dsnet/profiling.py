@@ -1,5 +1,5 @@
-"""Where the time goes: measured time per layer type beside parameters and multiply-adds, and how
-well each counted cost predicts measured latency across networks.
+"""Where the time goes: measured time per layer type beside parameters and multiply-adds
+(which counted cost predicts latency across networks: :mod:`dsnet.report.predictors`).
 
 :func:`layer_type_shares` profiles eager forward passes with ``torch.profiler``: every leaf module
 runs inside a ``record_function`` range named after its layer type, so the profiler's totals per
@@ -11,8 +11,6 @@ is ``other``.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -24,7 +22,6 @@ from dsnet.measure import layer_costs, layer_type
 TIME_TYPES = ("stem", "depthwise", "pointwise", "full", "grouped", "head", "other")
 _CONV_TYPE = {"standard": "full", "depthwise": "depthwise", "pointwise": "pointwise", "grouped": "grouped",
               "linear": "head"}
-COST_METRICS = ("params", "macs", "activations", "memory_traffic_bytes")  # results.json keys
 
 
 def _time_type(name: str, module: nn.Module, current: str) -> str:
@@ -91,47 +88,3 @@ def layer_type_shares(model: nn.Module, input_size: tuple[int, int, int], *, bat
     total = {key: sum(c[key] for c in counts.values()) or 1 for key in ("params", "macs")}
     return {kind: {"params": counts[kind]["params"] / total["params"], "macs": counts[kind]["macs"] / total["macs"],
                    "time": times[kind] / forward, "time_ms": times[kind] / passes / 1e3} for kind in TIME_TYPES}
-
-
-def _ranks(values: Sequence[float]) -> list[float]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):  # ties share the mean of their ranks
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation of two equally long sequences (ties get mean ranks); NaN if undefined."""
-    if len(x) != len(y):
-        raise ValueError(f"spearman: {len(x)} values against {len(y)}")
-    if len(x) < 2:
-        return math.nan
-    rx, ry = _ranks(list(x)), _ranks(list(y))
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    norm = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
-    return cov / norm if norm else math.nan
-
-
-def cost_latency_correlation(runs: Sequence[Mapping], metrics: Sequence[str] = COST_METRICS,
-                             latency_key: str = "latency_ms_p50") -> dict[str, float]:
-    """How well each counted cost predicts measured latency across ``runs`` (results.json dicts).
-
-    Runs lacking a metric (older files: ``activations`` is None) are left out of that metric's
-    correlation; the caller decides which runs enter (e.g. not ``contention_flagged`` ones, one runtime).
-
-    Returns:
-        ``{metric: Spearman rank correlation with latency_key}``.
-    """
-    result = {}
-    for metric in metrics:
-        pairs = [(run[metric], run[latency_key]) for run in runs if run.get(metric) is not None]
-        result[metric] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
-    return result

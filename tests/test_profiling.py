@@ -1,12 +1,10 @@
-"""Time per layer type (torch.profiler) and the rank correlation of cost metrics with latency."""
-
-import math
+"""Time per layer type (torch.profiler) beside the params and MAC shares."""
 
 import pytest
 
 from dsnet.measure import layer_costs
 from dsnet.models import create_model
-from dsnet.profiling import TIME_TYPES, cost_latency_correlation, layer_type_shares, spearman
+from dsnet.profiling import TIME_TYPES, layer_type_shares
 
 
 def test_layer_type_shares_partition_params_macs_and_time():
@@ -26,23 +24,3 @@ def test_layer_type_shares_partition_params_macs_and_time():
     assert all(shares[k]["time"] > 0 for k in ("stem", "depthwise", "pointwise", "head"))
     assert shares["full"]["time"] == shares["grouped"]["time"] == 0.0
     assert net.training  # restored
-
-
-def test_spearman_on_exact_ranks():
-    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert spearman([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(-1.0)
-    assert spearman([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(0.8)  # 1 - 6*2/(4*15)
-    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)  # ties: mean ranks 1.5, 1.5, 3
-    assert math.isnan(spearman([1], [2]))
-    with pytest.raises(ValueError, match="spearman: 2 values against 3"):
-        spearman([1, 2], [1, 2, 3])
-
-
-def test_cost_latency_correlation_skips_runs_without_the_metric():
-    runs = [dict(params=1, macs=4, activations=None, memory_traffic_bytes=10, latency_ms_p50=1.0),
-            dict(params=2, macs=3, activations=5, memory_traffic_bytes=30, latency_ms_p50=2.0),
-            dict(params=3, macs=2, activations=6, memory_traffic_bytes=20, latency_ms_p50=3.0)]
-    corr = cost_latency_correlation(runs)
-    assert corr["params"] == pytest.approx(1.0) and corr["macs"] == pytest.approx(-1.0)
-    assert corr["activations"] == pytest.approx(1.0)  # two runs have it
-    assert corr["memory_traffic_bytes"] == pytest.approx(0.5)

@@ -10,7 +10,8 @@ aggregates seeds into one row per configuration and measurement environment;
 :mod:`~dsnet.report.stats` gives intervals, :mod:`~dsnet.report.compare` the paired and
 equal-cost comparisons, :mod:`~dsnet.report.coverage` the columns no run fills;
 :mod:`~dsnet.report.markdown`, :mod:`~dsnet.report.compare_md`, :mod:`~dsnet.report.plots` and
-:mod:`~dsnet.report.curves` write them out. Accuracy in files is a fraction; tables in Markdown
+:mod:`~dsnet.report.curves` write them out, and :mod:`~dsnet.report.predictors` ranks
+which counted cost predicts latency. Accuracy in files is a fraction; tables in Markdown
 show percent. Outputs go to a temporary directory first and are moved into ``--out`` only when
 everything was written.
 """
@@ -43,6 +44,7 @@ from dsnet.report.discover import (
 )
 from dsnet.report.markdown import markdown_table, shares_section, theory_section, write_markdown
 from dsnet.report.plots import COST_AXES, pareto_front, plot_tradeoffs
+from dsnet.report.predictors import PREDICTOR_COLUMNS, plot_predictors, predictor_rows, predictors_section
 from dsnet.report.tables import (
     CONFIG_KEYS,
     CONTENTION_LIMIT,
@@ -122,21 +124,24 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     theory, shares = theory_vs_measurement(quiet_rows), layer_shares(rows)
     compared, matched = comparisons(rows), equal_cost(quiet_rows, tolerance)
     hparams = hparam_columns(rows)
+    predictors = predictor_rows(quiet_rows)
     sections = {"theory_vs_measurement.md": theory_section(theory),
                 "comparisons.md": comparisons_section(compared),
                 "equal_cost.md": equal_cost_section(matched, tolerance),
                 "hyperparameters.md": hparams_section(rows, hparams),
-                "layer_shares.md": shares_section(shares)}
+                "layer_shares.md": shares_section(shares),
+                "cost_predictors.md": predictors_section(predictors)}
     share_columns = list(dict.fromkeys(k for s in shares for k in s)) or list(SHARE_ID_KEYS)
     tables = {"results.csv": (rows, [*SUMMARY_COLUMNS, *hparams]),
               "theory_vs_measurement.csv": (theory, THEORY_COLUMNS),
               "comparisons.csv": (compared, COMPARISON_COLUMNS),
               "equal_cost.csv": (matched, EQUAL_COST_COLUMNS),
-              "layer_shares.csv": (shares, share_columns)}
+              "layer_shares.csv": (shares, share_columns),
+              "cost_predictors.csv": (predictors, PREDICTOR_COLUMNS)}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp."))
     try:
-        plots = [*plot_tradeoffs(rows, tmp), *plot_learning_curves(runs, tmp)]
+        plots = [*plot_tradeoffs(rows, tmp), *plot_learning_curves(runs, tmp), *plot_predictors(quiet_rows, tmp)]
         files = [*write_markdown(tmp, runs, rows, sections, missing, plots, notes),
                  *write_csvs(tmp, runs, tables), *plots]
         out.mkdir(exist_ok=True)

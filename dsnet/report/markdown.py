@@ -146,7 +146,8 @@ def write_markdown(out: Path, runs: Sequence[Run], rows: Sequence[dict[str, Any]
     notes_md = "".join(f"- {line}\n" for line in notes)
     figures = "".join(f"![{alt}]({name})\n\n" for name, alt in
                       (("tradeoff.png", "accuracy against cost"),
-                       ("learning_curves.png", "validation accuracy per epoch"))
+                       ("learning_curves.png", "validation accuracy per epoch"),
+                       ("cost_vs_latency.png", "latency against each counted cost"))
                       if name in plots) or "No run has top-1, so there are no plots.\n\n"
     results_md = (
         f"# dsnet report\n\n{len(runs)} runs in {_n_configs(rows)}. Top-1 is the mean "

@@ -28,7 +28,7 @@ TRAIN_KEYS = ("train_size", "epochs", "lr", "weight_decay", "depthwise_weight_de
 ENV_KEYS = ("runtime", "device", "device_name", "precision", "channels_last", "num_threads",
             "batch_size")  # where latency was measured; None when it was not
 CONFIG_KEYS = (*MODEL_KEYS, *TRAIN_KEYS, *ENV_KEYS)
-COST_KEYS = ("params", "macs", "train_macs")  # counted, so equal across seeds
+COST_KEYS = ("params", "macs", "train_macs", "activations", "memory_traffic_bytes")  # counted, so equal across seeds
 TIMING_KEYS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_iqr", "throughput_img_s")
 SUMMARY_COLUMNS = (*CONFIG_KEYS, "n", "top1_mean", "top1_ci95", "top1_std", "top5_mean",
                    "val_acc_best_mean", *COST_KEYS, *TIMING_KEYS, "n_timed", "n_contended",
@@ -139,6 +139,8 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
                 val_acc_best_mean=mean_ci(list(accuracy_by_seed(members, "val_acc_best").values()))["mean"],
                 params=_first(members, "params"), macs=_first(members, "macs"),
                 train_macs=_first(env_runs, "train_macs"),
+                activations=_first(members, "activations"),
+                memory_traffic_bytes=_first(members, "memory_traffic_bytes"),
                 **{k: _median(in_time, k) for k in TIMING_KEYS}, n_timed=len(in_time),
                 n_contended=sum(is_contended(r) for r in in_time),
                 runtime_version=_first(env_runs, "runtime_version"),
