@@ -88,3 +88,67 @@ def layer_type_shares(model: nn.Module, input_size: tuple[int, int, int], *, bat
     total = {key: sum(c[key] for c in counts.values()) or 1 for key in ("params", "macs")}
     return {kind: {"params": counts[kind]["params"] / total["params"], "macs": counts[kind]["macs"] / total["macs"],
                    "time": times[kind] / forward, "time_ms": times[kind] / passes / 1e3} for kind in TIME_TYPES}
+
+
+def _ort_kernel_type(event: dict, first_conv: bool) -> str:
+    """The layer type of one kernel in ONNX Runtime's profile, from its op and its weight's shape.
+
+    ORT fuses BN and ReLU into the conv and renames nodes (``relu_3_nchwc``), so the shapes are what
+    is left to tell the convs apart: weight ``(C_out, C_in / groups, k, k)``; input ``(N, C_in, H, W)``.
+    """
+    op = event["args"].get("op_name", "")
+    if op in ("Conv", "FusedConv", "NchwcConv"):
+        shapes = [next(iter(s.values())) for s in event["args"].get("input_type_shape", [])]
+        weight = shapes[1]
+        if first_conv:
+            return "stem"
+        if weight[2] * weight[3] == 1:
+            return "pointwise"
+        if weight[1] == 1:
+            return "depthwise"
+        return "grouped" if weight[1] < shapes[0][1] else "full"
+    if op in ("Gemm", "MatMul", "ReduceMean", "GlobalAveragePool", "Flatten", "Reshape"):
+        return "head"
+    return "other"  # ORT's layout conversions (ReorderInput/ReorderOutput) and the rest
+
+
+def onnxruntime_layer_type_times(model: nn.Module, input_size: tuple[int, int, int], *, batch_size: int = 1,
+                                 passes: int = 5, num_threads: int = 1) -> dict[str, float]:
+    """Milliseconds per forward pass per layer type (:data:`TIME_TYPES`), from ONNX Runtime's own profiler.
+
+    The model is exported as :class:`dsnet.runtimes.ort.OnnxRuntime` runs it (same export, same
+    session options, full graph optimisation) with profiling on; two untimed runs, then ``passes``.
+    ``other`` is the rest of each run: layout conversions and the session's own overhead.
+    """
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from dsnet.runtimes.onnx_export import BATCH_DIM, INPUT_NAME, export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="dsnet-ort-profile-") as tmp:
+        path = export_onnx(model.eval(), input_size, tmp)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = num_threads, 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_free_dimension_override_by_name(BATCH_DIM, batch_size)
+        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {INPUT_NAME: np.random.default_rng(0).standard_normal((batch_size, *input_size), dtype=np.float32)}
+        for _ in range(2 + passes):
+            session.run(None, feed)
+        trace = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted((e for e in trace if e.get("name") == "model_run"), key=lambda e: e["ts"])[2:]
+    kernels = sorted((e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
+                     key=lambda e: e["ts"])
+    times = dict.fromkeys(TIME_TYPES, 0.0)
+    for run in runs:
+        inside = [k for k in kernels if run["ts"] <= k["ts"] <= run["ts"] + run["dur"]]
+        convs = [k for k in inside if k["args"].get("op_name") in ("Conv", "FusedConv", "NchwcConv")]
+        for kernel in inside:
+            times[_ort_kernel_type(kernel, kernel is convs[0])] += kernel["dur"]
+        times["other"] += run["dur"] - sum(k["dur"] for k in inside)
+    return {kind: t / len(runs) / 1e3 for kind, t in times.items()}  # µs summed over runs -> ms per pass

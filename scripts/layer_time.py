@@ -6,7 +6,9 @@
 ``dsnet.profiling.layer_type_shares`` profiles eager forward passes (batch ``--batch-size``, one
 thread by default) with ``torch.profiler`` and charges each leaf module's time to a layer type:
 stem, depthwise, pointwise, full k×k, grouped, head; norms and activations to the convolution they
-follow; the rest (Python between modules) is "other". The machine's load is printed beside it: a
+follow; the rest (Python between modules) is "other". ``dsnet.profiling.onnxruntime_layer_type_times``
+does the same with ONNX Runtime's own profiler on the exported network (BN and ReLU fused into the
+convs; its layout conversions are "other"). The machine's load is printed beside it: a
 profile taken under foreign load is inflated unevenly, so take it on a quiet machine.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from dsnet import allocator
 from dsnet.measure import environment
 from dsnet.models import create_model
-from dsnet.profiling import TIME_TYPES, layer_type_shares
+from dsnet.profiling import TIME_TYPES, layer_type_shares, onnxruntime_layer_type_times
 
 
 def main() -> None:
@@ -47,14 +49,19 @@ def main() -> None:
                            in_chans=args.in_chans, small_input=args.size <= 64)
         shares = out[conv] = layer_type_shares(net, (args.in_chans, args.size, args.size), batch_size=args.batch_size,
                                                passes=args.passes, num_threads=args.threads)
-        total_ms = sum(s["time_ms"] for s in shares.values())
-        print(f"\n{conv}: {total_ms:.2f} ms per forward pass (profiled)")
-        print("| layer type | params | MACs | time | ms per pass |")
-        print("|---|---:|---:|---:|---:|")
+        ort_ms = onnxruntime_layer_type_times(net, (args.in_chans, args.size, args.size), batch_size=args.batch_size,
+                                              passes=args.passes, num_threads=args.threads)
+        for kind in TIME_TYPES:
+            shares[kind]["onnxruntime_ms"] = ort_ms[kind]
+        total_ms, ort_total = sum(s["time_ms"] for s in shares.values()), sum(ort_ms.values())
+        print(f"\n{conv}: {total_ms:.2f} ms per forward pass in eager (torch.profiler), "
+              f"{ort_total:.2f} ms in onnxruntime (its profiler)")
+        print("| layer type | params | MACs | time, eager | ms per pass, eager | time, onnxruntime | ms, onnxruntime |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for kind in TIME_TYPES:
             s = shares[kind]
             print(f"| {kind} | {100 * s['params']:.2f} % | {100 * s['macs']:.2f} % | {100 * s['time']:.1f} % "
-                  f"| {s['time_ms']:.3f} |")
+                  f"| {s['time_ms']:.3f} | {100 * ort_ms[kind] / ort_total:.1f} % | {ort_ms[kind]:.3f} |")
     print(f"\n# load {os.getloadavg()[0]:.1f} at end")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "environment": environment(), "shares": out}, indent=2))

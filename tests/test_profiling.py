@@ -4,7 +4,7 @@ import pytest
 
 from dsnet.measure import layer_costs
 from dsnet.models import create_model
-from dsnet.profiling import TIME_TYPES, layer_type_shares
+from dsnet.profiling import TIME_TYPES, layer_type_shares, onnxruntime_layer_type_times
 
 
 def test_layer_type_shares_partition_params_macs_and_time():
@@ -24,3 +24,16 @@ def test_layer_type_shares_partition_params_macs_and_time():
     assert all(shares[k]["time"] > 0 for k in ("stem", "depthwise", "pointwise", "head"))
     assert shares["full"]["time"] == shares["grouped"]["time"] == 0.0
     assert net.training  # restored
+
+
+@pytest.mark.parametrize("conv, expected", [
+    ("dsconv", {"stem", "depthwise", "pointwise", "head"}),
+    ("standard", {"stem", "full", "head"}),
+    ("group", {"stem", "grouped", "pointwise", "head"}),  # the grouped step replaces the depthwise one
+])
+def test_onnxruntime_profiler_charges_kernels_to_the_layer_types_the_network_has(conv, expected):
+    extra = {"groups": 2} if conv == "group" else {}
+    net = create_model("mobilenet_v1", conv=conv, width=0.25, num_classes=10, in_chans=1, small_input=True, **extra)
+    times = onnxruntime_layer_type_times(net, (1, 28, 28), passes=2)
+    assert tuple(times) == TIME_TYPES
+    assert {kind for kind, ms in times.items() if ms > 0} - {"other"} == expected
