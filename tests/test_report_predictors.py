@@ -6,7 +6,7 @@ import math
 import pytest
 
 from dsnet.report import build_report
-from dsnet.report.predictors import cost_latency_correlation, spearman
+from dsnet.report.predictors import cost_latency_correlation, predictor_rows, spearman
 from dsnet.results import SCHEMA_VERSION, write_json_atomic
 
 
@@ -82,3 +82,12 @@ def test_fewer_than_four_timed_networks_give_no_correlation(tmp_path):
     summary = build_report([tmp_path / "runs"], tmp_path / "out")
     assert "cost_vs_latency.png" not in summary.files
     assert "No environment has 4 or more timed networks." in (tmp_path / "out" / "cost_predictors.md").read_text()
+
+
+def test_costs_that_order_latency_equally_well_share_the_best_place():
+    rows = [dict(runtime="eager", device="cpu", device_name="Test CPU", precision="fp32", channels_last=False,
+                 num_threads=1, batch_size=64, params=i, macs=10 * i, activations=5 - i, memory_traffic_bytes=None,
+                 latency_ms_p50=float(i)) for i in range(1, 5)]
+    (row,) = predictor_rows(rows)
+    assert row["n_networks"] == 4 and row["best_predictor"] == "params = macs"
+    assert row["rho_activations"] == pytest.approx(-1.0) and math.isnan(row["rho_memory_traffic_bytes"])

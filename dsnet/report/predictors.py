@@ -74,10 +74,11 @@ def predictor_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for env, members in _environments(rows).items():
         rho = cost_latency_correlation(members)
-        ranked = [k for k in sorted(rho, key=lambda k: -rho[k]) if not math.isnan(rho[k])]
+        known = {k: v for k, v in rho.items() if not math.isnan(v)}
+        best = [k for k, v in known.items() if v == max(known.values())]  # ties: all of them
         out.append(dict(zip(ENV_KEYS, env)) | {"n_networks": len(members)}
                    | {f"rho_{k}": v for k, v in rho.items()}
-                   | {"best_predictor": ranked[0] if ranked else None})
+                   | {"best_predictor": " = ".join(best) or None})
     return out
 
 
@@ -86,12 +87,13 @@ def predictors_section(predictors: Sequence[dict[str, Any]]) -> str:
     from dsnet.report.markdown import fmt, markdown_table  # markdown imports tables, as we do
 
     text = ("## Which cost predicts latency\n\nSpearman rank correlation of each counted cost with "
-            "latency p50 across the networks timed in one environment (1 = the cost orders the "
+            "latency p50 (at the latency batch size) across the networks timed in one environment "
+            "(1 = the cost orders the "
             f"networks exactly as the clock does); environments with at least {MIN_NETWORKS} "
             "networks.\n\n")
     if not predictors:
         return text + f"No environment has {MIN_NETWORKS} or more timed networks.\n"
-    header = ["runtime", "device", "threads", "batch", "networks", *(label.split(" (")[0] for _, label in PREDICTORS),
+    header = ["runtime", "device", "threads", "throughput batch", "networks", *(label.split(" (")[0] for _, label in PREDICTORS),
               "best"]
     body = [[p["runtime"] or "–", p["device_name"] or p["device"] or "–", fmt(p["num_threads"]),
              fmt(p["batch_size"]), str(p["n_networks"]),
