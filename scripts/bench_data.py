@@ -51,6 +51,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers the configs use)
+from dsnet import allocator
 from dsnet.measure import environment
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -67,6 +68,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--torchvision-batches", type=int, default=40, help="batches per timed per-sample block")
     parser.add_argument("--train-steps", type=int, default=10, help="optimizer steps per timed training block")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches or steps before every block")
+    parser.add_argument("--allocator", default="keep_freed", choices=["keep_freed", "system"],
+                        help="dsnet.allocator for this process, as train.py sets it (both sides share it)")
     parser.add_argument("--json", help="also write the raw numbers to this file")
     parser.add_argument("--imagenet", nargs="?", const="synthetic", metavar="DIR",
                         help="also compare JPEG decoding per epoch with the decoded cache on this ImageFolder "
@@ -308,6 +311,7 @@ def bench_imagenet(args: argparse.Namespace, device: torch.device, workdir: Path
 
 def main() -> None:
     args = parse_args()
+    allocator.configure(args.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -51,6 +51,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers the configs use)
+from dsnet import allocator
 from dsnet.measure import environment
 from dsnet.task import train
 
@@ -66,6 +67,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--val-batches", type=int, default=2, help="validation batches between the epochs (untimed)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds")
     parser.add_argument("--verbose", action="store_true", help="show the dsnet run's output instead of logging it")
+    parser.add_argument("--allocator", default="keep_freed", choices=["keep_freed", "system"],
+                        help="dsnet.allocator for this process, as train.py sets it (both sides share it)")
     parser.add_argument("--json", help="also write the raw numbers to this file")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of configs/train.yaml (both sides)")
     args = parser.parse_args()
@@ -230,6 +233,7 @@ def load_average() -> str:
 
 def main() -> None:
     args = parse_args()
+    allocator.configure(args.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
     # Lightning 2.6 warns about torch's pytree API on every fit; it says nothing about this benchmark.

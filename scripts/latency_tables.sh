@@ -25,4 +25,7 @@ python eval.py -m hydra.sweep.dir="$out/eval_sweep" data=synthetic data.in_chans
     model=conv,dsconv model.width=0.25,0.5,0.75,1.0 data.image_size=128,224 \
     latency.runtime=eager,onnxruntime latency.throughput_batch_size=16 > "$out/eval_sweep.log" 2>&1
 python -m dsnet.report "$out/eval_sweep" --out "$out/report" > "$out/report.log"
-step "done"
+step "the README's speed rows with the allocator on: data path, train loop vs plain PyTorch"
+python scripts/bench_data.py --threads 1 > "$out/bench_data.md" 2>&1
+python scripts/bench_train.py --threads 1 --repeats 11 > "$out/bench_train.md" 2>&1
+step "all done"
