@@ -18,7 +18,7 @@ python scripts/layer_time.py --passes 20 --json "$out/layer_time.json" > "$out/l
 step "parity: ours / timm, ours / torchvision, 1 and 2 threads, 11 rounds"
 python scripts/bench_models.py --repeats 11 --threads 1 2 --json "$out/parity.json" > "$out/parity.md"
 step "parity with glibc's allocator defaults, 1 thread"
-python scripts/bench_models.py --repeats 11 --threads 1 --allocator system --json "$out/parity_system.json" > "$out/parity_system.md"
+python scripts/bench_models.py --repeats 11 --threads 1 --allocator system --min-run-time 0.3 --json "$out/parity_system.json" > "$out/parity_system.md"
 step "a sweep of eval runs for the cost-predicts-latency figure: eager and onnxruntime, 16 networks each"
 rm -rf "$out/eval_sweep"
 python eval.py -m hydra.sweep.dir="$out/eval_sweep" data=synthetic data.in_chans=3 data.num_classes=1000 \
@@ -28,4 +28,6 @@ python -m dsnet.report "$out/eval_sweep" --out "$out/report" > "$out/report.log"
 step "the README's speed rows with the allocator on: data path, train loop vs plain PyTorch"
 python scripts/bench_data.py --threads 1 > "$out/bench_data.md" 2>&1
 python scripts/bench_train.py --threads 1 --repeats 11 > "$out/bench_train.md" 2>&1
+step "compile at 224 px again: before the recompile limit fix its widths 0.5 and 1.0 ran eager"
+python scripts/bench_runtimes.py --runtimes compile --sizes 224 --batch-size 16 --rounds 5 --json "$out/runtimes_224_compile.json" > "$out/runtimes_224_compile.md"
 step "all done"

@@ -215,13 +215,16 @@ def later_stages(choice: dict) -> list[tuple[str, list[Job]]]:
     if (RESULTS_DIR / "match_latency.json").is_file():  # measured once (study.py match --cost latency), then fixed
         matched.append(json.loads((RESULTS_DIR / "match_latency.json").read_text())["width"])
     matched = sorted(set(matched))
+    # Cheap whole units first: Table 4 at w0.25 (~1.6 CPU-h), the depthwise-decay ablation and the
+    # equal-cost runs (dsconv only) finish in one sitting; Table 4 at w0.5 (its standard arm has 4x the
+    # MACs of w0.25: over an hour a run) and the 30-epoch check span sittings whatever the order.
     return [
         ("table4_w0.25", jobs("table4_w0.25", ["experiment=converged"])),
-        ("table4_w0.5", jobs("table4_w0.5", ["experiment=converged"], widths=(0.5,))),
-        ("long_w0.25", jobs("long_w0.25", ["experiment=converged_long"])),
         ("dw_decay_w0.25", jobs("dw_decay_w0.25", ["experiment=converged", "module.depthwise_weight_decay=0"],
                                 arms=("dsconv",))),
         ("equal_cost", jobs("equal_cost", ["experiment=converged"], arms=("dsconv",), widths=matched)),
+        ("table4_w0.5", jobs("table4_w0.5", ["experiment=converged"], widths=(0.5,))),
+        ("long_w0.25", jobs("long_w0.25", ["experiment=converged_long"])),
         ("table6", jobs("table6", ["experiment=converged"], arms=("dsconv",), widths=(1.0, 0.75))),
     ]
 

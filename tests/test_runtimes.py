@@ -141,3 +141,21 @@ def test_memory_traffic_and_activations_are_input_weights_and_output():
     assert (fc.activations, fc.memory_bytes) == (5, 4 * (8 * 36 + 8 * 36 * 5 + 5 + 5))
     cost = model_cost(net, (3, 6, 6))
     assert (cost["activations"], cost["memory_traffic_bytes"]) == (8 * 36 + 5, conv.memory_bytes + fc.memory_bytes)
+
+
+def test_compile_runtime_keeps_compiling_past_dynamos_default_limit_of_eight():
+    # Every dsnet backbone runs one forward code object; dynamo keeps 8 compiled variants of a code
+    # object by default and ran the 9th network of bench_runtimes.py eager, with only a warning.
+    # Ten networks of different widths through the compile runtime: ten graphs, none run eager.
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    x = torch.randn(2, 1, 16, 16)
+    before = counters["stats"]["unique_graphs"]
+    for i in range(10):
+        torch.manual_seed(i)
+        net = nn.Sequential(nn.Conv2d(1, 2 + i, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+        net(x)  # materialise the lazy layer before compiling
+        out = create_runtime("compile", net, num_threads=1).forward_for(x)()
+        torch.testing.assert_close(out, net.eval()(x), rtol=1e-4, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] - before >= 10

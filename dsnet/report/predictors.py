@@ -20,6 +20,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 from scipy.stats import ConstantInputWarning, spearmanr
 
 from dsnet.report.tables import ENV_KEYS, conv_label
@@ -130,11 +131,15 @@ def plot_predictors(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[str]:
                            color=_CONV_COLOURS.get(conv, "tab:gray"), zorder=3)
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlabel(label)
-            ax.set_ylabel("latency p50 (ms)")
+            # "200k", "1.5M" at the decades only: matplotlib's minor labels ("3x10^5") collide.
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set_xlabel(label + " (log)")
+            ax.set_ylabel("latency p50 (ms, log)")
             ax.grid(True, which="both", alpha=0.25)
-            ax.set_title(f"{where['runtime']}, {where['num_threads']} thr, batch {where['batch_size']}: "
-                         f"ρ = {rho[key]:.2f}", fontsize=9)
+            ax.set_title(f"{where['runtime']}, {where['device_name'] or where['device']}, "
+                         f"{where['num_threads']} thread(s): ρ = {rho[key]:.2f}", fontsize=9)
     handles, labels = grid[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncol=len(labels), frameon=False)
     fig.savefig(out_dir / "cost_vs_latency.png", dpi=150)

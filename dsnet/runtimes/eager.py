@@ -32,8 +32,16 @@ class Compiled(Eager):
 
     name = "compile"
 
+    # Every dsnet backbone runs one forward code object (dsnet/models/_common.py), and dynamo keeps at
+    # most recompile_limit (8) compiled variants per code object: the 9th (network, shape, thread
+    # count) of a process, e.g. the third width of bench_runtimes.py, ran eager with only a warning.
+    # A higher limit for as many networks as a benchmark builds, and an error, never a silent fallback.
+    RECOMPILE_LIMIT = 256
+
     def __init__(self, model, **settings):
         super().__init__(model, **settings)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, self.RECOMPILE_LIMIT)
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
         self._compiled = torch.compile(model)
 
     def _runner(self):
