@@ -143,10 +143,12 @@ def test_memory_traffic_and_activations_are_input_weights_and_output():
     assert (cost["activations"], cost["memory_traffic_bytes"]) == (8 * 36 + 5, conv.memory_bytes + fc.memory_bytes)
 
 
+@pytest.mark.slow  # ten inductor compilations: ~27 s on 2 cores
 def test_compile_runtime_keeps_compiling_past_dynamos_default_limit_of_eight():
     # Every dsnet backbone runs one forward code object; dynamo keeps 8 compiled variants of a code
     # object by default and ran the 9th network of bench_runtimes.py eager, with only a warning.
-    # Ten networks of different widths through the compile runtime: ten graphs, none run eager.
+    # Ten networks of different widths through the compile runtime: ten graphs, none run eager
+    # (plain torch.compile of the same ten networks gives 8 graphs).
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
