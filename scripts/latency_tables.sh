@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every latency table of docs/results/latency/ in one go (issue 13), about 40 minutes on 2 CPU cores.
+# Every latency table of docs/results/latency/ in one go (issue 13), about 90 minutes on 2 CPU cores.
 #   bash scripts/latency_tables.sh [OUT_DIR]            # default docs/results/latency
 # Run it on a quiet machine: nothing else may train or test meanwhile (pause training with
 # kill -STOP). Each script measures other processes' CPU share, waits for a quiet moment and flags
@@ -28,6 +28,4 @@ python -m dsnet.report "$out/eval_sweep" --out "$out/report" > "$out/report.log"
 step "the README's speed rows with the allocator on: data path, train loop vs plain PyTorch"
 python scripts/bench_data.py --threads 1 > "$out/bench_data.md" 2>&1
 python scripts/bench_train.py --threads 1 --repeats 11 > "$out/bench_train.md" 2>&1
-step "compile at 224 px again: before the recompile limit fix its widths 0.5 and 1.0 ran eager"
-python scripts/bench_runtimes.py --runtimes compile --sizes 224 --batch-size 16 --rounds 5 --json "$out/runtimes_224_compile.json" > "$out/runtimes_224_compile.md"
 step "all done"
