@@ -214,7 +214,9 @@ def later_stages(choice: dict) -> list[tuple[str, list[Job]]]:
     matched = [by_params.width] if abs(macs_at / by_macs.target - 1) <= 0.02 else [by_params.width, by_macs.width]
     if (RESULTS_DIR / "match_latency.json").is_file():  # measured once (study.py match --cost latency), then fixed
         matched.append(json.loads((RESULTS_DIR / "match_latency.json").read_text())["width"])
-    matched = sorted(set(matched))
+    # A matched width Table 4 trains anyway (equal latency at 28 px: 0.5) is not trained twice: the
+    # report pairs runs by configuration, whatever their stage.
+    matched = sorted(set(matched) - {0.25, 0.5})
     # Cheap whole units first: Table 4 at w0.25 (~1.6 CPU-h), the depthwise-decay ablation and the
     # equal-cost runs (dsconv only) finish in one sitting; Table 4 at w0.5 (its standard arm has 4x the
     # MACs of w0.25: over an hour a run) and the 30-epoch check span sittings whatever the order.
@@ -223,7 +225,9 @@ def later_stages(choice: dict) -> list[tuple[str, list[Job]]]:
         ("dw_decay_w0.25", jobs("dw_decay_w0.25", ["experiment=converged", "module.depthwise_weight_decay=0"],
                                 arms=("dsconv",))),
         ("equal_cost", jobs("equal_cost", ["experiment=converged"], arms=("dsconv",), widths=matched)),
-        ("table4_w0.5", jobs("table4_w0.5", ["experiment=converged"], widths=(0.5,))),
+        # dsconv first: its w0.5 runs are also the equal-latency arm, and a third of the standard's cost
+        ("table4_w0.5", sorted(jobs("table4_w0.5", ["experiment=converged"], widths=(0.5,)),
+                               key=lambda job: job.arm != "dsconv")),
         ("long_w0.25", jobs("long_w0.25", ["experiment=converged_long"])),
         ("table6", jobs("table6", ["experiment=converged"], arms=("dsconv",), widths=(1.0, 0.75))),
     ]
@@ -371,8 +375,11 @@ def restore(runs_dir: Path) -> int:
 
 def match(cost: str, min_run_time: float) -> dict:
     """dsconv's width matching standard w0.25 in ``cost``; latency: batch 1, 1 thread, 28 px, fp32."""
+    from dsnet import allocator
     from dsnet.matching import match_width
     from dsnet.measure import environment, measure_latency
+
+    allocator.configure("keep_freed")  # as eval.py times: freed memory kept, no page faults per pass
 
     def latency_ms(net):
         return measure_latency(net, (1, 28, 28), num_threads=1, min_run_time=min_run_time)["latency_ms_p50"]
