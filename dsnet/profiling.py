@@ -11,7 +11,11 @@ is ``other``.
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -120,12 +124,7 @@ def onnxruntime_layer_type_times(model: nn.Module, input_size: tuple[int, int, i
     session options, full graph optimisation) with profiling on; two untimed runs, then ``passes``.
     ``other`` is the rest of each run: layout conversions and the session's own overhead.
     """
-    import json
-    import tempfile
-    from pathlib import Path
-
-    import numpy as np
-    import onnxruntime as ort
+    import onnxruntime as ort  # here: the eager profile needs no ONNX stack
 
     from dsnet.runtimes.onnx_export import BATCH_DIM, INPUT_NAME, export_onnx
 
