@@ -94,6 +94,9 @@ def layer_type_shares(model: nn.Module, input_size: tuple[int, int, int], *, bat
                    "time": times[kind] / forward, "time_ms": times[kind] / passes / 1e3} for kind in TIME_TYPES}
 
 
+_ORT_CONV_OPS = ("Conv", "FusedConv", "NchwcConv")  # ORT's conv kernels after fusion and layout changes
+
+
 def _ort_kernel_type(event: dict, first_conv: bool) -> str:
     """The layer type of one kernel in ONNX Runtime's profile, from its op and its weight's shape.
 
@@ -101,7 +104,7 @@ def _ort_kernel_type(event: dict, first_conv: bool) -> str:
     is left to tell the convs apart: weight ``(C_out, C_in / groups, k, k)``; input ``(N, C_in, H, W)``.
     """
     op = event["args"].get("op_name", "")
-    if op in ("Conv", "FusedConv", "NchwcConv"):
+    if op in _ORT_CONV_OPS:
         shapes = [next(iter(s.values())) for s in event["args"].get("input_type_shape", [])]
         weight = shapes[1]
         if first_conv:
@@ -124,18 +127,13 @@ def onnxruntime_layer_type_times(model: nn.Module, input_size: tuple[int, int, i
     session options, full graph optimisation) with profiling on; two untimed runs, then ``passes``.
     ``other`` is the rest of each run: layout conversions and the session's own overhead.
     """
-    import onnxruntime as ort  # here: the eager profile needs no ONNX stack
-
-    from dsnet.runtimes.onnx_export import BATCH_DIM, INPUT_NAME, export_onnx
+    from dsnet.runtimes.onnx_export import INPUT_NAME, export_onnx
+    from dsnet.runtimes.ort import session as ort_session  # here: the eager profile needs no ONNX stack
 
     with tempfile.TemporaryDirectory(prefix="dsnet-ort-profile-") as tmp:
         path = export_onnx(model.eval(), input_size, tmp)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = num_threads, 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_free_dimension_override_by_name(BATCH_DIM, batch_size)
-        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort_session(path, num_threads, batch_size, enable_profiling=True,
+                              profile_file_prefix=str(Path(tmp) / "ort"))
         feed = {INPUT_NAME: np.random.default_rng(0).standard_normal((batch_size, *input_size), dtype=np.float32)}
         for _ in range(2 + passes):
             session.run(None, feed)
@@ -146,7 +144,7 @@ def onnxruntime_layer_type_times(model: nn.Module, input_size: tuple[int, int, i
     times = dict.fromkeys(TIME_TYPES, 0.0)
     for run in runs:
         inside = [k for k in kernels if run["ts"] <= k["ts"] <= run["ts"] + run["dur"]]
-        convs = [k for k in inside if k["args"].get("op_name") in ("Conv", "FusedConv", "NchwcConv")]
+        convs = [k for k in inside if k["args"].get("op_name") in _ORT_CONV_OPS]
         for kernel in inside:
             times[_ort_kernel_type(kernel, kernel is convs[0])] += kernel["dur"]
         times["other"] += run["dur"] - sum(k["dur"] for k in inside)

@@ -65,6 +65,7 @@ DEFAULT_RUNS_DIR = Path(os.environ.get("DSNET_STUDY_DIR", "/work/study_runs/conv
 SEARCH = ["experiment=converged", "hparams_search=converged_lr"]
 SEEDS = (2, 3, 4)  # the tables' seeds; the search ran at seed 1 (its winner is not reused)
 ARMS = ("conv", "dsconv")
+TABLE4_WIDTHS = (0.25, 0.5)  # the stages table4_w0.25 and table4_w0.5
 FMNIST = {"image_size": 28, "num_classes": 10, "in_chans": 1}  # what experiment=converged trains on
 MAX_GROW = 2  # values the lr grid may grow by, over both edges together
 SMALL_FILES = ("metrics.json", "config.yaml", "error.txt", ".hydra/overrides.yaml", "study_sessions.json")  # + csv/*/metrics.csv
@@ -216,17 +217,17 @@ def later_stages(choice: dict) -> list[tuple[str, list[Job]]]:
         matched.append(json.loads((RESULTS_DIR / "match_latency.json").read_text())["width"])
     # A matched width Table 4 trains anyway (equal latency at 28 px: 0.5) is not trained twice: the
     # report pairs runs by configuration, whatever their stage.
-    matched = sorted(set(matched) - {0.25, 0.5})
+    matched = sorted(set(matched) - set(TABLE4_WIDTHS))
     # Cheap whole units first: Table 4 at w0.25 (~1.6 CPU-h), the depthwise-decay ablation and the
     # equal-cost runs (dsconv only) finish in one sitting; Table 4 at w0.5 (its standard arm has 4x the
     # MACs of w0.25: over an hour a run) and the 30-epoch check span sittings whatever the order.
     return [
-        ("table4_w0.25", jobs("table4_w0.25", ["experiment=converged"])),
+        ("table4_w0.25", jobs("table4_w0.25", ["experiment=converged"], widths=TABLE4_WIDTHS[:1])),
         ("dw_decay_w0.25", jobs("dw_decay_w0.25", ["experiment=converged", "module.depthwise_weight_decay=0"],
                                 arms=("dsconv",))),
         ("equal_cost", jobs("equal_cost", ["experiment=converged"], arms=("dsconv",), widths=matched)),
         # dsconv first: its w0.5 runs are also the equal-latency arm, and a third of the standard's cost
-        ("table4_w0.5", sorted(jobs("table4_w0.5", ["experiment=converged"], widths=(0.5,)),
+        ("table4_w0.5", sorted(jobs("table4_w0.5", ["experiment=converged"], widths=TABLE4_WIDTHS[1:]),
                                key=lambda job: job.arm != "dsconv")),
         ("long_w0.25", jobs("long_w0.25", ["experiment=converged_long"])),
         ("table6", jobs("table6", ["experiment=converged"], arms=("dsconv",), widths=(1.0, 0.75))),

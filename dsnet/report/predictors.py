@@ -23,6 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 from scipy.stats import ConstantInputWarning, spearmanr
 
+from dsnet.report.markdown import fmt, markdown_table
+from dsnet.report.plots import _series_styles
 from dsnet.report.tables import ENV_KEYS, conv_label
 
 # (row key, axis label): the costs dsnet counts per image (results.json), in the issue's order.
@@ -33,7 +35,6 @@ PREDICTORS = (("params", "parameters"), ("macs", "multiply-adds"),
 MIN_NETWORKS = 4
 LATENCY_KEY = "latency_ms_p50"
 PREDICTOR_COLUMNS = (*ENV_KEYS, "n_networks", *(f"rho_{key}" for key, _ in PREDICTORS), "best_predictor")
-_CONV_COLOURS = {"standard": "tab:blue", "dsconv": "tab:orange"}
 
 
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -85,8 +86,6 @@ def predictor_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def predictors_section(predictors: Sequence[dict[str, Any]]) -> str:
     """Markdown: the correlation table, one row per environment."""
-    from dsnet.report.markdown import fmt, markdown_table  # markdown imports tables, as we do
-
     text = ("## Which cost predicts latency\n\nSpearman rank correlation of each counted cost with "
             "latency p50 (at the latency batch size) across the networks timed in one environment "
             "(1 = the cost orders the "
@@ -117,6 +116,7 @@ def plot_predictors(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[str]:
     fig = Figure(figsize=(4.2 * len(costs), 3.6 * len(envs) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.subplots(len(envs), len(costs), squeeze=False)
+    styles = _series_styles([r for m in envs.values() for r in m])  # the colours of the report's other plots
     for i, (env, members) in enumerate(envs.items()):
         rho = cost_latency_correlation(members)
         where = dict(zip(ENV_KEYS, env))
@@ -125,10 +125,11 @@ def plot_predictors(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[str]:
             if not any(r.get(key) for r in members):
                 ax.set_axis_off()  # this environment's runs lack the cost
                 continue
-            for conv in sorted({conv_label(r) for r in members}):
+            for conv, (colour, marker) in styles.items():
                 pts = [r for r in members if conv_label(r) == conv and r.get(key)]
-                ax.scatter([r[key] for r in pts], [r[LATENCY_KEY] for r in pts], label=conv, s=24,
-                           color=_CONV_COLOURS.get(conv, "tab:gray"), zorder=3)
+                if pts:
+                    ax.scatter([r[key] for r in pts], [r[LATENCY_KEY] for r in pts], label=conv, s=24,
+                               color=colour, marker=marker, zorder=3)
             ax.set_xscale("log")
             ax.set_yscale("log")
             # "200k", "1.5M" at the decades only: matplotlib's minor labels ("3x10^5") collide.

@@ -7,6 +7,22 @@ import torch
 from dsnet.runtimes.onnx_export import BATCH_DIM, INPUT_NAME, OnnxFileRuntime
 
 
+def session(path, num_threads: int, batch_size: int, **options):
+    """An ``InferenceSession`` of the ONNX file at ``path`` as dsnet times it: CPU provider, full graph
+    optimisation, ``num_threads`` intra-op threads, sequential, the free batch dimension fixed to
+    ``batch_size``; ``options``: further ``SessionOptions`` attributes (``enable_profiling=True``, ...)."""
+    import onnxruntime as ort
+
+    settings = ort.SessionOptions()
+    settings.intra_op_num_threads = num_threads
+    settings.inter_op_num_threads = 1
+    settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    settings.add_free_dimension_override_by_name(BATCH_DIM, batch_size)
+    for name, value in options.items():
+        setattr(settings, name, value)
+    return ort.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntime(OnnxFileRuntime):
     """An ``InferenceSession`` per batch size (the free batch dimension fixed, full graph optimisation)."""
 
@@ -14,15 +30,8 @@ class OnnxRuntime(OnnxFileRuntime):
     package = "onnxruntime"
 
     def _compile(self, shape: tuple[int, ...]):
-        import onnxruntime as ort
+        return session(self._path, self.num_threads, shape[0])
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.num_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_free_dimension_override_by_name(BATCH_DIM, shape[0])
-        return ort.InferenceSession(str(self._path), options, providers=["CPUExecutionProvider"])
-
-    def _call(self, session, data):
+    def _call(self, inference, data):
         feed = {INPUT_NAME: data}
-        return lambda: torch.from_numpy(session.run(None, feed)[0])
+        return lambda: torch.from_numpy(inference.run(None, feed)[0])
