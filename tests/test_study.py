@@ -160,3 +160,36 @@ def test_a_converged_run_records_its_hyperparameters_in_metrics_json(tmp_path):
         "hparams/lr": 0.1, "hparams/weight_decay": 5e-5, "hparams/depthwise_weight_decay": 0,
         "hparams/lr_trials": 4, "hparams/lr_grid": "0.05,0.1,0.2,0.4", "hparams/lr_selected_on": "val/acc_best"}
     assert json.loads((tmp_path / "metrics.json").read_text())["hparams/lr_trials"] == 4
+
+
+# --- the stages after the search ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("latency_width, equal_cost_widths", [(0.5, ["0.74"]), (0.6, ["0.6", "0.74"])])
+def test_later_stages_run_in_priority_order_at_each_arms_lr_and_train_no_width_twice(
+        tmp_path, monkeypatch, latency_width, equal_cost_widths):
+    study = load_study()
+    monkeypatch.setattr(study, "RESULTS_DIR", tmp_path)
+    (tmp_path / "match_latency.json").write_text(json.dumps({"width": latency_width}))
+    choice = {"conv": {"lr": 0.05, "trials": 5, "grid": "0.025,0.05,0.1,0.2,0.4"},
+              "dsconv": {"lr": 0.4, "trials": 5, "grid": "0.025,0.05,0.1,0.2,0.4"}}
+    stages = [(name, study.resolve(jobs)) for name, jobs in study.later_stages(choice)]
+
+    assert [name for name, _ in stages] == ["table4_w0.25", "dw_decay_w0.25", "equal_cost", "table4_w0.5",
+                                            "long_w0.25", "table6"]
+    names = {name: [j.name for j in jobs] for name, jobs in stages}
+    assert names["table4_w0.25"] == [f"{c}_w0.25_lr{lr}_e15_seed{s}" for s in (2, 3, 4)
+                                     for c, lr in (("standard", "0.05"), ("dsconv", "0.4"))]
+    assert names["dw_decay_w0.25"] == [f"dsconv_w0.25_lr0.4_e15_seed{s}" for s in (2, 3, 4)]
+    # the params- and MACs-matched width (0.74) always; the latency-matched one unless Table 4 trains it
+    assert names["equal_cost"] == [f"dsconv_w{w}_lr0.4_e15_seed{s}" for s in (2, 3, 4) for w in equal_cost_widths]
+    # dsconv's w0.5 runs first: the cheaper arm, and the equal-latency arm when latency matched at 0.5
+    assert names["table4_w0.5"] == [f"dsconv_w0.5_lr0.4_e15_seed{s}" for s in (2, 3, 4)] + [
+        f"standard_w0.5_lr0.05_e15_seed{s}" for s in (2, 3, 4)]
+    assert names["long_w0.25"] == [f"{c}_w0.25_lr{lr}_e30_seed{s}" for s in (2, 3, 4)
+                                   for c, lr in (("standard", "0.05"), ("dsconv", "0.4"))]
+    assert names["table6"] == [f"dsconv_w{w}_lr0.4_e15_seed{s}" for s in (2, 3, 4) for w in ("1", "0.75")]
+    # the search's trial count and grid travel with every run into its metrics.json
+    dw = stages[1][1][0]
+    assert dw.config["module"]["depthwise_weight_decay"] == 0
+    assert dw.config["hparams"]["lr_trials"] == 5 and dw.config["hparams"]["lr_grid"] == "0.025,0.05,0.1,0.2,0.4"
