@@ -26,14 +26,17 @@ stage with ``--workers`` processes at once, and a stage only once the stages bef
 Stages, in the issue's priority order (the chosen lr per arm comes from ``lr_search``):
 
 - ``lr_search``: hparams_search=converged_lr at width 0.25, seed 1, test off. If an arm's best lr is
-  at an edge of the grid, the grid grows by a factor 2 on that side for both arms (equal trial counts).
-- ``table4_w0.25``, ``table4_w0.5``: standard and dsconv, seeds 2, 3, 4, each arm at its chosen lr
-  (w0.5 reuses the lr chosen at w0.25: a stated shortcut, no search at 0.5).
-- ``long_w0.25``: the convergence check, experiment=converged_long (30 epochs), seeds 2, 3, 4.
+  at an edge of the grid, the grid grows by a factor 2 on that side for both arms (equal trial counts),
+  at both edges in one round when arms sit at both, by at most MAX_GROW values.
+- ``table4_w0.25``: standard and dsconv, seeds 2, 3, 4, each arm at its chosen lr.
 - ``dw_decay_w0.25``: dsconv with no weight decay on its depthwise filters, seeds 2, 3, 4.
 - ``equal_cost``: dsconv at the widths matching standard w0.25's parameters and multiply-adds
-  (``dsnet.matching.match_width``; one width, 0.74, when it matches both within 2%), and its latency once ``match --cost latency`` measured it
-  (docs/results/converged/match_latency.json), seeds 2, 3, 4, at dsconv's chosen lr.
+  (``dsnet.matching.match_width``; one width, 0.74, when it matches both within 2%), and its latency
+  once ``match --cost latency`` measured it (docs/results/converged/match_latency.json; a width
+  Table 4 trains anyway is not trained twice), seeds 2, 3, 4, at dsconv's chosen lr.
+- ``long_w0.25``: the convergence check, experiment=converged_long (30 epochs), seeds 2, 3, 4.
+- ``table4_w0.5``: as table4_w0.25 at width 0.5, dsconv's runs first (w0.5 reuses the lr chosen at
+  w0.25: a stated shortcut, no search at 0.5).
 - ``table6``: dsconv at widths 1.0 and 0.75 (0.5 and 0.25 are Table 4's), seeds 2, 3, 4.
 """
 
@@ -163,7 +166,8 @@ def choose(runs_dir: Path) -> tuple[list[Job], dict | None]:
     Returns:
         ``(jobs, choice)``; ``choice`` is None while trials are missing, else
         ``{arm: {"lr", "val/acc_best", "trials", "grid", "scores", "at_edge"}}``. Ties go to the
-        smaller lr. The grid grows by at most MAX_GROW values; a best lr still at its edge says so.
+        smaller lr. The grid grows by a factor 2 at each edge an arm's best sits at, both edges in
+        the same round, by at most MAX_GROW values in all; a best lr still at its edge says so.
     """
     arms, base = search_grid()
     grid = list(base)
@@ -175,12 +179,13 @@ def choose(runs_dir: Path) -> tuple[list[Job], dict | None]:
         if any(v is None for s in scores.values() for v in s.values()):
             return jobs, None
         best = {arm: max(sorted(s), key=lambda lr, s=s: s[lr]) for arm, s in scores.items()}
-        if len(grid) < len(base) + MAX_GROW and any(lr == min(grid) for lr in best.values()):
-            grid = [min(grid) / 2, *grid]
-        elif len(grid) < len(base) + MAX_GROW and any(lr == max(grid) for lr in best.values()):
-            grid = [*grid, max(grid) * 2]
-        else:
+        # Both edges in one round where arms sit at both (the low one first if only one value is
+        # left): an arm at one edge never waits on, or loses its growth to, a trial at the other.
+        low, high = (any(lr == edge(grid) for lr in best.values()) for edge in (min, max))
+        room = len(base) + MAX_GROW - len(grid)
+        if room <= 0 or not (low or high):
             break
+        grid = [min(grid) / 2] * low + grid + [max(grid) * 2] * (high and (room >= 2 or not low))
     choice = {arm: {"lr": best[arm], "val/acc_best": scores[arm][best[arm]], "trials": len(grid),
                     "grid": ",".join(f"{lr:g}" for lr in sorted(grid)),
                     "scores": {f"{lr:g}": scores[arm][lr] for lr in sorted(grid)},
@@ -218,18 +223,19 @@ def later_stages(choice: dict) -> list[tuple[str, list[Job]]]:
     # A matched width Table 4 trains anyway (equal latency at 28 px: 0.5) is not trained twice: the
     # report pairs runs by configuration, whatever their stage.
     matched = sorted(set(matched) - set(TABLE4_WIDTHS))
-    # Cheap whole units first: Table 4 at w0.25 (~1.6 CPU-h), the depthwise-decay ablation and the
-    # equal-cost runs (dsconv only) finish in one sitting; Table 4 at w0.5 (its standard arm has 4x the
-    # MACs of w0.25: over an hour a run) and the 30-epoch check span sittings whatever the order.
+    # Cheap whole units first: Table 4 at w0.25 (~1.4 CPU-h), the depthwise-decay ablation and the
+    # equal-cost runs (dsconv only). Then the 30-epoch check, before Table 4 at w0.5 (its standard arm
+    # has 4x the MACs of w0.25: over an hour a run): should 15 epochs fail the criterion, the check's
+    # runs are Table 4 w0.25 at 30 epochs, and nothing expensive was trained on the short schedule.
     return [
         ("table4_w0.25", jobs("table4_w0.25", ["experiment=converged"], widths=TABLE4_WIDTHS[:1])),
         ("dw_decay_w0.25", jobs("dw_decay_w0.25", ["experiment=converged", "module.depthwise_weight_decay=0"],
                                 arms=("dsconv",))),
         ("equal_cost", jobs("equal_cost", ["experiment=converged"], arms=("dsconv",), widths=matched)),
+        ("long_w0.25", jobs("long_w0.25", ["experiment=converged_long"])),
         # dsconv first: its w0.5 runs are also the equal-latency arm, and a third of the standard's cost
         ("table4_w0.5", sorted(jobs("table4_w0.5", ["experiment=converged"], widths=TABLE4_WIDTHS[1:]),
                                key=lambda job: job.arm != "dsconv")),
-        ("long_w0.25", jobs("long_w0.25", ["experiment=converged_long"])),
         ("table6", jobs("table6", ["experiment=converged"], arms=("dsconv",), widths=(1.0, 0.75))),
     ]
 

@@ -122,6 +122,15 @@ def load_study():
     return module
 
 
+def finish_trials(jobs, runs_dir, val_acc) -> None:
+    """Gives every trial not run yet a metrics.json with ``val_acc(arm, lr)``."""
+    for job in jobs:
+        if job.state(runs_dir) == "todo":
+            job.run_dir(runs_dir).mkdir(parents=True)
+            lr = float(job.config["optim"]["optimizer"]["lr"])
+            (job.run_dir(runs_dir) / "metrics.json").write_text(json.dumps({"val/acc_best": val_acc(job.arm, lr)}))
+
+
 def test_the_lr_choice_grows_the_grid_at_an_edge_for_both_arms(tmp_path):
     study = load_study()
     jobs, choice = study.choose(tmp_path)
@@ -129,22 +138,32 @@ def test_the_lr_choice_grows_the_grid_at_an_edge_for_both_arms(tmp_path):
     assert {j.name for j in jobs} == {f"{c}_w0.25_lr{lr}_e15_seed1" for c in ("standard", "dsconv")
                                       for lr in ("0.05", "0.1", "0.2", "0.4")}
 
-    def finish(jobs, val_acc):
-        for job in jobs:
-            if job.state(tmp_path) == "todo":
-                job.run_dir(tmp_path).mkdir(parents=True)
-                lr = float(job.config["optim"]["optimizer"]["lr"])
-                (job.run_dir(tmp_path) / "metrics.json").write_text(json.dumps({"val/acc_best": val_acc(job.arm, lr)}))
-
     # standard peaks inside the grid; dsconv's best is its largest lr: both arms get lr 0.8
-    finish(jobs, lambda arm, lr: {"conv": 0.9 - abs(lr - 0.1), "dsconv": lr}[arm])
+    finish_trials(jobs, tmp_path, lambda arm, lr: {"conv": 0.9 - abs(lr - 0.1), "dsconv": lr}[arm])
     jobs, choice = study.choose(tmp_path)
     assert choice is None and len(jobs) == 10
-    finish(jobs, lambda arm, lr: {"conv": 0.9 - abs(lr - 0.1), "dsconv": 0.3 if lr == 0.8 else lr}[arm])
+    finish_trials(jobs, tmp_path, lambda arm, lr: {"conv": 0.9 - abs(lr - 0.1), "dsconv": 0.3 if lr == 0.8 else lr}[arm])
     _, choice = study.choose(tmp_path)
     assert {arm: (c["lr"], c["trials"], c["at_edge"]) for arm, c in choice.items()} == {
         "conv": (0.1, 5, False), "dsconv": (0.4, 5, False)}
     assert choice["dsconv"]["grid"] == "0.05,0.1,0.2,0.4,0.8" and choice["dsconv"]["scores"]["0.8"] == 0.3
+
+
+def test_arms_at_both_edges_grow_the_grid_at_both_in_one_round(tmp_path):
+    study = load_study()
+    def edges(arm, lr):  # standard's best at its smallest lr (as by the tie rule), dsconv's at its largest
+        return lr if arm == "dsconv" else 1 - lr
+
+    jobs, _ = study.choose(tmp_path)
+    finish_trials(jobs, tmp_path, edges)
+    jobs, choice = study.choose(tmp_path)
+    assert choice is None and sorted(j.name for j in jobs if j.state(tmp_path) == "todo") == [
+        f"{c}_w0.25_lr{lr}_e15_seed1" for c in ("dsconv", "standard") for lr in ("0.025", "0.8")]
+    finish_trials(jobs, tmp_path, edges)  # the new edges win again: grown by MAX_GROW (2) values, it stops
+    jobs, choice = study.choose(tmp_path)
+    assert len(jobs) == 12
+    assert {arm: (c["lr"], c["trials"], c["at_edge"]) for arm, c in choice.items()} == {
+        "conv": (0.025, 6, True), "dsconv": (0.8, 6, True)}
 
 
 # --- what a converged run records -----------------------------------------------------------------
@@ -175,8 +194,8 @@ def test_later_stages_run_in_priority_order_at_each_arms_lr_and_train_no_width_t
               "dsconv": {"lr": 0.4, "trials": 5, "grid": "0.025,0.05,0.1,0.2,0.4"}}
     stages = [(name, study.resolve(jobs)) for name, jobs in study.later_stages(choice)]
 
-    assert [name for name, _ in stages] == ["table4_w0.25", "dw_decay_w0.25", "equal_cost", "table4_w0.5",
-                                            "long_w0.25", "table6"]
+    assert [name for name, _ in stages] == ["table4_w0.25", "dw_decay_w0.25", "equal_cost", "long_w0.25",
+                                            "table4_w0.5", "table6"]
     names = {name: [j.name for j in jobs] for name, jobs in stages}
     assert names["table4_w0.25"] == [f"{c}_w0.25_lr{lr}_e15_seed{s}" for s in (2, 3, 4)
                                      for c, lr in (("standard", "0.05"), ("dsconv", "0.4"))]
