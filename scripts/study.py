@@ -17,9 +17,10 @@ directory per stage, one run directory per job named by ``hydra.sweep.subdir`` o
 ``--runs-dir``: the resolved config holds the run's own path, and a different one trains again.
 
 Every job is ``nice -n 19 python train.py -m <stage overrides> <job overrides> hydra.sweep.dir=<stage dir>
-ckpt_path=last`` with OMP_NUM_THREADS=1, so the study takes only idle CPU. ``run`` starts the jobs of a
-stage with ``--workers`` processes at once, and a stage only once the stages before it finished
-(the tables need the lr the search chose). Its process group id and the running jobs' pids are in
+ckpt_path=last`` with OMP_NUM_THREADS=1, so the study takes only idle CPU. ``run`` starts the search's jobs
+with ``--workers`` processes at once, and the later stages' once it finished (they need the lr it
+chose), as one queue in stage order: a job of a stage starts when a worker is free, whether or not
+the stage before it finished. Its process group id and the running jobs' pids are in
 ``<runs-dir>/PIDS``: ``kill -STOP -- -<pgid>`` pauses everything, ``kill -CONT -- -<pgid>`` resumes,
 ``kill -TERM -- -<pgid>`` stops (each run writes last.ckpt; the runner starts nothing new).
 
@@ -441,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
                 log("every stage finished")
                 break
             name, jobs = pending[0]
+            if name != "lr_search":  # after the search, one queue in stage order: a worker the last
+                # long run of a stage would leave idle starts the next stage's first job instead
+                name, jobs = " + ".join(n for n, _ in pending), [j for _, js in pending for j in js]
             if not any(j.state(runs_dir) in ("todo", "partial") for j in jobs):
                 time.sleep(60)  # the rest of the stage runs in another runner's processes
                 continue
