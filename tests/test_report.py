@@ -111,7 +111,7 @@ def test_cli_succeeds_and_prints_runs_without_results(report):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert sum(line.startswith("no results: ") for line in lines) == 3
-    assert lines[-1] == (f"wrote 24 files to {out}: 6 runs in 4 configurations, "
+    assert lines[-1] == (f"wrote 26 files to {out}: 6 runs in 4 configurations, "
                          "3 runs without results")
 
 
@@ -245,8 +245,8 @@ def test_config_without_standard_twin_gives_empty_theory_table(tmp_path):
         (tmp_path / "out" / "results.md").read_text()
     assert not (tmp_path / "out" / "tradeoff.png").exists()
     assert sorted(summary.files) == sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "comparisons.csv", "comparisons.md", "cost_predictors.csv", "cost_predictors.md",
-        "equal_cost.csv", "equal_cost.md", "hyperparameters.md", "layer_shares.csv", "layer_shares.md", "results.csv", "results.md",
+        "comparisons.csv", "comparisons.md", "convergence.csv", "convergence.md", "cost_predictors.csv",
+        "cost_predictors.md", "equal_cost.csv", "equal_cost.md", "hyperparameters.md", "layer_shares.csv", "layer_shares.md", "results.csv", "results.md",
         "runs.csv", "theory_vs_measurement.csv", "theory_vs_measurement.md"]
 
 

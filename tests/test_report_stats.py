@@ -11,6 +11,7 @@ from dsnet.report import (
     build_report,
     collect_runs,
     comparisons,
+    convergence,
     equal_cost,
     missing_columns,
     summarise,
@@ -91,6 +92,22 @@ def test_comparisons_pair_by_seed_across_conv_type_and_schedule():
     assert longer["diff_ci95"] == pytest.approx(12.7062 * 0.005, rel=1e-4)
     # standard w0.25 against dsconv at 30 epochs or at another width: two factors differ
     assert len(rows) == 2
+
+
+def test_convergence_check_pairs_each_arm_and_the_gap_by_seed_when_the_schedule_doubles():
+    std30 = [train_run(f"std30_{s}", "standard", 0.25, s, acc, **STD, epochs=30)
+             for s, acc in ((0, 0.902), (1, 0.924))]
+    rows = {r["what"]: r for r in convergence(summarise([*SWEEP, *std30]))}
+    assert set(rows) == {"standard", "dsconv", "standard − dsconv gap"}
+    std, ds, gap = rows["standard"], rows["dsconv"], rows["standard − dsconv gap"]
+    assert (std["short_epochs"], std["long_epochs"], std["n_pairs"], std["seeds"]) == (15, 30, 2, "0 1")
+    assert std["change_mean"] == pytest.approx(0.003) and std["meets"] is True  # +0.002, +0.004
+    assert ds["change_mean"] == pytest.approx(0.015) and ds["meets"] is False  # +0.01, +0.02
+    # gap by seed: 15 epochs 0.02, 0.01; 30 epochs 0.012, -0.006; changes -0.008, -0.016
+    assert gap["short_mean"] == pytest.approx(0.015) and gap["long_mean"] == pytest.approx(0.003)
+    assert gap["change_mean"] == pytest.approx(-0.012) and gap["meets"] is False
+    assert gap["change_ci95"] == pytest.approx(12.7062 * 0.004, rel=1e-4)  # s = 0.004 sqrt(2), n = 2
+    assert convergence(summarise(SWEEP[:3])) == []  # one schedule only: nothing to check
 
 
 def test_equal_cost_pairs_conv_types_whose_cost_agrees_within_the_tolerance():

@@ -7,8 +7,8 @@ Usage::
 The report reads result files and never measures. :mod:`~dsnet.report.discover` finds train runs
 (``metrics.json``) and eval runs (``results.json``) and joins them; :mod:`~dsnet.report.tables`
 aggregates seeds into one row per configuration and measurement environment;
-:mod:`~dsnet.report.stats` gives intervals, :mod:`~dsnet.report.compare` the paired and
-equal-cost comparisons, :mod:`~dsnet.report.coverage` the columns no run fills;
+:mod:`~dsnet.report.stats` gives intervals, :mod:`~dsnet.report.compare` the paired,
+convergence and equal-cost comparisons, :mod:`~dsnet.report.coverage` the columns no run fills;
 :mod:`~dsnet.report.markdown`, :mod:`~dsnet.report.compare_md`, :mod:`~dsnet.report.plots` and
 :mod:`~dsnet.report.curves` write them out, and :mod:`~dsnet.report.predictors` ranks
 which counted cost predicts latency. Accuracy in files is a fraction; tables in Markdown
@@ -27,12 +27,19 @@ from pathlib import Path
 
 from dsnet.report.compare import (
     COMPARISON_COLUMNS,
+    CONVERGENCE_COLUMNS,
     DEFAULT_TOLERANCE,
     EQUAL_COST_COLUMNS,
     comparisons,
+    convergence,
     equal_cost,
 )
-from dsnet.report.compare_md import comparisons_section, equal_cost_section, hparams_section
+from dsnet.report.compare_md import (
+    comparisons_section,
+    convergence_section,
+    equal_cost_section,
+    hparams_section,
+)
 from dsnet.report.coverage import missing_columns
 from dsnet.report.curves import plot_learning_curves
 from dsnet.report.discover import (
@@ -68,7 +75,7 @@ from dsnet.report.tables import (
 __all__ = [
     "CONFIG_KEYS", "COST_AXES", "DEFAULT_TOLERANCE", "LAYER_TYPES", "PAIR_KEYS", "RUN_COLUMNS",
     "ReportInputError", "ReportSummary", "Run", "SHARE_ID_KEYS", "SUMMARY_COLUMNS",
-    "THEORY_COLUMNS", "build_report", "collect_runs", "comparisons", "conv_label", "equal_cost",
+    "THEORY_COLUMNS", "build_report", "collect_runs", "comparisons", "conv_label", "convergence", "equal_cost",
     "find_run_dirs", "layer_shares", "markdown_table", "missing_columns", "pareto_front",
     "plot_tradeoffs", "read_train_accuracy", "summarise", "theory_vs_measurement", "write_csv",
 ]
@@ -122,11 +129,12 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                      f"{CONTENTION_LIMIT:.0%} or contention_flagged); the ratio tables leave their "
                      "timings out; --include-contended keeps them")
     theory, shares = theory_vs_measurement(quiet_rows), layer_shares(rows)
-    compared, matched = comparisons(rows), equal_cost(quiet_rows, tolerance)
+    compared, matched, converged = comparisons(rows), equal_cost(quiet_rows, tolerance), convergence(rows)
     hparams = hparam_columns(rows)
     predictors = predictor_rows(quiet_rows)
     sections = {"theory_vs_measurement.md": theory_section(theory),
                 "comparisons.md": comparisons_section(compared),
+                "convergence.md": convergence_section(converged),
                 "equal_cost.md": equal_cost_section(matched, tolerance),
                 "hyperparameters.md": hparams_section(rows, hparams),
                 "layer_shares.md": shares_section(shares),
@@ -135,6 +143,7 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     tables = {"results.csv": (rows, [*SUMMARY_COLUMNS, *hparams]),
               "theory_vs_measurement.csv": (theory, THEORY_COLUMNS),
               "comparisons.csv": (compared, COMPARISON_COLUMNS),
+              "convergence.csv": (converged, CONVERGENCE_COLUMNS),
               "equal_cost.csv": (matched, EQUAL_COST_COLUMNS),
               "layer_shares.csv": (shares, share_columns),
               "cost_predictors.csv": (predictors, PREDICTOR_COLUMNS)}

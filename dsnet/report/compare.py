@@ -6,6 +6,11 @@ decay), the schedule length (the convergence check: doubling the epochs) or the 
 decay (the paper's detail). Its top-1 difference is taken seed by seed (``b - a``), with the 95%
 interval of the per-seed differences (:func:`dsnet.report.stats.paired_difference`).
 
+The *convergence check* asks whether a schedule is long enough: doubling it must move each arm's
+top-1 and the standard − other gap by less than a threshold (0.5 pp, issue 12). Both are paired by
+seed: an arm's shift is its long run minus its short run, the gap's change is the long schedule's
+per-seed gap minus the short one's.
+
 *At equal cost* pairs configurations of two convolution types whose parameters, multiply-adds or
 measured latency agree within a relative tolerance, whatever their widths: the accuracy each
 convolution type reaches for the same budget. Both sides' actual costs are in every row.
@@ -13,6 +18,8 @@ convolution type reaches for the same budget. Both sides' actual costs are in ev
 
 from __future__ import annotations
 
+import itertools
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +45,10 @@ EQUAL_COST_COLUMNS = ("metric", "dataset", "arch", "image_size", "a_conv", "a_wi
                       "a_top1_mean", "b_conv", "b_width", "b_cost", "b_top1_mean", "cost_ratio",
                       "diff_mean", "diff_ci95", "n_pairs", "tolerance")
 DEFAULT_TOLERANCE = 0.05
+CONVERGENCE_THRESHOLD = 0.005  # 0.5 pp: what doubling the schedule may move an arm or the gap by
+CONVERGENCE_COLUMNS = ("what", "dataset", "arch", "width", "image_size", "short_epochs", "long_epochs",
+                       "short_mean", "long_mean", "change_mean", "change_ci95", "n_pairs", "seeds",
+                       "threshold", "meets")
 
 
 def _side(row: dict[str, Any], factor: str) -> str:
@@ -125,4 +136,51 @@ def equal_cost(rows: Sequence[dict[str, Any]], tolerance: float = DEFAULT_TOLERA
                         "b_conv": conv_label(b), "b_width": b["width"], "b_cost": b[metric],
                         "cost_ratio": ratio(b[metric], a[metric]), "tolerance": tolerance,
                         **{k: v for k, v in _diff(a, b).items() if k != "seeds"}})
+    return out
+
+
+def _schedule_pairs(configs: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(short, long) configurations equal in everything but ``epochs``, the long one twice as long."""
+    fixed = [k for k in (*MODEL_KEYS, *TRAIN_KEYS) if k != "epochs"]
+    return [(a, b) for a in configs for b in configs
+            if a["epochs"] and b["epochs"] == 2 * a["epochs"] and all(a[k] == b[k] for k in fixed)]
+
+
+def _by_seed_gap(a: dict[str, Any], b: dict[str, Any]) -> dict[Any, float]:
+    return {s: a["top1_by_seed"][s] - b["top1_by_seed"][s] for s in set(a["top1_by_seed"]) & set(b["top1_by_seed"])}
+
+
+def convergence(rows: Sequence[dict[str, Any]], threshold: float = CONVERGENCE_THRESHOLD) -> list[dict[str, Any]]:
+    """The convergence check of every schedule that was also run twice as long.
+
+    One row per arm (``what`` is its conv label: the long run's top-1 minus the short run's, paired by
+    seed) and one per pair of arms, standard against each other conv type of the same model and width
+    (``what`` is ``"standard − dsconv gap"``: the change of the per-seed gap from the short schedule to
+    the long). ``meets`` is ``|change_mean| < threshold``; the interval says how well the seeds pin it.
+    """
+    configs = [r for r in one_per_config(rows) if r["top1_mean"] is not None]
+    pairs = _schedule_pairs(configs)
+    out = []
+
+    def row(what, short, long, short_mean, long_mean, d):
+        return {"what": what, **{k: short[k] for k in ("dataset", "arch", "width", "image_size")},
+                "short_epochs": short["epochs"], "long_epochs": long["epochs"], "short_mean": short_mean,
+                "long_mean": long_mean, "change_mean": d["mean"], "change_ci95": d["ci95"], "n_pairs": d["n"],
+                "seeds": " ".join(map(str, d["seeds"])), "threshold": threshold,
+                "meets": None if d["mean"] is None else abs(d["mean"]) < threshold}
+
+    for short, long in pairs:
+        out.append(row(conv_label(short), short, long, short["top1_mean"], long["top1_mean"],
+                       paired_difference(short["top1_by_seed"], long["top1_by_seed"])))
+    fixed = [k for k in (*MODEL_KEYS, *TRAIN_KEYS) if k not in FACTORS["conv"]]
+    for (s_a, l_a), (s_b, l_b) in itertools.combinations(pairs, 2):
+        (s_a, l_a), (s_b, l_b) = sorted([(s_a, l_a), (s_b, l_b)], key=lambda p: _order("conv", p[0]))
+        if s_a["conv"] != "standard" or s_b["conv"] == "standard" or any(s_a[k] != s_b[k] for k in fixed):
+            continue
+        gap_short, gap_long = _by_seed_gap(s_a, s_b), _by_seed_gap(l_a, l_b)
+        d = paired_difference(gap_short, gap_long)
+        seeds = d["seeds"]
+        out.append(row(f"{conv_label(s_a)} − {conv_label(s_b)} gap", s_a, l_a,
+                       statistics.fmean(gap_short[s] for s in seeds) if seeds else None,
+                       statistics.fmean(gap_long[s] for s in seeds) if seeds else None, d))
     return out

@@ -17,6 +17,11 @@ _EQUAL_COST_NOTE = (
     "Configurations of two convolution types whose {metrics} agree within {tol:.0%} (max/min − 1), "
     "whatever their widths; the closest match per configuration. Difference b − a in percentage "
     "points, paired by seed, ± 95% CI (Student t, n − 1 dof).\n")
+_CONVERGENCE_NOTE = (
+    "Each schedule that was also trained twice as long: how much the doubling moved each arm's top-1 "
+    "and the gap between two arms, paired by seed (long − short; for the gap, the per-seed gap at "
+    "the long schedule minus the one at the short), in percentage points ± 95% CI (Student t, "
+    "n − 1 dof). The schedule counts as converged when every change is under {threshold:.1f} pp.\n")
 _METRIC_NAMES = {"params": "params", "macs": "MACs", "latency_ms_p50": "latency p50 (ms)"}
 
 
@@ -87,3 +92,20 @@ def hparams_section(rows: Sequence[dict[str, Any]], hparam_keys: Sequence[str]) 
             "and grid, for instance); *val top-1* is the best epoch's validation accuracy, mean over "
             "seeds, the split a search selects on.\n\n"
             + (markdown_table(header, body) if body else "No training run among the runs.\n"))
+
+
+def convergence_section(rows: Sequence[dict[str, Any]]) -> str:
+    """The convergence check: each arm's shift and each gap's change when the schedule doubles."""
+    if not rows:
+        return ("## Convergence check\n\nNo configuration was also trained twice as long (the check "
+                "pairs runs equal in everything but epochs, one schedule twice the other).\n")
+    header = ["model", "width", "resolution (px)", "what", "epochs", "top-1 short (%)", "top-1 long (%)",
+              "change (pp), mean ± 95% CI", "seed pairs", "under the threshold"]
+    body = [[r["arch"], f"{r['width']:g}", str(r["image_size"]), r["what"],
+             f"{r['short_epochs']} → {r['long_epochs']}", fmt(r["short_mean"], ".2f", 100),
+             fmt(r["long_mean"], ".2f", 100),
+             _diff_cell({"diff_mean": r["change_mean"], "diff_ci95": r["change_ci95"]}),
+             f"{r['n_pairs']} ({r['seeds']})", {True: "yes", False: "**no**", None: "–"}[r["meets"]]]
+            for r in rows]
+    return ("## Convergence check\n\n" + _CONVERGENCE_NOTE.format(threshold=rows[0]["threshold"] * 100)
+            + "\n" + markdown_table(header, body))
