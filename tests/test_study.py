@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import signal
 import sys
+import time
 
 import pytest
 import torch
@@ -212,3 +214,37 @@ def test_later_stages_run_in_priority_order_at_each_arms_lr_and_train_no_width_t
     dw = stages[1][1][0]
     assert dw.config["module"]["depthwise_weight_decay"] == 0
     assert dw.config["hparams"]["lr_trials"] == 5 and dw.config["hparams"]["lr_grid"] == "0.025,0.05,0.1,0.2,0.4"
+
+
+# --- the runner ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # two train.py processes: ~15 s idle, ~30 s beside the study's runs
+def test_the_runner_trains_a_stage_two_at_a_time_and_records_each_sitting(tmp_path, monkeypatch):
+    """Two real train.py processes at once; each run's CPU time lands in study_sessions.json and its
+    small files in the results directory; a second pass over the finished stage starts nothing."""
+    study = load_study()
+    monkeypatch.setattr(study, "RESULTS_DIR", tmp_path / "results")
+    runs_dir = tmp_path / "runs"
+    jobs = study.resolve([study.Job("smoke", ["experiment=converged", *TINY, "test=false", f"seed={seed}"], "dsconv")
+                          for seed in (1, 2)])
+    assert [j.name for j in jobs] == ["dsconv_w0.25_lr0.1_e1_seed1", "dsconv_w0.25_lr0.1_e1_seed2"]
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        runner = study.Runner(runs_dir, workers=2)
+        start = time.time()
+        assert runner.run_stage(jobs)
+        assert runner.run_stage(jobs)  # finished: nothing starts again
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    sittings = [json.loads((j.run_dir(runs_dir) / "study_sessions.json").read_text()) for j in jobs]
+    assert [[(x["exit"], x["cpu_s"] > 0) for x in s] for s in sittings] == [[(0, True)], [(0, True)]]
+    # the two ran side by side: each one's wall time is over half of the stage's
+    assert all(s[0]["wall_s"] > (time.time() - start) / 2 for s in sittings)
+    assert [j.state(runs_dir) for j in jobs] == ["finished", "finished"]
+    assert not list(runs_dir.glob("smoke/*.pid")) and (runs_dir / "PIDS").read_text().startswith("pgid ")
+    for job in jobs:
+        copied = tmp_path / "results" / "runs" / "smoke" / job.name
+        assert json.loads((copied / "metrics.json").read_text())["val/acc_best"] > 0
+        assert (copied / "study_sessions.json").is_file() and list(copied.glob("csv/*/metrics.csv"))
