@@ -100,6 +100,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         **describe(model_cfg, cfg.data),
         # The trained network's seed; a cost-only run has random weights and no seed worth reporting.
         seed=None if train_cfg is None else train_cfg.get("seed"),
+        hparams=trained_hparams(train_cfg),
         **cost,
         **accuracy,
         **timing(latency),
@@ -111,6 +112,13 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log.info("results: %s", run_dir / "results.json")
     print_summary(record, latency)
     return record.to_dict(), objects
+
+
+def trained_hparams(train_cfg: DictConfig | None) -> dict[str, Any] | None:
+    """The training config's ``hparams`` node (experiment=converged: lr, trial count, grid), resolved."""
+    if train_cfg is None or not train_cfg.get("hparams"):
+        return None
+    return OmegaConf.to_container(train_cfg.hparams, resolve=True)
 
 
 def load_trained_net(ckpt_path: str, data_cfg: DictConfig) -> tuple[nn.Module, DictConfig, Path]:

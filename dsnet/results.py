@@ -104,6 +104,9 @@ class ResultsRecord:
     contention_flagged: bool = False
     activations: int | None = None
     memory_traffic_bytes: int | None = None
+    # Added with issue 12: how the checkpoint's hyperparameters were chosen (its training config's
+    # ``hparams`` node: the lr, the search's trial count and grid), None for a run without one.
+    hparams: dict[str, float | str | None] | None = None
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -196,7 +199,7 @@ def _type_name(hint: Any) -> str:
 RESULT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ResultsRecord))
 _OPTIONAL_KEYS = frozenset({  # see the fields: older files lack them
     "latency_batch_size", "cpu_contention", "runtime", "runtime_version", "allocator", "contention_flagged",
-    "activations", "memory_traffic_bytes",
+    "activations", "memory_traffic_bytes", "hparams",
 })
 _FLOAT_KEYS = frozenset(  # keys whose values are stored as float even when JSON wrote an int
     name for name, hint in typing.get_type_hints(ResultsRecord).items() if float in _args(hint)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,9 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None
     """``python train.py *args`` from ``cwd``, in a process forked from the warm fork server
     (tests/entrypoints.py); the result holds the exit status and the terminal's text."""
     return entrypoints.run("train.py", *args, cwd=cwd, env=env, timeout=timeout)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """A CSV the report wrote, as one dict per row (values as the file spells them)."""
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import entrypoints
-from conftest import ROOT, TINY, compose_train
+from conftest import ROOT, TINY, compose_train, read_csv
 
 from dsnet.evaluate import EvalInputError, evaluate, time_network
 from dsnet.measure import count_macs, count_params, count_train_macs, macs_breakdown, model_cost
 from dsnet.models import create_model
+from dsnet.report import build_report
 from dsnet.results import RESULT_KEYS, load_results
 from dsnet.task import train
 
@@ -80,17 +81,22 @@ def test_results_keys_added_by_eval_are_optional_on_read_and_range_checked(tmp_p
         git_rev="2b4cca2", ckpt_path=None, run_dir="/runs/eval", schema_version=1,
         latency_batch_size=1, cpu_contention=0.02, runtime="onnxruntime", runtime_version="1.32.0",
         allocator="keep_freed", contention_flagged=True, activations=1_000, memory_traffic_bytes=9_000,
+        hparams={"lr": 0.4, "lr_trials": 6, "lr_grid": "0.025,0.8", "depthwise_weight_decay": None},
     )
     assert tuple(results) == RESULT_KEYS
     added = ("latency_batch_size", "cpu_contention", "runtime", "runtime_version", "allocator",
-             "contention_flagged", "activations", "memory_traffic_bytes")
+             "contention_flagged", "activations", "memory_traffic_bytes", "hparams")
     older = {k: v for k, v in results.items() if k not in added}
     (tmp_path / "old.json").write_text(json.dumps(older))
     record = load_results(tmp_path / "old.json")  # a file written before these keys existed
     assert (record.latency_batch_size, record.cpu_contention) == (1, None)
     assert (record.runtime, record.runtime_version, record.allocator, record.contention_flagged) == (
         "eager", None, None, False)
+    assert record.hparams is None
     assert load_results_from(tmp_path, results).runtime == "onnxruntime"
+    assert load_results_from(tmp_path, results).hparams["lr_trials"] == 6
+    with pytest.raises(TypeError, match="key 'hparams': expected dict"):
+        load_results_from(tmp_path, {**results, "hparams": {"lr": [0.1, 0.2]}})
     with pytest.raises(ValueError, match="key 'runtime': expected one of eager, compile, onnxruntime, openvino"):
         load_results_from(tmp_path, {**results, "runtime": "tensorrt"})
     (tmp_path / "bad.json").write_text(json.dumps({**results, "cpu_contention": 1.5}))
@@ -131,10 +137,27 @@ def test_eval_reproduces_the_training_test_accuracy_exactly(trained_run, tmp_pat
     assert (results["conv"], results["width"], results["seed"]) == ("dsconv", 0.25, 42)
     assert (results["params"], results["macs"]) == (metrics["params"], metrics["macs"])
     assert results["ckpt_path"] == str(best) and results["dataset"] == "synthetic"
+    assert results["hparams"] is None  # its config has no hparams node: no search chose anything
     assert load_results(tmp_path / "results.json").top1 == metrics["test/acc"]
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     for name, value in objects["net"].state_dict().items():
         assert torch.equal(value, ckpt["state_dict"]["net." + name]), name
+
+
+def test_a_tuned_runs_hyperparameter_choice_goes_into_results_json_and_the_report(tmp_path):
+    train_dir = tmp_path / "train"
+    cfg = compose_train("experiment=converged", *TINY, *QUIET, "~callbacks.progress_bar", "~callbacks.model_summary",
+                        "optim.optimizer.lr=0.4", "hparams.lr_trials=6",
+                        "hparams.lr_grid='0.025,0.05,0.1,0.2,0.4,0.8'", run_dir=train_dir, tiny=False)
+    _, objects = train(cfg)
+    results, _ = evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={objects['trainer'].checkpoint_callback.best_model_path}"))
+    assert results["hparams"] == {"lr": 0.4, "weight_decay": 5e-5, "depthwise_weight_decay": None, "lr_trials": 6,
+                                  "lr_grid": "0.025,0.05,0.1,0.2,0.4,0.8", "lr_selected_on": "val/acc_best"}
+    # results.json alone (its training run not shipped beside it): the report still shows the choice
+    shutil.rmtree(train_dir)
+    build_report([tmp_path / "eval"], tmp_path / "report")
+    (row,) = read_csv(tmp_path / "report" / "results.csv")
+    assert (row["hparams/lr_trials"], row["hparams/lr_grid"]) == ("6", "0.025,0.05,0.1,0.2,0.4,0.8")
 
 
 def test_data_of_another_shape_than_the_trained_network_is_refused(trained_run, tmp_path):

@@ -4,12 +4,12 @@ One hand-written sweep (see ``sweep``) is reported once per module through the r
 tests then read the files it wrote.
 """
 
-import csv
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
 import pytest
+from conftest import read_csv
 
 from dsnet.report import build_report, pareto_front
 from dsnet.results import SCHEMA_VERSION, write_json_atomic, write_results
@@ -90,11 +90,6 @@ def report(sweep):
     proc = subprocess.run([sys.executable, "-m", "dsnet.report", *map(str, dirs), "--out", out],
                           capture_output=True, text=True, timeout=120)
     return proc, out
-
-
-def read_csv(path):
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def test_pareto_front_keeps_only_undominated_points_ordered_by_cost():

@@ -1,7 +1,6 @@
 """The report straight from real training runs: a tiny sweep trained in-process, reported by the CLI
 before and after one of its runs was evaluated."""
 
-import csv
 import json
 import math
 import subprocess
@@ -9,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import compose_train
+from conftest import compose_train, read_csv
 
 from dsnet.evaluate import evaluate
 from dsnet.report.__main__ import main
@@ -35,11 +34,6 @@ def report_cli(*args) -> subprocess.CompletedProcess:
     """``python -m dsnet.report`` with stdout and stderr together, as a terminal shows them."""
     return subprocess.run([sys.executable, "-m", "dsnet.report", *map(str, args)], text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def metrics(root: Path, job: str) -> dict:

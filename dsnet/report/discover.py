@@ -201,7 +201,8 @@ def _eval_run(run_dir: Path, trains: dict[Path, dict[str, Any]]) -> Run:
         parents = Path(record.ckpt_path).resolve().parents
         train_dir = next((p for p in parents if p in trains), None)
     train = trains.get(train_dir, {})
-    values = {**train, **{k: v for k, v in record.to_dict().items() if k != "macs_breakdown"}, **extra}
+    values = {**{f"hparams/{k}": v for k, v in (record.hparams or {}).items()}, **train,
+              **{k: v for k, v in record.to_dict().items() if k not in ("macs_breakdown", "hparams")}, **extra}
     if values.get("runtime") is None:
         values["runtime"] = "eager"  # results.json before runtimes were recorded: eager
     source = "results.json"
