@@ -71,7 +71,7 @@ SEEDS = (2, 3, 4)  # the tables' seeds; the search ran at seed 1 (its winner is 
 ARMS = ("conv", "dsconv")
 TABLE4_WIDTHS = (0.25, 0.5)  # the stages table4_w0.25 and table4_w0.5
 FMNIST = {"image_size": 28, "num_classes": 10, "in_chans": 1}  # what experiment=converged trains on
-MAX_GROW = 2  # values the lr grid may grow by, over both edges together
+MAX_GROW = 3  # values the lr grid may grow by, over both edges together (2 until sitting 3: see docs)
 SMALL_FILES = ("metrics.json", "config.yaml", "error.txt", ".hydra/overrides.yaml", "study_sessions.json")  # + csv/*/metrics.csv
 
 
@@ -161,6 +161,17 @@ def val_acc(job: Job, runs_dir: Path) -> float | None:
     return json.loads((job.run_dir(runs_dir) / "metrics.json").read_text())["val/acc_best"]
 
 
+def _edge_gains(grid: list[float], scores: dict[str, dict[float, float]], best: dict[str, float]) -> dict[str, float]:
+    """``{"low"|"high": gain}`` for each edge of the grid some arm's best lr sits at; the gain is the
+    most any such arm's score rises from the edge's neighbour to the edge (0 for a tie-rule edge)."""
+    gains = {}
+    for side, edge, neighbour in (("low", grid[0], grid[1]), ("high", grid[-1], grid[-2])):
+        at_edge = [arm for arm, lr in best.items() if lr == edge]
+        if at_edge:
+            gains[side] = max(scores[arm][edge] - scores[arm][neighbour] for arm in at_edge)
+    return gains
+
+
 def choose(runs_dir: Path) -> tuple[list[Job], dict | None]:
     """The search's jobs (grid grown at the edges where needed) and, once all finished, the choice.
 
@@ -168,7 +179,8 @@ def choose(runs_dir: Path) -> tuple[list[Job], dict | None]:
         ``(jobs, choice)``; ``choice`` is None while trials are missing, else
         ``{arm: {"lr", "val/acc_best", "trials", "grid", "scores", "at_edge"}}``. Ties go to the
         smaller lr. The grid grows by a factor 2 at each edge an arm's best sits at, both edges in
-        the same round, by at most MAX_GROW values in all; a best lr still at its edge says so.
+        the same round, by at most MAX_GROW values in all (the last one at the edge where an arm
+        gains most); a best lr still at its edge says so.
     """
     arms, base = search_grid()
     grid = list(base)
@@ -180,13 +192,15 @@ def choose(runs_dir: Path) -> tuple[list[Job], dict | None]:
         if any(v is None for s in scores.values() for v in s.values()):
             return jobs, None
         best = {arm: max(sorted(s), key=lambda lr, s=s: s[lr]) for arm, s in scores.items()}
-        # Both edges in one round where arms sit at both (the low one first if only one value is
-        # left): an arm at one edge never waits on, or loses its growth to, a trial at the other.
-        low, high = (any(lr == edge(grid) for lr in best.values()) for edge in (min, max))
+        # Both edges in one round where arms sit at both: an arm at one edge never waits on a trial
+        # at the other. With one value left, the edge where an arm still climbs most steeply.
+        gain = _edge_gains(sorted(grid), scores, best)
         room = len(base) + MAX_GROW - len(grid)
-        if room <= 0 or not (low or high):
+        if room <= 0 or not gain:
             break
-        grid = [min(grid) / 2] * low + grid + [max(grid) * 2] * (high and (room >= 2 or not low))
+        if room == 1 and len(gain) == 2:
+            gain = {max(gain, key=lambda side: (gain[side], side == "low")): 0.0}
+        grid = [min(grid) / 2] * ("low" in gain) + grid + [max(grid) * 2] * ("high" in gain)
     choice = {arm: {"lr": best[arm], "val/acc_best": scores[arm][best[arm]], "trials": len(grid),
                     "grid": ",".join(f"{lr:g}" for lr in sorted(grid)),
                     "scores": {f"{lr:g}": scores[arm][lr] for lr in sorted(grid)},

@@ -153,19 +153,28 @@ def test_the_lr_choice_grows_the_grid_at_an_edge_for_both_arms(tmp_path):
 
 def test_arms_at_both_edges_grow_the_grid_at_both_in_one_round(tmp_path):
     study = load_study()
-    def edges(arm, lr):  # standard's best at its smallest lr (as by the tie rule), dsconv's at its largest
-        return lr if arm == "dsconv" else 1 - lr
+    assert study.MAX_GROW == 3
+
+    def edges(arm, lr):  # standard flat, best at its smallest lr by the tie rule; dsconv climbing
+        return lr if arm == "dsconv" else 0.9
 
     jobs, _ = study.choose(tmp_path)
     finish_trials(jobs, tmp_path, edges)
     jobs, choice = study.choose(tmp_path)
     assert choice is None and sorted(j.name for j in jobs if j.state(tmp_path) == "todo") == [
         f"{c}_w0.25_lr{lr}_e15_seed1" for c in ("dsconv", "standard") for lr in ("0.025", "0.8")]
-    finish_trials(jobs, tmp_path, edges)  # the new edges win again: grown by MAX_GROW (2) values, it stops
+    # both at their edges again, one value left: it goes where an arm still climbs (dsconv's 1.6),
+    # not to the edge standard sits at only by the tie rule
+    finish_trials(jobs, tmp_path, edges)
     jobs, choice = study.choose(tmp_path)
-    assert len(jobs) == 12
+    assert choice is None and sorted(j.name for j in jobs if j.state(tmp_path) == "todo") == [
+        f"{c}_w0.25_lr1.6_e15_seed1" for c in ("dsconv", "standard")]
+    finish_trials(jobs, tmp_path, edges)
+    jobs, choice = study.choose(tmp_path)
+    assert len(jobs) == 14
     assert {arm: (c["lr"], c["trials"], c["at_edge"]) for arm, c in choice.items()} == {
-        "conv": (0.025, 6, True), "dsconv": (0.8, 6, True)}
+        "conv": (0.025, 7, True), "dsconv": (1.6, 7, True)}
+    assert choice["conv"]["grid"] == "0.025,0.05,0.1,0.2,0.4,0.8,1.6"
 
 
 # --- what a converged run records -----------------------------------------------------------------
