@@ -40,6 +40,14 @@ RECIPES = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 TABLES = [name for name in RECIPES if name not in ("cpu_short", "gpu_full")]
 
 
+@pytest.fixture(autouse=True)
+def _hydra_config_unset_after_each_test():
+    """compose_job sets Hydra's global HydraConfig, as a job sees it; later tests (in this process,
+    whatever file) must not: dsnet.config reads it to tell a Hydra run from a plain call."""
+    yield
+    HydraConfig.instance().cfg = None
+
+
 def compose_job(config_name: str, *overrides: str, tmp_path):
     """A config as Hydra's job would see it: composed, with HydraConfig set for ${hydra:...}."""
     paths = (f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}")

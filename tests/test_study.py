@@ -177,6 +177,22 @@ def test_arms_at_both_edges_grow_the_grid_at_both_in_one_round(tmp_path):
     assert choice["conv"]["grid"] == "0.025,0.05,0.1,0.2,0.4,0.8,1.6"
 
 
+def test_the_converged_recipe_trains_each_arm_at_the_lr_the_search_chose(tmp_path):
+    choice = json.loads((ROOT / "docs" / "results" / "converged" / "lr_choice.json").read_text())
+    for arm in ("conv", "dsconv"):
+        cfg = compose_train("experiment=converged", f"model={arm}", run_dir=tmp_path, tiny=False)
+        hparams = OmegaConf.to_container(cfg.hparams, resolve=True)
+        assert (cfg.optim.optimizer.lr, hparams["lr_trials"], hparams["lr_grid"]) == (
+            choice[arm]["lr"], choice[arm]["trials"], choice[arm]["grid"]), arm
+    # a conv type the search did not tune keeps the optimizer's lr, and says it was not searched
+    cfg = compose_train("experiment=converged", "model=group", run_dir=tmp_path, tiny=False)
+    assert (cfg.optim.optimizer.lr, cfg.hparams.lr_trials, cfg.hparams.lr_grid) == (0.1, None, None)
+    # nor is a trial of the search a choice
+    cfg = compose_train("experiment=converged", "hparams_search=converged_lr", "model=dsconv", run_dir=tmp_path,
+                        tiny=False)
+    assert (cfg.hparams.lr_trials, cfg.hparams.lr_grid) == (None, None)
+
+
 # --- what a converged run records -----------------------------------------------------------------
 
 
@@ -184,7 +200,7 @@ def test_a_converged_run_records_its_hyperparameters_in_metrics_json(tmp_path):
     from dsnet.task import train
 
     cfg = compose_train("experiment=converged", *TINY, "model=dsconv", "module.depthwise_weight_decay=0",
-                        "hparams.lr_trials=4", "hparams.lr_grid='0.05,0.1,0.2,0.4'", run_dir=tmp_path, tiny=False)
+                        "optim.optimizer.lr=0.1", "hparams.lr_trials=4", "hparams.lr_grid='0.05,0.1,0.2,0.4'", run_dir=tmp_path, tiny=False)
     metrics, _ = train(cfg)
     assert {k: v for k, v in metrics.items() if k.startswith("hparams/")} == {
         "hparams/lr": 0.1, "hparams/weight_decay": 5e-5, "hparams/depthwise_weight_decay": 0,
