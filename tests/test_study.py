@@ -253,7 +253,7 @@ def test_the_runner_trains_a_stage_two_at_a_time_and_records_each_sitting(tmp_pa
     runs_dir = tmp_path / "runs"
     jobs = study.resolve([study.Job("smoke", ["experiment=converged", *TINY, "test=false", f"seed={seed}"], "dsconv")
                           for seed in (1, 2)])
-    assert [j.name for j in jobs] == ["dsconv_w0.25_lr0.1_e1_seed1", "dsconv_w0.25_lr0.1_e1_seed2"]
+    assert [j.name for j in jobs] == ["dsconv_w0.25_lr0.8_e1_seed1", "dsconv_w0.25_lr0.8_e1_seed2"]
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         runner = study.Runner(runs_dir, workers=2)
