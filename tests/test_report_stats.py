@@ -17,6 +17,7 @@ from dsnet.report import (
     summarise,
 )
 from dsnet.report.compare_md import hparams_section
+from dsnet.report.sensitivity import lr_arms, plot_lr_sensitivity
 from dsnet.report.curves import read_val_curve
 from dsnet.report.discover import Run
 from dsnet.report.stats import mean_ci, paired_difference, t_quantile
@@ -108,6 +109,20 @@ def test_convergence_check_pairs_each_arm_and_the_gap_by_seed_when_the_schedule_
     assert gap["change_mean"] == pytest.approx(-0.012) and gap["meets"] is False
     assert gap["change_ci95"] == pytest.approx(12.7062 * 0.004, rel=1e-4)  # s = 0.004 sqrt(2), n = 2
     assert convergence(summarise(SWEEP[:3])) == []  # one schedule only: nothing to check
+
+
+def test_lr_sensitivity_draws_each_arm_tried_at_three_or_more_learning_rates(tmp_path):
+    search = [train_run(f"{conv}{lr}", conv, 0.25, 1, acc, **STD, lr=lr)
+              for conv, accs in (("standard", (0.93, 0.935, 0.93)), ("dsconv", (0.89, 0.91, 0.92)))
+              for lr, acc in zip((0.1, 0.2, 0.4), accs)]
+    other = [train_run("dsw", "dsconv", 0.5, 1, 0.9, **STD, lr=0.1), train_run("dsw2", "dsconv", 0.5, 1, 0.9, **STD, lr=0.2)]
+    arms = lr_arms(summarise([*search, *other]))
+    # dsconv w0.5 has two learning rates only: no line
+    assert sorted((arm[0]["conv"], [r["lr"] for r in arm]) for arm in arms.values()) == [
+        ("dsconv", [0.1, 0.2, 0.4]), ("standard", [0.1, 0.2, 0.4])]
+    assert plot_lr_sensitivity(summarise(search), tmp_path) == ["lr_sensitivity.png", "lr_sensitivity.svg"]
+    assert (tmp_path / "lr_sensitivity.png").stat().st_size > 10_000
+    assert plot_lr_sensitivity(summarise(other), tmp_path / "none") == []
 
 
 def test_equal_cost_pairs_conv_types_whose_cost_agrees_within_the_tolerance():

@@ -10,7 +10,7 @@ aggregates seeds into one row per configuration and measurement environment;
 :mod:`~dsnet.report.stats` gives intervals, :mod:`~dsnet.report.compare` the paired,
 convergence and equal-cost comparisons, :mod:`~dsnet.report.coverage` the columns no run fills;
 :mod:`~dsnet.report.markdown`, :mod:`~dsnet.report.compare_md`, :mod:`~dsnet.report.plots` and
-:mod:`~dsnet.report.curves` write them out, and :mod:`~dsnet.report.predictors` ranks
+:mod:`~dsnet.report.curves` and :mod:`~dsnet.report.sensitivity` write them out, and :mod:`~dsnet.report.predictors` ranks
 which counted cost predicts latency. Accuracy in files is a fraction; tables in Markdown
 show percent. Outputs go to a temporary directory first and are moved into ``--out`` only when
 everything was written.
@@ -52,6 +52,7 @@ from dsnet.report.discover import (
 from dsnet.report.markdown import markdown_table, shares_section, theory_section, write_markdown
 from dsnet.report.plots import COST_AXES, pareto_front, plot_tradeoffs
 from dsnet.report.predictors import PREDICTOR_COLUMNS, plot_predictors, predictor_rows, predictors_section
+from dsnet.report.sensitivity import plot_lr_sensitivity
 from dsnet.report.tables import (
     CONFIG_KEYS,
     CONTENTION_LIMIT,
@@ -150,7 +151,8 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp."))
     try:
-        plots = [*plot_tradeoffs(rows, tmp), *plot_learning_curves(runs, tmp), *plot_predictors(quiet_rows, tmp)]
+        plots = [*plot_tradeoffs(rows, tmp), *plot_learning_curves(runs, tmp), *plot_lr_sensitivity(rows, tmp),
+                 *plot_predictors(quiet_rows, tmp)]
         files = [*write_markdown(tmp, runs, rows, sections, missing, plots, notes),
                  *write_csvs(tmp, runs, tables), *plots]
         out.mkdir(exist_ok=True)

@@ -147,6 +147,7 @@ def write_markdown(out: Path, runs: Sequence[Run], rows: Sequence[dict[str, Any]
     figures = "".join(f"![{alt}]({name})\n\n" for name, alt in
                       (("tradeoff.png", "accuracy against cost"),
                        ("learning_curves.png", "validation accuracy per epoch"),
+                       ("lr_sensitivity.png", "validation accuracy against learning rate"),
                        ("cost_vs_latency.png", "latency against each counted cost"))
                       if name in plots) or "No run has top-1, so there are no plots.\n\n"
     results_md = (
