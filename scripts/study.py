@@ -198,9 +198,10 @@ def choose(runs_dir: Path) -> tuple[list[Job], dict | None]:
         room = len(base) + MAX_GROW - len(grid)
         if room <= 0 or not gain:
             break
-        if room == 1 and len(gain) == 2:
-            gain = {max(gain, key=lambda side: (gain[side], side == "low")): 0.0}
-        grid = [min(grid) / 2] * ("low" in gain) + grid + [max(grid) * 2] * ("high" in gain)
+        sides = set(gain)
+        if room == 1 and len(sides) == 2:
+            sides = {max(gain, key=lambda side: (gain[side], side == "low"))}
+        grid = [min(grid) / 2] * ("low" in sides) + grid + [max(grid) * 2] * ("high" in sides)
     choice = {arm: {"lr": best[arm], "val/acc_best": scores[arm][best[arm]], "trials": len(grid),
                     "grid": ",".join(f"{lr:g}" for lr in sorted(grid)),
                     "scores": {f"{lr:g}": scores[arm][lr] for lr in sorted(grid)},
