@@ -43,7 +43,9 @@ def read_val_curve(run_dir: Path) -> dict[int, float]:
 
 def _arm_label(values: dict[str, Any], varying: Sequence[str]) -> str:
     parts = [conv_label(values), f"w{values['width']:g}"]
-    parts += [f"{k}={values[k]}" for k in varying if k not in ("conv", "groups", "width", "dataset")]
+    # None is "not set": the default's value (the optimizer's weight decay, the full training split)
+    parts += [f"{k}={'default' if values[k] is None else values[k]}" for k in varying
+              if k not in ("conv", "groups", "width", "dataset")]
     return " ".join(parts)
 
 
