@@ -26,11 +26,10 @@ from typing import Any
 from dsnet.report.stats import paired_difference
 from dsnet.report.tables import (
     ENV_KEYS,
-    MODEL_KEYS,
-    TRAIN_KEYS,
     TUNED_KEYS,
     conv_label,
     conv_rank,
+    keys_except,
     one_per_config,
     ratio,
 )
@@ -81,7 +80,7 @@ def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     configs = [r for r in one_per_config(rows) if r["top1_mean"] is not None]
     out = []
     for factor, free in FACTORS.items():
-        fixed = [k for k in (*MODEL_KEYS, *TRAIN_KEYS) if k not in free]
+        fixed = keys_except(*free)
         for i, a in enumerate(configs):
             for b in configs[i + 1:]:
                 if any(a[k] != b[k] for k in fixed) or _side(a, factor) == _side(b, factor):
@@ -141,7 +140,7 @@ def equal_cost(rows: Sequence[dict[str, Any]], tolerance: float = DEFAULT_TOLERA
 
 def _schedule_pairs(configs: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(short, long) configurations equal in everything but ``epochs``, the long one twice as long."""
-    fixed = [k for k in (*MODEL_KEYS, *TRAIN_KEYS) if k != "epochs"]
+    fixed = keys_except("epochs")
     return [(a, b) for a in configs for b in configs
             if a["epochs"] and b["epochs"] == 2 * a["epochs"] and all(a[k] == b[k] for k in fixed)]
 
@@ -172,7 +171,7 @@ def convergence(rows: Sequence[dict[str, Any]], threshold: float = CONVERGENCE_T
     for short, long in pairs:
         out.append(row(conv_label(short), short, long, short["top1_mean"], long["top1_mean"],
                        paired_difference(short["top1_by_seed"], long["top1_by_seed"])))
-    fixed = [k for k in (*MODEL_KEYS, *TRAIN_KEYS) if k not in FACTORS["conv"]]
+    fixed = keys_except(*FACTORS["conv"])
     for (s_a, l_a), (s_b, l_b) in itertools.combinations(pairs, 2):
         (s_a, l_a), (s_b, l_b) = sorted([(s_a, l_a), (s_b, l_b)], key=lambda p: _order("conv", p[0]))
         if s_a["conv"] != "standard" or s_b["conv"] == "standard" or any(s_a[k] != s_b[k] for k in fixed):

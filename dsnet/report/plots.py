@@ -38,7 +38,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][0], i))
 
 
-def _series_styles(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+def series_styles(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     """Colour and marker per conv label; each group count gets its own colour."""
     styles = {}
     for row in sorted(rows, key=lambda r: (conv_rank(r["conv"]), r["groups"] or 0)):
@@ -130,7 +130,7 @@ def _shared_legend(fig: Figure, axes: Sequence[Any]) -> None:
 def _figure(rows: Sequence[dict[str, Any]], axes: Sequence[tuple[str, str, str]]) -> Figure:
     """One row of panels per dataset, one column per cost axis, a shared legend on top."""
     datasets = sorted({r["dataset"] for r in rows})
-    styles = _series_styles(rows)
+    styles = series_styles(rows)
     fig = Figure(figsize=(5.4 * len(axes), 4.3 * len(datasets) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)  # Agg explicitly: no display, no pyplot global state
     grid = fig.subplots(len(datasets), len(axes), squeeze=False)

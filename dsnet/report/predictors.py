@@ -24,7 +24,7 @@ from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 from scipy.stats import ConstantInputWarning, spearmanr
 
 from dsnet.report.markdown import fmt, markdown_table
-from dsnet.report.plots import _series_styles
+from dsnet.report.plots import series_styles
 from dsnet.report.tables import ENV_KEYS, conv_label
 
 # (row key, axis label): the costs dsnet counts per image (results.json), in the order.
@@ -116,7 +116,7 @@ def plot_predictors(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[str]:
     fig = Figure(figsize=(4.2 * len(costs), 3.6 * len(envs) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.subplots(len(envs), len(costs), squeeze=False)
-    styles = _series_styles([r for m in envs.values() for r in m])  # the colours of the report's other plots
+    styles = series_styles([r for m in envs.values() for r in m])  # the colours of the report's other plots
     for i, (env, members) in enumerate(envs.items()):
         rho = cost_latency_correlation(members)
         where = dict(zip(ENV_KEYS, env))

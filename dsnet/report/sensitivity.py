@@ -16,8 +16,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dsnet.report.plots import _series_styles
-from dsnet.report.tables import MODEL_KEYS, TRAIN_KEYS, conv_label, one_per_config
+from dsnet.report.plots import series_styles
+from dsnet.report.tables import conv_label, keys_except, one_per_config
 
 MIN_TRIALS = 3  # learning rates an arm needs to get a line
 
@@ -25,7 +25,7 @@ MIN_TRIALS = 3  # learning rates an arm needs to get a line
 def lr_arms(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     """Configurations with a val accuracy grouped by everything but ``lr``, each sorted by lr;
     only arms tried at :data:`MIN_TRIALS` or more learning rates."""
-    fixed = [k for k in (*MODEL_KEYS, *TRAIN_KEYS) if k != "lr"]
+    fixed = keys_except("lr")
     arms: dict[tuple, list[dict[str, Any]]] = {}
     for row in one_per_config(rows):
         if row.get("val_acc_best_mean") is not None and row["lr"] is not None:
@@ -38,7 +38,7 @@ def plot_lr_sensitivity(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[s
     arms = lr_arms(rows)
     if not arms:
         return []
-    styles = _series_styles([arm[0] for arm in arms.values()])
+    styles = series_styles([arm[0] for arm in arms.values()])
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()

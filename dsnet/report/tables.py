@@ -154,6 +154,12 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
     return sorted(rows, key=_sort_key)
 
 
+def keys_except(*free: str) -> list[str]:
+    """The model and training keys of a configuration other than ``free``: what two configurations
+    compared across ``free`` must share."""
+    return [k for k in (*MODEL_KEYS, *TRAIN_KEYS) if k not in free]
+
+
 def one_per_config(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The first row of each configuration (its other rows are other measurement environments)."""
     seen, out = set(), []
