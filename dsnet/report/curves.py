@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from dsnet.report.discover import Run
+from dsnet.report.plots import save_figure
 from dsnet.report.tables import MODEL_KEYS, TRAIN_KEYS, conv_label, conv_rank, write_csv
 
 CURVE_COLUMNS = ("dataset", "arm", "epoch", "val_acc_mean", "val_acc_min", "val_acc_max", "n")
@@ -117,7 +118,5 @@ def plot_learning_curves(runs: Sequence[Run], out_dir: Path) -> list[str]:
         ax.set_ylabel("val top-1 accuracy (%)")
         ax.grid(True, alpha=0.25)
         ax.legend(fontsize=8, frameon=False)
-    fig.savefig(out_dir / "learning_curves.png", dpi=150)
-    fig.savefig(out_dir / "learning_curves.svg", metadata={"Date": None})
     write_csv(out_dir / "learning_curves.csv", points, CURVE_COLUMNS)
-    return ["learning_curves.png", "learning_curves.svg", "learning_curves.csv"]
+    return [*save_figure(fig, out_dir, "learning_curves"), "learning_curves.csv"]

@@ -25,6 +25,16 @@ _GROUP_COLOURS = ("tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive
 _FRONT_LABEL = "Pareto front"
 
 
+def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[str]:
+    """Writes ``fig`` as ``<stem>.png`` (150 dpi) and ``<stem>.svg``; returns the two file names.
+
+    No date in the SVG: a rerun differs only in matplotlib's random element ids.
+    """
+    fig.savefig(out_dir / f"{stem}.png", dpi=150)
+    fig.savefig(out_dir / f"{stem}.svg", metadata={"Date": None})
+    return [f"{stem}.png", f"{stem}.svg"]
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the ``(cost, accuracy)`` points no other point beats, ordered by cost.
 
@@ -163,9 +173,5 @@ def plot_tradeoffs(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[str]:
     axes = [a for a in COST_AXES if any(r[a[0]] is not None for r in rows)]
     names = []
     for stem, panel_axes in [*((a[2], [a]) for a in axes), ("tradeoff", axes)]:
-        fig = _figure(rows, panel_axes)
-        fig.savefig(out_dir / f"{stem}.png", dpi=150)
-        # No date in the SVG: a rerun differs only in matplotlib's random element ids.
-        fig.savefig(out_dir / f"{stem}.svg", metadata={"Date": None})
-        names += [f"{stem}.png", f"{stem}.svg"]
+        names += save_figure(_figure(rows, panel_axes), out_dir, stem)
     return names

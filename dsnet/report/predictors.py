@@ -24,7 +24,7 @@ from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 from scipy.stats import ConstantInputWarning, spearmanr
 
 from dsnet.report.markdown import fmt, markdown_table
-from dsnet.report.plots import series_styles
+from dsnet.report.plots import save_figure, series_styles
 from dsnet.report.tables import ENV_KEYS, conv_label
 
 # (row key, axis label): the costs dsnet counts per image (results.json), in the order.
@@ -143,6 +143,4 @@ def plot_predictors(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[str]:
                          f"{where['num_threads']} thread(s): ρ = {rho[key]:.2f}", fontsize=9)
     handles, labels = grid[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncol=len(labels), frameon=False)
-    fig.savefig(out_dir / "cost_vs_latency.png", dpi=150)
-    fig.savefig(out_dir / "cost_vs_latency.svg", metadata={"Date": None})
-    return ["cost_vs_latency.png", "cost_vs_latency.svg"]
+    return save_figure(fig, out_dir, "cost_vs_latency")

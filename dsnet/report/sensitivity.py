@@ -16,7 +16,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dsnet.report.plots import series_styles
+from dsnet.report.plots import save_figure, series_styles
 from dsnet.report.tables import conv_label, keys_except, one_per_config
 
 MIN_TRIALS = 3  # learning rates an arm needs to get a line
@@ -60,6 +60,4 @@ def plot_lr_sensitivity(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[s
     ax.set_title(f"{first['dataset']}: validation accuracy against learning rate", fontsize=10)
     ax.grid(True, alpha=0.25, which="both")
     ax.legend(fontsize=8, frameon=False)
-    fig.savefig(out_dir / "lr_sensitivity.png", dpi=150)
-    fig.savefig(out_dir / "lr_sensitivity.svg", metadata={"Date": None})
-    return ["lr_sensitivity.png", "lr_sensitivity.svg"]
+    return save_figure(fig, out_dir, "lr_sensitivity")
