@@ -6,6 +6,7 @@
     python scripts/study.py restore               # the reverse: committed runs back into the run directory
     python scripts/study.py choose                # the lr chosen per arm, written to docs/results/converged/lr_choice.json
     python scripts/study.py match --cost latency  # dsconv's width with standard w0.25's latency (idle machine!)
+    python scripts/study.py evaluate              # eval.py on each finished run: test top-1 again, batch-1 latency
 
 A session on another day: ``restore`` then ``run``. Restored runs hold ``metrics.json`` and the resolved
 ``config.yaml``, so ``train.py`` skips them (``skip_finished``); a run interrupted with SIGTERM left
@@ -39,6 +40,12 @@ Stages, in the issue's priority order (the chosen lr per arm comes from ``lr_sea
 - ``table4_w0.5``: as table4_w0.25 at width 0.5, dsconv's runs first (w0.5 reuses the lr chosen at
   w0.25: a stated shortcut, no search at 0.5).
 - ``table6``: dsconv at widths 1.0 and 0.75 (0.5 and 0.25 are Table 4's), seeds 2, 3, 4.
+
+``evaluate`` runs ``eval.py`` on the best checkpoint of every finished run of the later stages into
+``<run>/eval/`` (test top-1 from the checkpoint, counted costs, batch-1 latency: 1 thread, fp32,
+eager, as ``match`` times), skipping runs evaluated already. Latency needs a quiet machine, so it
+pauses a running study (SIGSTOP to the process group in PIDS) and resumes it when done, also on
+Ctrl-C or SIGTERM. The report joins ``<run>/eval`` to its run wherever the two are copied.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ from omegaconf import OmegaConf
 
 import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: reproduce.py's eval helpers
+from reproduce import best_checkpoint, eval_overrides  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "docs" / "results" / "converged"
 DEFAULT_RUNS_DIR = Path(os.environ.get("DSNET_STUDY_DIR", "/work/study_runs/converged"))
@@ -72,7 +82,10 @@ ARMS = ("conv", "dsconv")
 TABLE4_WIDTHS = (0.25, 0.5)  # the stages table4_w0.25 and table4_w0.5
 FMNIST = {"image_size": 28, "num_classes": 10, "in_chans": 1}  # what experiment=converged trains on
 MAX_GROW = 3  # values the lr grid may grow by, over both edges together (2 until sitting 3: see docs)
-SMALL_FILES = ("metrics.json", "config.yaml", "error.txt", ".hydra/overrides.yaml", "study_sessions.json")  # + csv/*/metrics.csv
+EVAL_DIR = "eval"  # <run>/eval: eval.py's results.json for a finished run
+EVAL_OVERRIDES = ["latency.num_threads=1"]  # batch 1, fp32, eager, contiguous: eval.yaml's defaults, as match times
+SMALL_FILES = ("metrics.json", "config.yaml", "error.txt", ".hydra/overrides.yaml", "study_sessions.json",
+               f"{EVAL_DIR}/results.json", f"{EVAL_DIR}/.hydra/overrides.yaml")  # + csv/*/metrics.csv
 
 
 def log(message: str) -> None:
@@ -364,21 +377,22 @@ def epochs_done(run_dir: Path) -> int:
 
 
 def collect(runs_dir: Path, jobs: list[Job]) -> int:
-    """Copies the small files of finished (or failed) runs into docs/results/converged/runs."""
+    """Copies the small files of finished (or failed) runs into docs/results/converged/runs: those
+    not copied yet or changed since (an eval added, a run trained again); returns the runs copied."""
     copied = 0
     for job in jobs:
         src = job.run_dir(runs_dir)
         if job.state(runs_dir) not in ("finished", "failed"):
             continue
         dst = RESULTS_DIR / "runs" / job.stage / job.name
-        result = "metrics.json" if (src / "metrics.json").is_file() else "error.txt"
-        if (dst / result).is_file() and (dst / result).stat().st_mtime == (src / result).stat().st_mtime:
-            continue  # copied already (copy2 keeps the time), and not run since
-        for rel in [*SMALL_FILES, *(str(p.relative_to(src)) for p in src.glob("csv/*/metrics.csv"))]:
-            if (src / rel).is_file():
-                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src / rel, dst / rel)
-        copied += 1
+        files = [rel for rel in [*SMALL_FILES, *(str(p.relative_to(src)) for p in src.glob("csv/*/metrics.csv"))]
+                 if (src / rel).is_file()]
+        stale = [rel for rel in files  # copy2 keeps the time: an unchanged copy has the source's
+                 if not (dst / rel).is_file() or (dst / rel).stat().st_mtime != (src / rel).stat().st_mtime]
+        for rel in stale:
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, dst / rel)
+        copied += bool(stale)
     return copied
 
 
@@ -412,6 +426,58 @@ def match(cost: str, min_run_time: float) -> dict:
     return {**vars(found), "cost_name": cost, "environment": environment("cpu") if cost == "latency" else None}
 
 
+def pause_study(runs_dir: Path) -> int | None:
+    """Stops (SIGSTOP) the process group of a study running under ``runs_dir``; its pgid, or None."""
+    try:
+        pgid = int((runs_dir / "PIDS").read_text().split()[1])  # "pgid <n>" is the first line
+        os.killpg(pgid, signal.SIGSTOP)
+    except (FileNotFoundError, IndexError, ValueError, ProcessLookupError):
+        return None
+    return pgid
+
+
+def evaluate(runs_dir: Path, jobs: list[Job]) -> int:
+    """eval.py on the best checkpoint of each finished job not evaluated yet; returns the failures.
+
+    A study running under ``runs_dir`` is paused meanwhile (latency on a quiet machine) and resumed
+    afterwards, whatever happens here (SIGTERM too: it becomes SystemExit, so ``finally`` runs).
+    """
+    todo = [job for job in jobs if job.state(runs_dir) == "finished"
+            and not (job.run_dir(runs_dir) / EVAL_DIR / "results.json").is_file()]
+    if not todo:
+        log("every finished run is evaluated")
+        return 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    failed = 0
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    pgid = pause_study(runs_dir)
+    try:
+        log(f"evaluating {len(todo)} runs" + (f"; study (pgid {pgid}) paused" if pgid else ""))
+        time.sleep(2 if pgid else 0)  # the paused runs' last time slices end before anything is timed
+        for i, job in enumerate(todo, 1):
+            run_dir = job.run_dir(runs_dir)
+            ckpt = best_checkpoint(run_dir)
+            if ckpt is None:
+                log(f"eval {i}/{len(todo)} {job.stage}/{job.name}: no best checkpoint; skipped")
+                failed += 1
+                continue
+            experiment = [o for o in job.overrides if o.startswith("experiment=")]
+            cmd = [sys.executable, "eval.py", *experiment, *eval_overrides(run_dir), f"ckpt_path={ckpt}",
+                   f"hydra.run.dir={run_dir / EVAL_DIR}", *EVAL_OVERRIDES]
+            start = time.time()
+            with open(run_dir / f"{EVAL_DIR}.log", "w") as out:
+                rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+            failed += rc != 0
+            log(f"eval {i}/{len(todo)} {job.stage}/{job.name}: exit {rc}, {time.time() - start:.0f} s")
+    finally:
+        if pgid is not None:
+            os.killpg(pgid, signal.SIGCONT)
+            log(f"study (pgid {pgid}) resumed")
+        signal.signal(signal.SIGTERM, previous)
+    collect(runs_dir, todo)
+    return failed
+
+
 def all_jobs(runs_dir: Path) -> tuple[list[tuple[str, list[Job]]], dict | None]:
     search, choice = choose(runs_dir)
     stages = [("lr_search", search)]
@@ -423,7 +489,7 @@ def all_jobs(runs_dir: Path) -> tuple[list[tuple[str, list[Job]]], dict | None]:
 def main(argv: list[str] | None = None) -> int:
     global RESULTS_DIR
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("plan", "run", "collect", "restore", "choose", "match"))
+    parser.add_argument("command", choices=("plan", "run", "collect", "restore", "choose", "match", "evaluate"))
     parser.add_argument("--cost", choices=("params", "macs", "latency"), default="params",
                         help="match: the cost to match (latency is measured: run it on an idle machine)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="match --cost latency: seconds per timing")
@@ -484,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
         sittings = [x for f in runs_dir.glob("*/*/study_sessions.json") for x in json.loads(f.read_text())]
         print(f"CPU used: {sum(x['cpu_s'] for x in sittings) / 3600:.2f} h in {len(sittings)} sittings of runs "
               "(study_sessions.json; runs started by a runner older than it are not counted)")
+    elif args.command == "evaluate":
+        failed = evaluate(runs_dir, [j for name, jobs in stages if name != "lr_search" for j in jobs])
+        if failed:
+            sys.exit(f"study.py: error: {failed} evaluations failed (see <run>/{EVAL_DIR}.log)")
     elif args.command == "choose":
         if choice is None:
             sys.exit("study.py: error: the lr search has unfinished trials (python scripts/study.py plan)")

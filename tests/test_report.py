@@ -229,6 +229,28 @@ def test_training_accuracy_in_percent_is_refused_not_misread(tmp_path):
     assert run["top1"] == "" and run["top1_source"] == ""
 
 
+def test_an_eval_inside_its_train_run_joins_it_after_both_were_copied_elsewhere(tmp_path):
+    """study.py evaluates into <run>/eval and copies the run's small files without checkpoints: the
+    eval's ckpt_path then lies in no train run read, and the directory it sits in decides."""
+    train = _run_dir(tmp_path / "copied" / "table4" / "std_seed2")
+    write_json_atomic(train / "metrics.json", {
+        "test/acc": 0.93, "val/acc_best": 0.94, "epochs": 15, "arch": "mobilenet_v1", "conv": "standard",
+        "dataset": "fashion_mnist", "width": 1.0, "image_size": 28, "params": 3_200_000, "macs": 560_000_000})
+    ev = _run_dir(train / "eval")
+    write_results(ev / "results.json", record_dict(conv="standard", seed=2, top1=0.925, ckpt_path=str(
+        tmp_path / "original" / "table4" / "std_seed2" / "checkpoints" / "best.ckpt"), run_dir=str(ev)))
+    alone = _run_dir(tmp_path / "copied" / "elsewhere")  # an eval in no train run stays on its own
+    write_results(alone / "results.json", record_dict(ckpt_path="/gone/checkpoints/best.ckpt", run_dir=str(alone)))
+    summary = build_report([tmp_path / "copied"], tmp_path / "out")
+    assert (summary.n_runs, summary.missing) == (2, [])
+    runs = {r["run_dir"]: r for r in read_csv(tmp_path / "out" / "runs.csv")}
+    assert set(runs) == {str(ev.resolve()), str(alone.resolve())}  # the train run is not a third run
+    assert runs[str(ev.resolve())]["train_dir"] == str(train.resolve())
+    joined, single = runs[str(ev.resolve())], runs[str(alone.resolve())]
+    assert (joined["val_acc_best"], joined["epochs"], joined["top1"]) == ("0.94", "15", "0.925")
+    assert (single["train_dir"], single["val_acc_best"], single["epochs"]) == ("", "", "")
+
+
 def test_config_without_standard_twin_gives_empty_theory_table(tmp_path):
     d = _run_dir(tmp_path / "runs" / "only_ds")
     write_results(d / "results.json", record_dict(top1=None))

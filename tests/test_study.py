@@ -7,6 +7,7 @@ import functools
 import importlib.util
 import json
 import signal
+import subprocess
 import sys
 import time
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ROOT, TINY, compose_train
+from conftest import ROOT, TINY, compose_train, read_csv
 from dsnet.matching import match_width
 from dsnet.measure import count_macs, count_params
 from dsnet.models import create_model
@@ -273,3 +274,57 @@ def test_the_runner_trains_a_stage_two_at_a_time_and_records_each_sitting(tmp_pa
         copied = tmp_path / "results" / "runs" / "smoke" / job.name
         assert json.loads((copied / "metrics.json").read_text())["val/acc_best"] > 0
         assert (copied / "study_sessions.json").is_file() and list(copied.glob("csv/*/metrics.csv"))
+
+
+@pytest.mark.slow  # one train.py and one eval.py process: ~25 s
+def test_evaluate_pauses_the_study_measures_each_finished_run_once_and_the_copy_reports_joined(tmp_path, monkeypatch):
+    """evaluate: eval.py on the best checkpoint into <run>/eval, its top-1 the training's own, the
+    study's process group stopped meanwhile and running again after; the collected copy (no
+    checkpoints) still joins eval and run in the report."""
+    from dsnet.report import build_report
+
+    study = load_study()
+    monkeypatch.setattr(study, "RESULTS_DIR", tmp_path / "results")
+    runs_dir = tmp_path / "runs"
+    jobs = study.resolve([study.Job("smoke", ["experiment=converged", *TINY, "seed=1"], "dsconv")])
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert study.Runner(runs_dir, workers=1).run_stage(jobs)
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    # a stand-in for the study's runner: its own process group, a timestamp every 50 ms
+    ticks = tmp_path / "ticks"
+    ticker = subprocess.Popen([sys.executable, "-c", "import time\nwhile True:\n"
+                               f" open({str(ticks)!r}, 'a').write(f'{{time.time()}}\\n'); time.sleep(0.05)"],
+                              start_new_session=True)
+    try:
+        while not ticks.is_file():
+            time.sleep(0.05)
+        (runs_dir / "PIDS").write_text(f"pgid {ticker.pid}\nrunner {ticker.pid}\n")
+        start = time.time()
+        assert study.evaluate(runs_dir, jobs) == 0
+        took = time.time() - start
+        time.sleep(0.5)
+        stamps = [float(t) for t in ticks.read_text().split()]
+    finally:
+        ticker.kill()
+        ticker.wait()
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert max(gaps) > took - 1.0 > 4.0  # stopped for all of the evaluation (eval.py takes > 5 s)
+    assert stamps[-1] > start + took  # and ticking again afterwards
+    run = jobs[0].run_dir(runs_dir)
+    result = json.loads((run / "eval" / "results.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert result["top1"] == metrics["test/acc"] and result["ckpt_path"].startswith(str(run / "checkpoints" / "best"))
+    assert (result["num_threads"], result["precision"], result["conv"], result["width"]) == (1, "fp32", "dsconv", 0.25)
+    assert result["latency_ms_p50"] > 0
+    mtime = (run / "eval" / "results.json").stat().st_mtime
+    assert study.evaluate(runs_dir, jobs) == 0 and (run / "eval" / "results.json").stat().st_mtime == mtime  # once
+    copied = tmp_path / "results" / "runs" / "smoke" / jobs[0].name
+    assert json.loads((copied / "eval" / "results.json").read_text()) == result
+    summary = build_report([tmp_path / "results" / "runs"], tmp_path / "report")
+    assert (summary.n_runs, summary.missing) == (1, [])
+    (row,) = read_csv(tmp_path / "report" / "runs.csv")
+    assert (row["train_dir"], row["top1_source"]) == (str(copied.resolve()), "results.json")
+    assert float(row["val_acc_best"]) == metrics["val/acc_best"] and row["epochs"] == "1"

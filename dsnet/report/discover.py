@@ -9,7 +9,8 @@ A *run directory* is any directory holding ``.hydra/config.yaml``, ``metrics.jso
   is a result of its own: a sweep reports without an eval step.
 * an **eval run** has ``results.json`` (:mod:`dsnet.results`): cost, speed and, given a checkpoint,
   accuracy. When its ``ckpt_path`` lies inside a train run, the two are one :class:`Run` (the eval's
-  values win; top-1 falls back to training's ``test/acc`` when the eval has none).
+  values win; top-1 falls back to training's ``test/acc`` when the eval has none); so are an eval of
+  a checkpoint and the train run the eval's directory lies inside, when the checkpoint's is not read.
 
 Every run directory that yields no :class:`Run` is listed with the reason (never dropped silently).
 """
@@ -194,12 +195,15 @@ def _eval_run(run_dir: Path, trains: dict[Path, dict[str, Any]]) -> Run:
     """The eval run in ``run_dir``, joined to the train run its checkpoint lies in, if found.
 
     A relative ``ckpt_path`` is taken relative to the working directory, as eval.py would have.
+    An eval of a checkpoint that lies in none of the train runs read (its run's small files were
+    copied elsewhere, say into a results tree) belongs to the train run it lies in itself, as
+    ``scripts/study.py evaluate`` puts it (``<run>/eval``).
     """
     record, extra = load_eval(run_dir / "results.json")
     train_dir = None
     if record.ckpt_path is not None:
         parents = Path(record.ckpt_path).resolve().parents
-        train_dir = next((p for p in parents if p in trains), None)
+        train_dir = next((p for p in (*parents, *run_dir.parents) if p in trains), None)
     train = trains.get(train_dir, {})
     values = {**{f"hparams/{k}": v for k, v in (record.hparams or {}).items()}, **train,
               **{k: v for k, v in record.to_dict().items() if k not in ("macs_breakdown", "hparams")}, **extra}
