@@ -185,6 +185,17 @@ def test_plots_are_written_as_png_and_svg(report):
     assert "![accuracy against cost](tradeoff.png)" in (out / "results.md").read_text()
 
 
+def test_a_second_report_over_the_same_runs_writes_the_same_svg_bytes(report, sweep, tmp_path):
+    """Another process, another day: same rows, same SVG files (no date, no random element ids)."""
+    proc, out = report
+    assert proc.returncode == 0, proc.stderr
+    dirs = [sweep / "train", sweep / "eval", sweep / "crashed"]
+    build_report(dirs, tmp_path / "again")
+    svgs = sorted(p.name for p in out.glob("*.svg"))
+    assert len(svgs) >= 4 and svgs == sorted(p.name for p in (tmp_path / "again").glob("*.svg"))
+    assert [n for n in svgs if (out / n).read_bytes() != (tmp_path / "again" / n).read_bytes()] == []
+
+
 def _run_cli(*args):
     return subprocess.run([sys.executable, "-m", "dsnet.report", *map(str, args)],
                           capture_output=True, text=True, timeout=60)

@@ -138,3 +138,19 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, case
     assert (status, printed.out + printed.err) == (2, f"python -m dsnet.report: error: {message}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file"]
     assert (tmp_path / "file").read_text() == "not a directory"
+
+
+def test_learning_curve_colours_are_the_tradeoff_plots_and_line_styles_tell_arms_of_one_conv_apart():
+    from dsnet.report.curves import _arm_styles
+    from dsnet.report.plots import series_styles
+
+    points = [{"arm": arm, "conv": conv, "groups": groups} for arm, conv, groups in (
+        ("standard w0.25", "standard", None), ("dsconv w0.25", "dsconv", None), ("dsconv w0.5", "dsconv", None),
+        ("dsconv w0.5", "dsconv", None), ("group (g=4) w0.25", "group", 4), ("group (g=2) w0.25", "group", 2))]
+    colour = {label: c for label, (c, _) in series_styles(points).items()}
+    assert _arm_styles(points) == {
+        "standard w0.25": (colour["standard"], "-"), "dsconv w0.25": (colour["dsconv"], "-"),
+        "dsconv w0.5": (colour["dsconv"], "--"), "group (g=4) w0.25": (colour["group (g=4)"], "-"),
+        "group (g=2) w0.25": (colour["group (g=2)"], "-")}
+    assert (colour["standard"], colour["dsconv"]) == ("tab:blue", "tab:orange")
+    assert colour["group (g=2)"] != colour["group (g=4)"]

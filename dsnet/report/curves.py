@@ -21,11 +21,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from dsnet.report.discover import Run
-from dsnet.report.plots import save_figure
+from dsnet.report.plots import save_figure, series_styles
 from dsnet.report.tables import MODEL_KEYS, TRAIN_KEYS, conv_label, conv_rank, write_csv
 
-CURVE_COLUMNS = ("dataset", "arm", "epoch", "val_acc_mean", "val_acc_min", "val_acc_max", "n")
-_CONV_COLOURS = {"standard": "tab:blue", "dsconv": "tab:orange"}  # those of dsnet.report.plots
+CURVE_COLUMNS = ("dataset", "arm", "conv", "groups", "epoch", "val_acc_mean", "val_acc_min", "val_acc_max", "n")
 _VERSION = re.compile(r"version_(\d+)$")
 
 
@@ -71,7 +70,7 @@ def learning_curves(runs: Sequence[Run]) -> list[dict[str, Any]]:
         for epoch in sorted({e for c in curves for e in c}):
             accs = [c[epoch] for c in curves if epoch in c]
             out.append({"dataset": first[key]["dataset"], "arm": _arm_label(first[key], varying),
-                        "epoch": epoch, "val_acc_mean": statistics.fmean(accs),
+                        "conv": first[key]["conv"], "groups": first[key]["groups"], "epoch": epoch, "val_acc_mean": statistics.fmean(accs),
                         "val_acc_min": min(accs), "val_acc_max": max(accs), "n": len(accs)})
     return out
 
@@ -79,15 +78,16 @@ def learning_curves(runs: Sequence[Run]) -> list[dict[str, Any]]:
 _LINES = ("-", "--", ":", "-.")
 
 
-def _arm_styles(arms: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """A colour per conv label (as in the trade-off plots) and a line style per arm within it."""
-    colours: dict[str, str] = {}
-    styles = {}
-    for arm in arms:
-        conv = arm.rsplit(" w", 1)[0]
-        colour = colours.setdefault(conv, _CONV_COLOURS.get(conv, f"C{len(colours) + 2}"))
-        n = sum(1 for a in styles if a.rsplit(" w", 1)[0] == conv)
-        styles[arm] = (colour, _LINES[n % len(_LINES)])
+def _arm_styles(points: Sequence[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """Per arm: its conv label's colour in the trade-off plots, and a line style per arm within it."""
+    colours = series_styles(points)
+    styles: dict[str, tuple[str, str]] = {}
+    arms_of: dict[str, int] = {}  # conv label -> arms styled so far
+    for p in points:
+        label = conv_label(p)
+        if p["arm"] not in styles:
+            n = arms_of[label] = arms_of.get(label, -1) + 1
+            styles[p["arm"]] = (colours[label][0], _LINES[n % len(_LINES)])
     return styles
 
 
@@ -101,8 +101,9 @@ def plot_learning_curves(runs: Sequence[Run], out_dir: Path) -> list[str]:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(datasets), squeeze=False)[0]
     for ax, dataset in zip(axes, datasets):
-        arms = list(dict.fromkeys(p["arm"] for p in points if p["dataset"] == dataset))
-        styles = _arm_styles(arms)
+        here = [p for p in points if p["dataset"] == dataset]
+        arms = list(dict.fromkeys(p["arm"] for p in here))
+        styles = _arm_styles(here)
         for arm in arms:
             pts = [p for p in points if p["dataset"] == dataset and p["arm"] == arm]
             epochs = [p["epoch"] for p in pts]
