@@ -142,6 +142,32 @@ def test_equal_cost_pairs_conv_types_whose_cost_agrees_within_the_tolerance():
         equal_cost(rows, -0.1)
 
 
+def test_measured_latency_matches_within_its_own_wider_tolerance(tmp_path):
+    """Eval runs (timing comes from results.json): standard w1 at 3.0 ms, dsconv w0.5 at 3.24 ms."""
+    for conv, width, params, macs, latency, accs in (("standard", 1.0, 1_000_000, 10_000_000, 3.0, (0.90, 0.92)),
+                                                     ("dsconv", 0.5, 800_000, 11_000_000, 3.24, (0.91, 0.94))):
+        for seed, acc in enumerate(accs):
+            d = tmp_path / "runs" / f"{conv}{seed}"
+            d.mkdir(parents=True)
+            write_json_atomic(d / "results.json", {**eval_record(conv, seed, "eager", latency), "top1": acc,
+                                                   "width": width, "params": params, "macs": macs})
+    rows = summarise(collect_runs([tmp_path / "runs"])[0])
+    assert equal_cost(rows, 0.05) == []  # latency 8% apart; params 25%, MACs 10%
+    (m,) = equal_cost(rows, 0.05, latency_tolerance=0.10)
+    assert (m["metric"], m["a_conv"], m["a_width"], m["b_width"], m["tolerance"]) == (
+        "latency_ms_p50", "standard", 1.0, 0.5, 0.10)
+    assert (m["a_cost"], m["b_cost"]) == (3.0, 3.24) and m["cost_ratio"] == pytest.approx(1.08)
+    assert m["diff_mean"] == pytest.approx(0.015) and m["n_pairs"] == 2
+    assert [r["metric"] for r in equal_cost(rows, 0.11, latency_tolerance=0.05)] == ["macs"]  # 10% in MACs
+    with pytest.raises(ValueError, match=r"latency_tolerance must be a fraction >= 0 \(0.05 = 5%\), got -0.1"):
+        equal_cost(rows, 0.05, latency_tolerance=-0.1)
+    summary = build_report([tmp_path / "runs"], tmp_path / "out")  # the default: 5%, latency 10%
+    md = (tmp_path / "out" / "equal_cost.md").read_text()
+    assert "agree within 5% (10% for latency, a measurement) (max/min − 1)" in md
+    assert md.count("| latency p50 (ms) | imagenet_subset | mobilenet_v1 | 224 | standard | 1 | 3.000 | dsconv | 0.5 | 3.240 | 1.080 |") == 1
+    assert summary.n_runs == 4
+
+
 def test_missing_columns_say_what_no_run_fills_and_the_command_that_fills_it():
     trial = train_run("trial", "dsconv", 0.25, 1, None, params=130_000, macs=1_300_000)  # test=false
     assert missing_columns([*SWEEP[:2], trial]) == [

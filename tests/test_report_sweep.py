@@ -114,7 +114,8 @@ def test_latency_is_added_where_a_run_was_evaluated(sweep, capsys):
     assert math.isclose(float(runs["0"]["lr"]), 0.1)
 
 
-@pytest.mark.parametrize("case", ["no such dir", "no runs", "out is a file", "no DIR", "bad tolerance"])
+@pytest.mark.parametrize("case", ["no such dir", "no runs", "out is a file", "no DIR", "bad tolerance",
+                                  "bad latency tolerance"])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, case):
     """In-process (the subprocess CLI's errors are tests/test_report.py's): what main() prints."""
     empty = tmp_path / "empty"
@@ -129,6 +130,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, case
         "no DIR": (out, "the following arguments are required: DIR (see --help)"),
         "bad tolerance": ([str(empty), *out, "--tolerance", "-0.1"],
                           "--tolerance must be a fraction in [0, 1) (0.05 = 5%), got -0.1"),
+        "bad latency tolerance": ([str(empty), *out, "--latency-tolerance", "1.5"],
+                                  "--latency-tolerance must be a fraction in [0, 1) (0.05 = 5%), got 1.5"),
     }[case]
     try:
         status = main(args)

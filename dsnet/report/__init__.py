@@ -28,6 +28,7 @@ from pathlib import Path
 from dsnet.report.compare import (
     COMPARISON_COLUMNS,
     CONVERGENCE_COLUMNS,
+    DEFAULT_LATENCY_TOLERANCE,
     DEFAULT_TOLERANCE,
     EQUAL_COST_COLUMNS,
     comparisons,
@@ -74,7 +75,7 @@ from dsnet.report.tables import (
 )
 
 __all__ = [
-    "CONFIG_KEYS", "COST_AXES", "DEFAULT_TOLERANCE", "LAYER_TYPES", "PAIR_KEYS", "RUN_COLUMNS",
+    "CONFIG_KEYS", "COST_AXES", "DEFAULT_LATENCY_TOLERANCE", "DEFAULT_TOLERANCE", "LAYER_TYPES", "PAIR_KEYS", "RUN_COLUMNS",
     "ReportInputError", "ReportSummary", "Run", "SHARE_ID_KEYS", "SUMMARY_COLUMNS",
     "THEORY_COLUMNS", "build_report", "collect_runs", "comparisons", "conv_label", "convergence", "equal_cost",
     "find_run_dirs", "layer_shares", "markdown_table", "missing_columns", "pareto_front",
@@ -95,11 +96,13 @@ class ReportSummary:
 
 
 def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                 tolerance: float = DEFAULT_TOLERANCE, include_contended: bool = False) -> ReportSummary:
+                 tolerance: float = DEFAULT_TOLERANCE, latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
+                 include_contended: bool = False) -> ReportSummary:
     """Reads every run under ``dirs`` and writes tables and plots into ``out``.
 
     Args:
         tolerance: relative cost difference up to which two configurations count as equal cost.
+        latency_tolerance: the same for measured latency (wider: it carries measurement noise).
         include_contended: keep runs timed under CPU contention in the ratio tables (theory vs
             measurement, equal latency); by default only the results table shows their timings.
 
@@ -113,8 +116,9 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportInputError(f"--out exists and is not a directory: {out}")
-    if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < 1):
-        raise ReportInputError(f"--tolerance must be a fraction in [0, 1) (0.05 = 5%), got {tolerance!r}")
+    for flag, value in (("--tolerance", tolerance), ("--latency-tolerance", latency_tolerance)):
+        if not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise ReportInputError(f"{flag} must be a fraction in [0, 1) (0.05 = 5%), got {value!r}")
     runs, missing = collect_runs(dirs)
     if not runs:
         d, reason = missing[0]
@@ -130,13 +134,13 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                      f"{CONTENTION_LIMIT:.0%} or contention_flagged); the ratio tables leave their "
                      "timings out; --include-contended keeps them")
     theory, shares = theory_vs_measurement(quiet_rows), layer_shares(rows)
-    compared, matched, converged = comparisons(rows), equal_cost(quiet_rows, tolerance), convergence(rows)
+    compared, matched, converged = comparisons(rows), equal_cost(quiet_rows, tolerance, latency_tolerance), convergence(rows)
     hparams = hparam_columns(rows)
     predictors = predictor_rows(quiet_rows)
     sections = {"theory_vs_measurement.md": theory_section(theory),
                 "comparisons.md": comparisons_section(compared),
                 "convergence.md": convergence_section(converged),
-                "equal_cost.md": equal_cost_section(matched, tolerance),
+                "equal_cost.md": equal_cost_section(matched, tolerance, latency_tolerance),
                 "hyperparameters.md": hparams_section(rows, hparams),
                 "layer_shares.md": shares_section(shares),
                 "cost_predictors.md": predictors_section(predictors)}

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import dsnet.report
-from dsnet.report import DEFAULT_TOLERANCE, ReportInputError, build_report
+from dsnet.report import DEFAULT_LATENCY_TOLERANCE, DEFAULT_TOLERANCE, ReportInputError, build_report
 from dsnet.report.discover import show_path
 
 PROG = "python -m dsnet.report"
@@ -35,11 +35,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="relative cost difference that still counts as equal cost "
                              f"(default {DEFAULT_TOLERANCE:g}, i.e. {DEFAULT_TOLERANCE * 100:g}%%)")
+    parser.add_argument("--latency-tolerance", type=float, default=DEFAULT_LATENCY_TOLERANCE,
+                        help="the same for measured latency, which carries measurement noise "
+                             f"(default {DEFAULT_LATENCY_TOLERANCE:g})")
     parser.add_argument("--include-contended", action="store_true",
                         help="keep runs timed under CPU contention in the ratio tables")
     args = parser.parse_args(argv)
     try:
         summary = build_report(args.dirs, args.out, tolerance=args.tolerance,
+                               latency_tolerance=args.latency_tolerance,
                                include_contended=args.include_contended)
     except ReportInputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

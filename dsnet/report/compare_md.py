@@ -14,7 +14,7 @@ _PAIRED_NOTE = (
     "(Student t, n − 1 degrees of freedom). An interval that excludes 0 is a difference the seeds "
     "do not explain. *conv* comparisons keep each arm's own learning rate and weight decay.\n")
 _EQUAL_COST_NOTE = (
-    "Configurations of two convolution types whose {metrics} agree within {tol:.0%} (max/min − 1), "
+    "Configurations of two convolution types whose {metrics} agree within {tol} (max/min − 1), "
     "whatever their widths; the closest match per configuration. Difference b − a in percentage "
     "points, paired by seed, ± 95% CI (Student t, n − 1 dof).\n")
 _CONVERGENCE_NOTE = (
@@ -48,7 +48,7 @@ def comparisons_section(rows: Sequence[dict[str, Any]]) -> str:
                "No two configurations with top-1 differ in one factor only.\n"))
 
 
-def equal_cost_section(rows: Sequence[dict[str, Any]], tolerance: float) -> str:
+def equal_cost_section(rows: Sequence[dict[str, Any]], tolerance: float, latency_tolerance: float) -> str:
     """The at-equal-cost table: each pair with both sides' costs and the paired difference."""
     header = ["matched", "dataset", "model", "resolution (px)", "a", "a width", "a cost", "b",
               "b width", "b cost", "cost b/a", "top-1 a (%)", "top-1 b (%)",
@@ -58,11 +58,12 @@ def equal_cost_section(rows: Sequence[dict[str, Any]], tolerance: float) -> str:
              _cost(r["b_cost"], r["metric"]), f"{r['cost_ratio']:.3f}",
              fmt(r["a_top1_mean"], ".2f", 100), fmt(r["b_top1_mean"], ".2f", 100), _diff_cell(r),
              str(r["n_pairs"])] for r in rows]
-    note = _EQUAL_COST_NOTE.format(metrics="parameters, multiply-adds or measured latency",
-                                   tol=tolerance)
+    tol = f"{tolerance:.0%}" if latency_tolerance == tolerance else \
+        f"{tolerance:.0%} ({latency_tolerance:.0%} for latency, a measurement)"
+    note = _EQUAL_COST_NOTE.format(metrics="parameters, multiply-adds or measured latency", tol=tol)
     return ("## At equal cost\n\n" + note + "\n"
             + (markdown_table(header, body) if body else
-               f"No two configurations of different convolution types match within {tolerance:.0%}"
+               f"No two configurations of different convolution types match within {tol}"
                " (train the widths that match, e.g. with the width-matching recipe).\n"))
 
 
