@@ -7,6 +7,7 @@
     python scripts/study.py choose                # the lr chosen per arm, written to docs/results/converged/lr_choice.json
     python scripts/study.py match --cost latency  # dsconv's width with standard w0.25's latency (idle machine!)
     python scripts/study.py evaluate              # eval.py on each finished run: test top-1 again, batch-1 latency
+    python scripts/study.py report                # the reports of the collected runs: report/ and report_lr_search/
 
 A session on another day: ``restore`` then ``run``. Restored runs hold ``metrics.json`` and the resolved
 ``config.yaml``, so ``train.py`` skips them (``skip_finished``); a run interrupted with SIGTERM left
@@ -478,6 +479,23 @@ def evaluate(runs_dir: Path, jobs: list[Job]) -> int:
     return failed
 
 
+def report() -> int:
+    """``python -m dsnet.report`` over the collected runs: the search into ``report_lr_search/``, every
+    later stage together into ``report/``; returns the first non-zero exit status, else 0."""
+    runs = RESULTS_DIR / "runs"
+    stages = sorted(p for p in runs.iterdir() if p.is_dir() and p.name != "lr_search") if runs.is_dir() else []
+    inputs = [([runs / "lr_search"], RESULTS_DIR / "report_lr_search"), (stages, RESULTS_DIR / "report")]
+    status = 0
+    for dirs, out in ((d, o) for d, o in inputs if d and all(x.is_dir() for x in d)):
+        log(f"report of {', '.join(x.name for x in dirs)} -> {out}")
+        rc = subprocess.run([sys.executable, "-m", "dsnet.report", *map(str, dirs), "--out", str(out)],
+                            cwd=ROOT, check=False).returncode
+        status = status or rc
+    if not any(d for d, _ in inputs):
+        sys.exit(f"study.py: error: no collected runs under {runs} (python scripts/study.py collect)")
+    return status
+
+
 def all_jobs(runs_dir: Path) -> tuple[list[tuple[str, list[Job]]], dict | None]:
     search, choice = choose(runs_dir)
     stages = [("lr_search", search)]
@@ -489,7 +507,7 @@ def all_jobs(runs_dir: Path) -> tuple[list[tuple[str, list[Job]]], dict | None]:
 def main(argv: list[str] | None = None) -> int:
     global RESULTS_DIR
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("plan", "run", "collect", "restore", "choose", "match", "evaluate"))
+    parser.add_argument("command", choices=("plan", "run", "collect", "restore", "choose", "match", "evaluate", "report"))
     parser.add_argument("--cost", choices=("params", "macs", "latency"), default="params",
                         help="match: the cost to match (latency is measured: run it on an idle machine)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="match --cost latency: seconds per timing")
@@ -509,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
             (RESULTS_DIR / "match_latency.json").write_text(json.dumps(found, indent=2) + "\n")
         print(json.dumps(found, indent=2))
         return 0
+    if args.command == "report":
+        return report()
     if args.command == "restore":
         log(f"restored {restore(runs_dir)} runs into {runs_dir}")
         return 0

@@ -328,3 +328,7 @@ def test_evaluate_pauses_the_study_measures_each_finished_run_once_and_the_copy_
     (row,) = read_csv(tmp_path / "report" / "runs.csv")
     assert (row["train_dir"], row["top1_source"]) == (str(copied.resolve()), "results.json")
     assert float(row["val_acc_best"]) == metrics["val/acc_best"] and row["epochs"] == "1"
+    # study.py report: the same, from the collected runs into the results directory (no search: one report)
+    assert study.report() == 0
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["report", "runs"]
+    assert read_csv(tmp_path / "results" / "report" / "runs.csv")[0]["latency_ms_p50"] == row["latency_ms_p50"]
