@@ -230,8 +230,27 @@ def chosen(choice: dict, arm: str) -> list[str]:
     return [f"optim.optimizer.lr={c['lr']:g}", f"hparams.lr_trials={c['trials']}", f"hparams.lr_grid='{c['grid']}'"]
 
 
-def later_stages(choice: dict) -> list[tuple[str, list[Job]]]:
-    """Every stage after the search, in priority order, each arm at its chosen lr."""
+def check_met(runs_dir: Path, short: list[Job], long: list[Job]) -> bool | None:
+    """Whether doubling the schedule (``short`` -> ``long``) moved each arm's test top-1 and the
+    standard - dsconv gap by less than 0.5 pp, as the report's convergence check says (paired by seed);
+    None while a run of either is unfinished."""
+    from dsnet.report import collect_runs, convergence, summarise  # lazy: plan and run only
+
+    if any(job.state(runs_dir) != "finished" for job in (*short, *long)):
+        return None
+    runs, _ = collect_runs(sorted({job.run_dir(runs_dir) for job in (*short, *long)}))
+    rows = convergence(summarise(runs))
+    return bool(rows) and all(row["meets"] for row in rows)
+
+
+def later_stages(choice: dict, runs_dir: Path | None = None) -> list[tuple[str, list[Job]]]:
+    """Every stage after the search, in priority order, each arm at its chosen lr.
+
+    The stages after the 30-epoch check depend on it (the protocol, docs/results/converged): met,
+    the tables train 15 epochs (experiment=converged); failed, 30 (experiment=converged_long), and
+    a 60-epoch check at w0.25 comes first. Until the check's runs under ``runs_dir`` are finished
+    (or without ``runs_dir``), the list ends with the check.
+    """
     from dsnet.matching import match_width  # lazy: builds networks
     from dsnet.measure import count_macs
     from dsnet.models import create_model
@@ -257,17 +276,30 @@ def later_stages(choice: dict) -> list[tuple[str, list[Job]]]:
     # equal-cost runs (dsconv only). Then the 30-epoch check, before Table 4 at w0.5 (its standard arm
     # has 4x the MACs of w0.25: over an hour a run): should 15 epochs fail the criterion, the check's
     # runs are Table 4 w0.25 at 30 epochs, and nothing expensive was trained on the short schedule.
-    return [
+    stages = [
         ("table4_w0.25", jobs("table4_w0.25", ["experiment=converged"], widths=TABLE4_WIDTHS[:1])),
         ("dw_decay_w0.25", jobs("dw_decay_w0.25", ["experiment=converged", "module.depthwise_weight_decay=0"],
                                 arms=("dsconv",))),
         ("equal_cost", jobs("equal_cost", ["experiment=converged"], arms=("dsconv",), widths=matched)),
         ("long_w0.25", jobs("long_w0.25", ["experiment=converged_long"])),
-        # dsconv first: its w0.5 runs are also the equal-latency arm, and a third of the standard's cost
-        ("table4_w0.5", sorted(jobs("table4_w0.5", ["experiment=converged"], widths=TABLE4_WIDTHS[1:]),
-                               key=lambda job: job.arm != "dsconv")),
-        ("table6", jobs("table6", ["experiment=converged"], arms=("dsconv",), widths=(1.0, 0.75))),
     ]
+    met = None if runs_dir is None else check_met(runs_dir, *resolve_all(stages[0][1], stages[3][1]))
+    if met is None:
+        return stages
+    schedule = ["experiment=converged"] if met else ["experiment=converged_long"]
+    if not met:  # 30 epochs is the schedule: its own check (60) first; Table 4 w0.25 at 30 is long_w0.25
+        stages += [("long60_w0.25", jobs("long60_w0.25", ["experiment=converged_long", "trainer.max_epochs=60"])),
+                   ("equal_cost_e30", jobs("equal_cost_e30", schedule, arms=("dsconv",), widths=matched))]
+    return stages + [
+        # dsconv first: its w0.5 runs are also the equal-latency arm, and a third of the standard's cost
+        ("table4_w0.5", sorted(jobs("table4_w0.5", schedule, widths=TABLE4_WIDTHS[1:]),
+                               key=lambda job: job.arm != "dsconv")),
+        ("table6", jobs("table6", schedule, arms=("dsconv",), widths=(1.0, 0.75))),
+    ]
+
+
+def resolve_all(*job_lists: list[Job]) -> list[list[Job]]:
+    return [resolve(jobs) for jobs in job_lists]
 
 
 # --- running ---------------------------------------------------------------------------------------
@@ -500,7 +532,7 @@ def all_jobs(runs_dir: Path) -> tuple[list[tuple[str, list[Job]]], dict | None]:
     search, choice = choose(runs_dir)
     stages = [("lr_search", search)]
     if choice is not None:
-        stages += [(name, resolve(jobs)) for name, jobs in later_stages(choice)]
+        stages += [(name, resolve(jobs)) for name, jobs in later_stages(choice, runs_dir)]
     return stages, choice
 
 

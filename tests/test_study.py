@@ -212,34 +212,72 @@ def test_a_converged_run_records_its_hyperparameters_in_metrics_json(tmp_path):
 # --- the stages after the search ------------------------------------------------------------------
 
 
+def later_stages(study, tmp_path, latency_width=0.5, runs_dir=None):
+    (tmp_path / "match_latency.json").write_text(json.dumps({"width": latency_width}))
+    choice = {"conv": {"lr": 0.05, "trials": 5, "grid": "0.025,0.05,0.1,0.2,0.4"},
+              "dsconv": {"lr": 0.4, "trials": 5, "grid": "0.025,0.05,0.1,0.2,0.4"}}
+    return [(name, study.resolve(jobs)) for name, jobs in study.later_stages(choice, runs_dir)]
+
+
 @pytest.mark.parametrize("latency_width, equal_cost_widths", [(0.5, ["0.74"]), (0.6, ["0.6", "0.74"])])
 def test_later_stages_run_in_priority_order_at_each_arms_lr_and_train_no_width_twice(
         tmp_path, monkeypatch, latency_width, equal_cost_widths):
     study = load_study()
     monkeypatch.setattr(study, "RESULTS_DIR", tmp_path)
-    (tmp_path / "match_latency.json").write_text(json.dumps({"width": latency_width}))
-    choice = {"conv": {"lr": 0.05, "trials": 5, "grid": "0.025,0.05,0.1,0.2,0.4"},
-              "dsconv": {"lr": 0.4, "trials": 5, "grid": "0.025,0.05,0.1,0.2,0.4"}}
-    stages = [(name, study.resolve(jobs)) for name, jobs in study.later_stages(choice)]
-
-    assert [name for name, _ in stages] == ["table4_w0.25", "dw_decay_w0.25", "equal_cost", "long_w0.25",
-                                            "table4_w0.5", "table6"]
+    stages = later_stages(study, tmp_path, latency_width)
+    # the stages after the 30-epoch check wait for its outcome (next test)
+    assert [name for name, _ in stages] == ["table4_w0.25", "dw_decay_w0.25", "equal_cost", "long_w0.25"]
     names = {name: [j.name for j in jobs] for name, jobs in stages}
     assert names["table4_w0.25"] == [f"{c}_w0.25_lr{lr}_e15_seed{s}" for s in (2, 3, 4)
                                      for c, lr in (("standard", "0.05"), ("dsconv", "0.4"))]
     assert names["dw_decay_w0.25"] == [f"dsconv_w0.25_lr0.4_e15_seed{s}" for s in (2, 3, 4)]
     # the params- and MACs-matched width (0.74) always; the latency-matched one unless Table 4 trains it
     assert names["equal_cost"] == [f"dsconv_w{w}_lr0.4_e15_seed{s}" for s in (2, 3, 4) for w in equal_cost_widths]
-    # dsconv's w0.5 runs first: the cheaper arm, and the equal-latency arm when latency matched at 0.5
-    assert names["table4_w0.5"] == [f"dsconv_w0.5_lr0.4_e15_seed{s}" for s in (2, 3, 4)] + [
-        f"standard_w0.5_lr0.05_e15_seed{s}" for s in (2, 3, 4)]
     assert names["long_w0.25"] == [f"{c}_w0.25_lr{lr}_e30_seed{s}" for s in (2, 3, 4)
                                    for c, lr in (("standard", "0.05"), ("dsconv", "0.4"))]
-    assert names["table6"] == [f"dsconv_w{w}_lr0.4_e15_seed{s}" for s in (2, 3, 4) for w in ("1", "0.75")]
     # the search's trial count and grid travel with every run into its metrics.json
     dw = stages[1][1][0]
     assert dw.config["module"]["depthwise_weight_decay"] == 0
     assert dw.config["hparams"]["lr_trials"] == 5 and dw.config["hparams"]["lr_grid"] == "0.025,0.05,0.1,0.2,0.4"
+
+
+@pytest.mark.parametrize("dsconv_gain, met", [(0.004, True), (0.005, False)])
+def test_the_30_epoch_check_decides_the_schedule_of_the_tables_after_it(tmp_path, monkeypatch, dsconv_gain, met):
+    """Doubling 15 -> 30 epochs moves standard by +0.2 pp and dsconv by ``dsconv_gain`` on every seed
+    (float32 accuracies, as metrics.json holds them): under 0.5 pp the tables train 15 epochs, at
+    0.5 pp they train 30 and a 60-epoch check comes first."""
+    import numpy as np
+
+    study = load_study()
+    monkeypatch.setattr(study, "RESULTS_DIR", tmp_path)
+    runs_dir = tmp_path / "runs"
+    undecided = later_stages(study, tmp_path, runs_dir=runs_dir)
+    short, long = dict(undecided)["table4_w0.25"], dict(undecided)["long_w0.25"]
+    base = {"standard": 0.9310, "dsconv": 0.9140}
+    for job in (*short, *long):
+        if job is long[-1]:
+            assert study.check_met(runs_dir, short, long) is None  # one run short of the check
+        epochs = job.config["trainer"]["max_epochs"]
+        conv = "standard" if job.arm == "conv" else "dsconv"
+        gain = {"standard": 0.002, "dsconv": dsconv_gain}[conv] if epochs == 30 else 0.0
+        job.run_dir(runs_dir).mkdir(parents=True)
+        (job.run_dir(runs_dir) / "metrics.json").write_text(json.dumps({
+            "test/acc": float(np.float32(base[conv] + gain)), "val/acc_best": 0.93, "epochs": epochs,
+            "seed": job.config["seed"], "arch": "mobilenet_v1", "conv": conv, "dataset": "Fashion-MNIST",
+            "width": 0.25, "image_size": 28, "params": 1, "macs": 1}))
+    assert study.check_met(runs_dir, short, long) is met
+    stages = later_stages(study, tmp_path, runs_dir=runs_dir)
+    names = {name: [j.name for j in jobs] for name, jobs in stages}
+    epochs = 15 if met else 30
+    assert [n for n, _ in stages][4:] == (["table4_w0.5", "table6"] if met else
+                                          ["long60_w0.25", "equal_cost_e30", "table4_w0.5", "table6"])
+    assert names["table4_w0.5"] == [f"dsconv_w0.5_lr0.4_e{epochs}_seed{s}" for s in (2, 3, 4)] + [
+        f"standard_w0.5_lr0.05_e{epochs}_seed{s}" for s in (2, 3, 4)]
+    assert names["table6"] == [f"dsconv_w{w}_lr0.4_e{epochs}_seed{s}" for s in (2, 3, 4) for w in ("1", "0.75")]
+    if not met:
+        assert names["long60_w0.25"] == [f"{c}_w0.25_lr{lr}_e60_seed{s}" for s in (2, 3, 4)
+                                         for c, lr in (("standard", "0.05"), ("dsconv", "0.4"))]
+        assert names["equal_cost_e30"] == [f"dsconv_w0.74_lr0.4_e30_seed{s}" for s in (2, 3, 4)]
 
 
 # --- the runner ------------------------------------------------------------------------------------
