@@ -121,6 +121,11 @@ class Job:
 EXTRA: list[str] = []  # --extra: overrides added to every job (a smoke run of the machinery)
 
 
+def one_thread_env() -> dict[str, str]:
+    """The environment of every process the study starts: one intra-op thread, this checkout's dsnet."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
 def _alive(pid_file: Path) -> bool:
     try:
         os.kill(int(pid_file.read_text()), 0)
@@ -283,7 +288,7 @@ def later_stages(choice: dict, runs_dir: Path | None = None) -> list[tuple[str, 
         ("equal_cost", jobs("equal_cost", ["experiment=converged"], arms=("dsconv",), widths=matched)),
         ("long_w0.25", jobs("long_w0.25", ["experiment=converged_long"])),
     ]
-    met = None if runs_dir is None else check_met(runs_dir, *resolve_all(stages[0][1], stages[3][1]))
+    met = None if runs_dir is None else check_met(runs_dir, resolve(stages[0][1]), resolve(stages[3][1]))
     if met is None:
         return stages
     schedule = ["experiment=converged"] if met else ["experiment=converged_long"]
@@ -296,10 +301,6 @@ def later_stages(choice: dict, runs_dir: Path | None = None) -> list[tuple[str, 
                                key=lambda job: job.arm != "dsconv")),
         ("table6", jobs("table6", schedule, arms=("dsconv",), widths=(1.0, 0.75))),
     ]
-
-
-def resolve_all(*job_lists: list[Job]) -> list[list[Job]]:
-    return [resolve(jobs) for jobs in job_lists]
 
 
 # --- running ---------------------------------------------------------------------------------------
@@ -367,7 +368,7 @@ class Runner:
         stage_dir.mkdir(parents=True, exist_ok=True)
         cmd = ["nice", "-n", "19", sys.executable, "train.py", "-m", *job.overrides,
                f"hydra.sweep.dir={stage_dir}", "ckpt_path=last"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        env = one_thread_env()
         log(f"start {job.stage}/{job.name} ({epochs_done(job.run_dir(self.runs_dir))} epochs done)")
         start = time.time()
         with open(stage_dir / f"{job.name}.log", "a") as out:
@@ -480,7 +481,7 @@ def evaluate(runs_dir: Path, jobs: list[Job]) -> int:
     if not todo:
         log("every finished run is evaluated")
         return 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = one_thread_env()
     failed = 0
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     pgid = pause_study(runs_dir)
@@ -516,15 +517,16 @@ def report() -> int:
     later stage together into ``report/``; returns the first non-zero exit status, else 0."""
     runs = RESULTS_DIR / "runs"
     stages = sorted(p for p in runs.iterdir() if p.is_dir() and p.name != "lr_search") if runs.is_dir() else []
-    inputs = [([runs / "lr_search"], RESULTS_DIR / "report_lr_search"), (stages, RESULTS_DIR / "report")]
+    inputs = [(dirs, out) for dirs, out in (([runs / "lr_search"], RESULTS_DIR / "report_lr_search"),
+                                             (stages, RESULTS_DIR / "report")) if dirs and all(d.is_dir() for d in dirs)]
+    if not inputs:
+        sys.exit(f"study.py: error: no collected runs under {runs} (python scripts/study.py collect)")
     status = 0
-    for dirs, out in ((d, o) for d, o in inputs if d and all(x.is_dir() for x in d)):
+    for dirs, out in inputs:
         log(f"report of {', '.join(x.name for x in dirs)} -> {out}")
         rc = subprocess.run([sys.executable, "-m", "dsnet.report", *map(str, dirs), "--out", str(out)],
                             cwd=ROOT, check=False).returncode
         status = status or rc
-    if not any(d for d, _ in inputs):
-        sys.exit(f"study.py: error: no collected runs under {runs} (python scripts/study.py collect)")
     return status
 
 

@@ -370,3 +370,11 @@ def test_evaluate_pauses_the_study_measures_each_finished_run_once_and_the_copy_
     assert study.report() == 0
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["report", "runs"]
     assert read_csv(tmp_path / "results" / "report" / "runs.csv")[0]["latency_ms_p50"] == row["latency_ms_p50"]
+
+
+def test_report_without_collected_runs_is_a_one_line_error(tmp_path, monkeypatch):
+    study = load_study()
+    monkeypatch.setattr(study, "RESULTS_DIR", tmp_path / "results")
+    with pytest.raises(SystemExit, match=r"^study.py: error: no collected runs under .*/results/runs \(python scripts/study.py collect\)$"):
+        study.report()
+    assert not (tmp_path / "results").exists()
