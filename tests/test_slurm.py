@@ -131,12 +131,12 @@ def logged_step(run_dir: Path) -> int:
     return max((int(row["step"]) for row in rows if row.get("step", "").isdigit()), default=-1)
 
 
-def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 180) -> None:
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 180, poll_s: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert proc.poll() is None, f"train.py -m exited ({proc.returncode}) before {what}: {proc.stdout.read()[-3000:]}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+        time.sleep(poll_s)
 
 
 def uninterrupted(started: list, tmp_path: Path, env: dict, *overrides: str) -> subprocess.Popen:
@@ -170,14 +170,26 @@ def metrics(run_dir: Path) -> dict:
 def test_sweep_through_sbatch_survives_a_failing_job_and_a_preempted_one(cluster, env, started, tmp_path):
     """Two jobs of one sweep: one fails (a bad width), the other is requeued by the scheduler in the
     middle of its second epoch (``scontrol requeue``, what preemption with PreemptMode=REQUEUE does):
-    SIGTERM, a checkpoint at that step, the same job again, resumed there, to the full epoch count."""
+    SIGTERM, a checkpoint at that step, the same job again, resumed there, to the full epoch count.
+
+    An epoch takes 0.3 s on a fast machine, less than the requeue takes to reach the task (on one CI
+    machine the SIGTERM came at the third epoch), so the task is frozen (SIGSTOP) in its second epoch
+    and the requeue's own SIGCONT wakes it: the signal lands where the test put it on any machine."""
     epochs = 3
     proc = start_sweep(started, tmp_path, env, *RUN, f"trainer.max_epochs={epochs}", "ckpt_path=last", "model.width=0.25,-1")
     sweep, run_dir = tmp_path / "sweep", tmp_path / "sweep" / "0"
     last = run_dir / "checkpoints" / "last.ckpt"
-    wait_for(lambda: last.exists() and logged_step(run_dir) >= STEPS_PER_EPOCH + 4, proc, "epoch 2")
+    wait_for(lambda: last.exists() and logged_step(run_dir) >= STEPS_PER_EPOCH + 2, proc, "epoch 2", poll_s=0.02)
     job, failing = job_dirs(sweep)
-    subprocess.run(["scontrol", "requeue", job.name], env=env, check=True, timeout=30)
+    pid = task_pid(job.name)
+    os.kill(pid, signal.SIGSTOP)
+    frozen_at = logged_step(run_dir)
+    try:  # slurmstepd sends SIGCONT before SIGTERM, so the frozen task wakes to the signal
+        subprocess.run(["scontrol", "requeue", job.name], env=env, check=True, timeout=30)
+        wait_for(lambda: "SIGTERMException" in job_logs(job), proc, "the requeue's SIGTERM", timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
     output = finish(proc)
 
     assert proc.returncode != 0 and re.search(r"width=-1 must be a .*positive number", output)  # the failure, reported
@@ -188,7 +200,8 @@ def test_sweep_through_sbatch_survives_a_failing_job_and_a_preempted_one(cluster
     logs = job_logs(job)
     saved = re.search(r"SIGTERMException at epoch 1, step (\d+): saved (\S+); resume with ckpt_path=last", logs)
     assert saved, logs[-3000:]
-    assert STEPS_PER_EPOCH < int(saved.group(1)) < 2 * STEPS_PER_EPOCH and saved.group(2) == str(last)
+    assert STEPS_PER_EPOCH < frozen_at <= int(saved.group(1)) < 2 * STEPS_PER_EPOCH, (frozen_at, saved[1])
+    assert saved.group(2) == str(last)
     assert f"Restoring states from the checkpoint path at {last}" in logs
     assert show_job(job.name, env)["Restarts"] == "1"  # requeued once: Lightning did not requeue too
     assert "SLURM auto-requeueing enabled" not in logs and not list(run_dir.glob("hpc_ckpt_*.ckpt"))
