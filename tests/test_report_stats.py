@@ -16,7 +16,7 @@ from dsnet.report import (
     missing_columns,
     summarise,
 )
-from dsnet.report.compare_md import hparams_section
+from dsnet.report.compare_md import comparisons_section, equal_cost_section, hparams_section
 from dsnet.report.sensitivity import lr_arms, plot_lr_sensitivity
 from dsnet.report.curves import read_val_curve
 from dsnet.report.discover import Run
@@ -94,6 +94,22 @@ def test_comparisons_pair_by_seed_across_conv_type_and_schedule():
     # standard w0.25 against dsconv at 30 epochs or at another width: two factors differ
     assert len(rows) == 2
 
+
+
+def test_the_same_comparison_at_two_schedules_reads_as_two_rows_with_their_epochs():
+    """Table 4 at 15 and at 30 epochs: without the schedule the two conv rows would look alike."""
+    std30 = [train_run(f"std30_{s}", "standard", 0.25, s, acc, **STD, epochs=30)
+             for s, acc in ((0, 0.902), (1, 0.924))]
+    rows = comparisons(summarise([*SWEEP, *std30]))
+    conv = sorted((r["epochs"], r["n_pairs"]) for r in rows if r["factor"] == "conv" and r["width"] == 0.25)
+    assert conv == [(15, 3), (30, 2)]
+    assert all(r["epochs"] is None for r in rows if r["factor"] == "epochs")  # a and b name it there
+    table = comparisons_section(rows)
+    assert "| resolution (px) | epochs | a | b |" in table
+    assert "| conv | fashion_mnist | mobilenet_v1 | 0.25 | 28 | 30 | standard | dsconv | 91.30 | 91.00 | -0.30 ± " in table
+    assert "| epochs | fashion_mnist | mobilenet_v1 | 0.25 | 28 | – | dsconv: 15 | dsconv: 30 |" in table
+    cost = equal_cost_section(equal_cost(summarise(SWEEP)), 0.05, 0.10)
+    assert "| resolution (px) | epochs | a |" in cost and "| params | fashion_mnist | mobilenet_v1 | 28 | 15 | standard |" in cost
 
 def test_convergence_check_pairs_each_arm_and_the_gap_by_seed_when_the_schedule_doubles():
     std30 = [train_run(f"std30_{s}", "standard", 0.25, s, acc, **STD, epochs=30)

@@ -37,10 +37,10 @@ from dsnet.report.tables import (
 # factor -> the keys that may differ between its two sides (all other configuration keys match).
 FACTORS = {"conv": ("conv", "groups", *TUNED_KEYS), "epochs": ("epochs",),
            "depthwise_weight_decay": ("depthwise_weight_decay",)}
-COMPARISON_COLUMNS = ("factor", "dataset", "arch", "width", "image_size", "a", "b", "a_top1_mean",
+COMPARISON_COLUMNS = ("factor", "dataset", "arch", "width", "image_size", "epochs", "a", "b", "a_top1_mean",
                       "b_top1_mean", "diff_mean", "diff_ci95", "n_pairs", "seeds")
 COST_METRICS = ("params", "macs", "latency_ms_p50")
-EQUAL_COST_COLUMNS = ("metric", "dataset", "arch", "image_size", "a_conv", "a_width", "a_cost",
+EQUAL_COST_COLUMNS = ("metric", "dataset", "arch", "image_size", "epochs", "a_conv", "a_width", "a_cost",
                       "a_top1_mean", "b_conv", "b_width", "b_cost", "b_top1_mean", "cost_ratio",
                       "diff_mean", "diff_ci95", "n_pairs", "tolerance")
 DEFAULT_TOLERANCE = 0.05
@@ -96,6 +96,8 @@ def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 label = "" if factor == "conv" else f"{conv_label(a_)}: "
                 out.append({"factor": factor,
                             **{k: a_[k] for k in ("dataset", "arch", "width", "image_size")},
+                            # the schedule both sides share (None where it is the factor: a and b name it)
+                            "epochs": None if factor == "epochs" else a_["epochs"],
                             "a": label + _side(a_, factor), "b": label + _side(b_, factor),
                             **_diff(a_, b_)})
     return out
@@ -140,7 +142,7 @@ def equal_cost(rows: Sequence[dict[str, Any]], tolerance: float = DEFAULT_TOLERA
                 if gap <= tol and (key not in best or gap < best[key][0]):
                     best[key] = (gap, a, b)
         for _, a, b in best.values():
-            out.append({"metric": metric, **{k: a[k] for k in ("dataset", "arch", "image_size")},
+            out.append({"metric": metric, **{k: a[k] for k in ("dataset", "arch", "image_size", "epochs")},
                         "a_conv": conv_label(a), "a_width": a["width"], "a_cost": a[metric],
                         "b_conv": conv_label(b), "b_width": b["width"], "b_cost": b[metric],
                         "cost_ratio": ratio(b[metric], a[metric]), "tolerance": tol,

@@ -86,9 +86,10 @@ def _results_md(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _theory_md(rows: Sequence[dict[str, Any]]) -> str:
-    header = [*_config_header(conv=False), "runtime", "MACs std/ds", "params std/ds", "latency std/ds",
+    epochs = any(r["epochs"] is not None for r in rows)  # trained runs: the schedule of each pair
+    header = [*_config_header(conv=False), *(["epochs"] if epochs else []), "runtime", "MACs std/ds", "params std/ds", "latency std/ds",
               "throughput ds/std", "saving delivered", "top-1 ds − std (pp)"]
-    body = [[*_config_cells(r, None), _runtime_cell(r),
+    body = [[*_config_cells(r, None), *([fmt(r["epochs"], "d")] if epochs else []), _runtime_cell(r),
              fmt(r["macs_ratio"], ".2f"), fmt(r["params_ratio"], ".2f"),
              fmt(r["latency_ratio"], ".2f"), fmt(r["throughput_ratio"], ".2f"),
              fmt(r["saving_delivered"], ".0%"), fmt(r["top1_diff"], "+.2f", 100)]
