@@ -83,6 +83,9 @@ ARMS = ("conv", "dsconv")
 TABLE4_WIDTHS = (0.25, 0.5)  # the stages table4_w0.25 and table4_w0.5
 FMNIST = {"image_size": 28, "num_classes": 10, "in_chans": 1}  # what experiment=converged trains on
 MAX_GROW = 3  # values the lr grid may grow by, over both edges together (2 until sitting 3: see docs)
+# How often a running job's sitting is written to its study_sessions.json: a runner that dies with
+# the machine (as at the end of sittings 1 and 4) leaves its last note, not nothing.
+SITTING_NOTE_S = 60.0
 EVAL_DIR = "eval"  # <run>/eval: eval.py's results.json for a finished run
 EVAL_OVERRIDES = ["latency.num_threads=1"]  # batch 1, fp32, eager, contiguous: eval.yaml's defaults, as match times
 SMALL_FILES = ("metrics.json", "config.yaml", "error.txt", ".hydra/overrides.yaml", "study_sessions.json",
@@ -377,8 +380,7 @@ class Runner:
             with self.lock:
                 self.running[job.name] = proc.pid
                 self.write_pids()
-            _, status, usage = os.wait4(proc.pid, 0)  # wait4: the CPU time the run used, for the budget
-            rc = os.waitstatus_to_exitcode(status)
+            usage, rc = self._wait(proc.pid, job.run_dir(self.runs_dir), start)
         job.pid_file(self.runs_dir).unlink(missing_ok=True)
         record_session(job.run_dir(self.runs_dir), start, usage.ru_utime + usage.ru_stime, rc)
         with self.lock:
@@ -391,14 +393,59 @@ class Runner:
             self.stop(f"{job.name} exited {rc} without a result")
 
 
-def record_session(run_dir: Path, start: float, cpu_s: float, rc: int) -> None:
-    """Appends one sitting of a run (wall and CPU seconds, exit status) to its study_sessions.json."""
+    @staticmethod
+    def _wait(pid: int, run_dir: Path, start: float):
+        """Waits for the run; every SITTING_NOTE_S notes its sitting so far (exit null) in
+        study_sessions.json. Returns wait4's rusage (the CPU time the run used) and the exit code."""
+        noted = time.monotonic()
+        while True:
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+            if done:
+                return usage, os.waitstatus_to_exitcode(status)
+            if time.monotonic() - noted >= SITTING_NOTE_S:
+                record_session(run_dir, start, process_cpu_s(pid), None)
+                noted = time.monotonic()
+            time.sleep(0.5)
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a running process and its descendants, the live ones and those
+    already waited for (``/proc/<pid>/stat``); 0.0 once it is gone."""
+    ticks, stats = os.sysconf("SC_CLK_TCK"), {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": comm may hold spaces
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        # fields[1] is the parent's pid; 11-14: utime, stime, cutime, cstime (stat fields 14-17)
+        stats[int(stat.parent.name)] = (int(fields[1]), sum(int(v) for v in fields[11:15]))
+    tree = {pid}
+    while True:  # descendants: every process whose parent is in the tree, until none is added
+        grown = tree | {p for p, (ppid, _) in stats.items() if ppid in tree}
+        if grown == tree:
+            break
+        tree = grown
+    total = sum(stats[p][1] for p in tree if p in stats)
+    return total / ticks
+
+
+def record_session(run_dir: Path, start: float, cpu_s: float, rc: int | None) -> None:
+    """Records one sitting of a run (wall and CPU seconds, exit status) in its study_sessions.json.
+
+    ``rc`` None notes a sitting still running; the next record of the same sitting (its start)
+    replaces it, so a sitting cut off with the machine keeps its last note, with ``"exit": null``.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "study_sessions.json"
     sessions = json.loads(path.read_text()) if path.is_file() else []
-    sessions.append({"start_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
+    start_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
+    if sessions and sessions[-1]["start_utc"] == start_utc and sessions[-1]["exit"] is None:
+        sessions.pop()
+    sessions.append({"start_utc": start_utc,
                      "wall_s": round(time.time() - start, 1), "cpu_s": round(cpu_s, 1), "exit": rc})
-    path.write_text(json.dumps(sessions, indent=1) + "\n")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(sessions, indent=1) + "\n")
+    tmp.replace(path)  # atomic: a note every minute never leaves a half-written file
 
 
 def epochs_done(run_dir: Path) -> int:

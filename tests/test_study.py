@@ -289,6 +289,7 @@ def test_the_runner_trains_a_stage_two_at_a_time_and_records_each_sitting(tmp_pa
     small files in the results directory; a second pass over the finished stage starts nothing."""
     study = load_study()
     monkeypatch.setattr(study, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(study, "SITTING_NOTE_S", 0.5)  # running notes too: the final record replaces them
     runs_dir = tmp_path / "runs"
     jobs = study.resolve([study.Job("smoke", ["experiment=converged", *TINY, "test=false", f"seed={seed}"], "dsconv")
                           for seed in (1, 2)])
@@ -312,6 +313,48 @@ def test_the_runner_trains_a_stage_two_at_a_time_and_records_each_sitting(tmp_pa
         copied = tmp_path / "results" / "runs" / "smoke" / job.name
         assert json.loads((copied / "metrics.json").read_text())["val/acc_best"] > 0
         assert (copied / "study_sessions.json").is_file() and list(copied.glob("csv/*/metrics.csv"))
+
+
+def test_a_running_sittings_note_is_replaced_by_its_record_and_kept_when_cut_off(tmp_path):
+    """The runner notes each running sitting every minute; a runner that dies with the machine
+    leaves the last note (exit null) instead of nothing, and the next sitting comes after it."""
+    study = load_study()
+
+    def read() -> list[dict]:
+        return json.loads((tmp_path / "study_sessions.json").read_text())
+
+    first = time.time() - 100
+    study.record_session(tmp_path, first, 50.0, None)
+    study.record_session(tmp_path, first, 95.0, None)  # a later note of the same sitting
+    assert [(x["cpu_s"], x["exit"]) for x in read()] == [(95.0, None)]
+    study.record_session(tmp_path, first, 98.5, 0)  # the run's end: wait4's CPU time
+    assert [(x["cpu_s"], x["exit"]) for x in read()] == [(98.5, 0)]
+    second, third = time.time() - 50, time.time() - 10
+    study.record_session(tmp_path, second, 20.0, None)  # cut off: no record follows
+    study.record_session(tmp_path, third, 4.0, 143)  # the next sitting (SIGTERM)
+    assert [(x["cpu_s"], x["exit"]) for x in read()] == [(98.5, 0), (20.0, None), (4.0, 143)]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_process_cpu_counts_live_descendants_and_the_children_already_waited_for():
+    """0.3 CPU-s in a child the process waited for, 0.5 in a grandchild still running; the machine's
+    other processes (hours of training, say) must not count."""
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < {}: pass\n"
+    script = (f"import subprocess, sys, time\nsubprocess.run([sys.executable, '-c', {burn.format(0.3)!r}])\n"
+              f"subprocess.Popen([sys.executable, '-c', {burn.format(0.5) + 'print(1, flush=True)' + chr(10) + 'time.sleep(60)'!r}])\n"
+              "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "1"  # the grandchild has burnt its 0.5 s
+        cpu = load_study().process_cpu_s(proc.pid)
+    finally:
+        for child in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split():
+            subprocess.run(["kill", child])
+        proc.kill()
+        proc.wait()
+    # + three interpreters' start-up (~0.05-0.3 s each, more on a loaded machine)
+    assert 0.8 <= cpu < 4.0, cpu
+    assert load_study().process_cpu_s(proc.pid) == 0.0  # gone: nothing
 
 
 @pytest.mark.slow  # one train.py and one eval.py process: ~25 s
