@@ -152,8 +152,8 @@ def test_learning_curve_colours_are_the_tradeoff_plots_and_line_styles_tell_arms
         ("dsconv w0.5", "dsconv", None), ("group (g=4) w0.25", "group", 4), ("group (g=2) w0.25", "group", 2))]
     colour = {label: c for label, (c, _) in series_styles(points).items()}
     assert _arm_styles(points) == {
-        "standard w0.25": (colour["standard"], "-"), "dsconv w0.25": (colour["dsconv"], "-"),
-        "dsconv w0.5": (colour["dsconv"], "--"), "group (g=4) w0.25": (colour["group (g=4)"], "-"),
-        "group (g=2) w0.25": (colour["group (g=2)"], "-")}
+        "standard w0.25": (colour["standard"], "-", "o"), "dsconv w0.25": (colour["dsconv"], "-", "o"),
+        "dsconv w0.5": (colour["dsconv"], "--", "s"), "group (g=4) w0.25": (colour["group (g=4)"], "-", "o"),
+        "group (g=2) w0.25": (colour["group (g=2)"], "-", "o")}
     assert (colour["standard"], colour["dsconv"]) == ("tab:blue", "tab:orange")
     assert colour["group (g=2)"] != colour["group (g=4)"]

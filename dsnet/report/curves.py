@@ -41,10 +41,15 @@ def read_val_curve(run_dir: Path) -> dict[int, float]:
     return curve
 
 
+# Short names for the keys an arm label shows (the legend holds up to a dozen arms).
+_SHORT = {"epochs": "ep", "depthwise_weight_decay": "dw wd", "weight_decay": "wd", "train_size": "train",
+          "image_size": "px", "num_classes": "classes", "in_chans": "chans"}
+
+
 def _arm_label(values: dict[str, Any], varying: Sequence[str]) -> str:
     parts = [conv_label(values), f"w{values['width']:g}"]
     # None is "not set": the default's value (the optimizer's weight decay, the full training split)
-    parts += [f"{k}={'default' if values[k] is None else values[k]}" for k in varying
+    parts += [f"{_SHORT.get(k, k)}={'default' if values[k] is None else values[k]}" for k in varying
               if k not in ("conv", "groups", "width", "dataset")]
     return " ".join(parts)
 
@@ -76,19 +81,27 @@ def learning_curves(runs: Sequence[Run]) -> list[dict[str, Any]]:
 
 
 _LINES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "X")  # with the line style, so that ":" and "-." are told apart
 
 
-def _arm_styles(points: Sequence[dict[str, Any]]) -> dict[str, tuple[str, str]]:
-    """Per arm: its conv label's colour in the trade-off plots, and a line style per arm within it."""
+def _arm_styles(points: Sequence[dict[str, Any]]) -> dict[str, tuple[str, str, str]]:
+    """Per arm: its conv label's colour in the trade-off plots, and a line style and marker per arm
+    within it (the n-th arm of a conv: the n-th of each)."""
     colours = series_styles(points)
-    styles: dict[str, tuple[str, str]] = {}
+    styles: dict[str, tuple[str, str, str]] = {}
     arms_of: dict[str, int] = {}  # conv label -> arms styled so far
     for p in points:
         label = conv_label(p)
         if p["arm"] not in styles:
             n = arms_of[label] = arms_of.get(label, -1) + 1
-            styles[p["arm"]] = (colours[label][0], _LINES[n % len(_LINES)])
+            styles[p["arm"]] = (colours[label][0], _LINES[n % len(_LINES)], _MARKERS[n % len(_MARKERS)])
     return styles
+
+
+def _last_half(pts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An arm's points after the middle of its schedule: where convergence is judged."""
+    end = max(p["epoch"] for p in pts)
+    return [p for p in pts if p["epoch"] > end / 2]
 
 
 def plot_learning_curves(runs: Sequence[Run], out_dir: Path) -> list[str]:
@@ -97,27 +110,31 @@ def plot_learning_curves(runs: Sequence[Run], out_dir: Path) -> list[str]:
     if not points:
         return []
     datasets = list(dict.fromkeys(p["dataset"] for p in points))
-    fig = Figure(figsize=(6.4 * len(datasets), 4.6), layout="constrained")
+    # Per dataset a column: the whole run above, and below each arm's second half at its own scale,
+    # since the early epochs (a warm-up at a high lr can fall to 20%) squash where the arms end.
+    fig = Figure(figsize=(7.2 * len(datasets), 8.4), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
-    for ax, dataset in zip(axes, datasets):
+    grid = fig.subplots(2, len(datasets), squeeze=False, height_ratios=(1, 1.15))
+    for (whole, zoom), dataset in zip(grid.T, datasets):
         here = [p for p in points if p["dataset"] == dataset]
-        arms = list(dict.fromkeys(p["arm"] for p in here))
         styles = _arm_styles(here)
-        for arm in arms:
-            pts = [p for p in points if p["dataset"] == dataset and p["arm"] == arm]
-            epochs = [p["epoch"] for p in pts]
-            colour, line = styles[arm]
+        for arm in dict.fromkeys(p["arm"] for p in here):
+            pts = [p for p in here if p["arm"] == arm]
+            colour, line, marker = styles[arm]
             seeds = max(p["n"] for p in pts)
-            ax.plot(epochs, [100 * p["val_acc_mean"] for p in pts], color=colour, ls=line, marker=".",
-                    label=f"{arm} (n={seeds})")
-            ax.fill_between(epochs, [100 * p["val_acc_min"] for p in pts],
-                            [100 * p["val_acc_max"] for p in pts], color=colour, alpha=0.2, lw=0)
-        ax.set_title(f"{dataset}: validation accuracy, mean over seeds, band = min–max", fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("val top-1 accuracy (%)")
-        ax.grid(True, alpha=0.25)
-        ax.legend(fontsize=8, frameon=False)
+            for ax, shown in ((whole, pts), (zoom, _last_half(pts))):
+                epochs = [p["epoch"] for p in shown]
+                ax.plot(epochs, [100 * p["val_acc_mean"] for p in shown], color=colour, ls=line, marker=marker,
+                        ms=3.5, lw=1.3, label=f"{arm} (n={seeds})")
+                ax.fill_between(epochs, [100 * p["val_acc_min"] for p in shown],
+                                [100 * p["val_acc_max"] for p in shown], color=colour, alpha=0.15, lw=0)
+        whole.set_title(f"{dataset}: validation accuracy, mean over seeds, band = min–max", fontsize=10)
+        zoom.set_title("the second half of each arm's schedule, zoomed", fontsize=10)
+        for ax in (whole, zoom):
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel("val top-1 accuracy (%)")
+            ax.grid(True, alpha=0.25)
+        zoom.legend(fontsize=8, frameon=False, loc="lower right")
     write_csv(out_dir / "learning_curves.csv", points, CURVE_COLUMNS)
     return [*save_figure(fig, out_dir, "learning_curves"), "learning_curves.csv"]
