@@ -70,6 +70,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers)
+from dsnet.results import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: reproduce.py's eval helpers
 from reproduce import best_checkpoint, eval_overrides  # noqa: E402
@@ -443,9 +444,7 @@ def record_session(run_dir: Path, start: float, cpu_s: float, rc: int | None) ->
         sessions.pop()
     sessions.append({"start_utc": start_utc,
                      "wall_s": round(time.time() - start, 1), "cpu_s": round(cpu_s, 1), "exit": rc})
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(sessions, indent=1) + "\n")
-    tmp.replace(path)  # atomic: a note every minute never leaves a half-written file
+    write_text_atomic(path, json.dumps(sessions, indent=1) + "\n")  # a note a minute: never half-written
 
 
 def epochs_done(run_dir: Path) -> int:
