@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dsnet.report.markdown import fmt, markdown_table
+from dsnet.report.markdown import fmt, has_epochs, markdown_table
 from dsnet.report.tables import conv_label, one_per_config
 
 _PAIRED_NOTE = (
@@ -32,23 +32,18 @@ def _diff_cell(row: dict[str, Any]) -> str:
     return cell + (f" ± {row['diff_ci95'] * 100:.2f}" if row["diff_ci95"] is not None else "")
 
 
-def _has_epochs(rows: Sequence[dict[str, Any]]) -> bool:
-    """Whether a table gets an epochs column: some row compares trained runs (the schedule they
-    share), where rows of two schedules would otherwise read as the same comparison twice."""
-    return any(r["epochs"] is not None for r in rows)
-
-
 def _cost(value: float, metric: str) -> str:
     return f"{value:.3f}" if metric.startswith("latency") else f"{value / 1e6:.3f} M"
 
 
 def comparisons_section(rows: Sequence[dict[str, Any]]) -> str:
     """Paired differences by seed, one row per comparison."""
-    epochs = _has_epochs(rows)
+    epochs = has_epochs(rows)
     header = ["factor", "dataset", "model", "width", "resolution (px)", *(["epochs"] if epochs else []), "a", "b",
               "top-1 a (%)", "top-1 b (%)", "b − a (pp), mean ± 95% CI", "seed pairs"]
     body = [[r["factor"], r["dataset"], r["arch"], f"{r['width']:g}", str(r["image_size"]),
-             *([fmt(r["epochs"], "d")] if epochs else []), r["a"], r["b"], fmt(r["a_top1_mean"], ".2f", 100), fmt(r["b_top1_mean"], ".2f", 100),
+             *([fmt(r["epochs"], "d")] if epochs else []), r["a"], r["b"],
+             fmt(r["a_top1_mean"], ".2f", 100), fmt(r["b_top1_mean"], ".2f", 100),
              _diff_cell(r), f"{r['n_pairs']} ({r['seeds']})" if r["n_pairs"] else "0"] for r in rows]
     return ("## Paired differences by seed\n\n" + _PAIRED_NOTE + "\n"
             + (markdown_table(header, body) if body else
@@ -57,7 +52,7 @@ def comparisons_section(rows: Sequence[dict[str, Any]]) -> str:
 
 def equal_cost_section(rows: Sequence[dict[str, Any]], tolerance: float, latency_tolerance: float) -> str:
     """The at-equal-cost table: each pair with both sides' costs and the paired difference."""
-    epochs = _has_epochs(rows)
+    epochs = has_epochs(rows)
     header = ["matched", "dataset", "model", "resolution (px)", *(["epochs"] if epochs else []), "a", "a width",
               "a cost", "b", "b width", "b cost", "cost b/a", "top-1 a (%)", "top-1 b (%)",
               "b − a (pp), mean ± 95% CI", "seed pairs"]

@@ -31,6 +31,12 @@ def fmt(value: Any, spec: str = "", scale: float = 1.0) -> str:
     return format(value * scale if scale != 1.0 else value, spec)
 
 
+def has_epochs(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether a table gets an epochs column: some row is of trained runs (eval-only rows have no
+    schedule), so that rows of two schedules do not read as the same configuration twice."""
+    return any(r["epochs"] is not None for r in rows)
+
+
 def _config_header(conv: bool = True) -> list[str]:
     """Header cells naming a configuration; ``conv=False`` for tables that compare convs."""
     return ["dataset", "model", *(["conv"] if conv else []), "width", "resolution (px)"]
@@ -86,9 +92,9 @@ def _results_md(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _theory_md(rows: Sequence[dict[str, Any]]) -> str:
-    epochs = any(r["epochs"] is not None for r in rows)  # trained runs: the schedule of each pair
-    header = [*_config_header(conv=False), *(["epochs"] if epochs else []), "runtime", "MACs std/ds", "params std/ds", "latency std/ds",
-              "throughput ds/std", "saving delivered", "top-1 ds − std (pp)"]
+    epochs = has_epochs(rows)
+    header = [*_config_header(conv=False), *(["epochs"] if epochs else []), "runtime", "MACs std/ds",
+              "params std/ds", "latency std/ds", "throughput ds/std", "saving delivered", "top-1 ds − std (pp)"]
     body = [[*_config_cells(r, None), *([fmt(r["epochs"], "d")] if epochs else []), _runtime_cell(r),
              fmt(r["macs_ratio"], ".2f"), fmt(r["params_ratio"], ".2f"),
              fmt(r["latency_ratio"], ".2f"), fmt(r["throughput_ratio"], ".2f"),
