@@ -95,7 +95,6 @@ def test_comparisons_pair_by_seed_across_conv_type_and_schedule():
     assert len(rows) == 2
 
 
-
 def test_the_same_comparison_at_two_schedules_reads_as_two_rows_with_their_epochs():
     """Table 4 at 15 and at 30 epochs: without the schedule the two conv rows would look alike."""
     std30 = [train_run(f"std30_{s}", "standard", 0.25, s, acc, **STD, epochs=30)
@@ -110,6 +109,7 @@ def test_the_same_comparison_at_two_schedules_reads_as_two_rows_with_their_epoch
     assert "| epochs | fashion_mnist | mobilenet_v1 | 0.25 | 28 | – | dsconv: 15 | dsconv: 30 |" in table
     cost = equal_cost_section(equal_cost(summarise(SWEEP)), 0.05, 0.10)
     assert "| resolution (px) | epochs | a |" in cost and "| params | fashion_mnist | mobilenet_v1 | 28 | 15 | standard |" in cost
+
 
 def test_convergence_check_pairs_each_arm_and_the_gap_by_seed_when_the_schedule_doubles():
     std30 = [train_run(f"std30_{s}", "standard", 0.25, s, acc, **STD, epochs=30)

@@ -139,6 +139,18 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 180,
         time.sleep(poll_s)
 
 
+@contextlib.contextmanager
+def frozen(pid: int):
+    """The job's task stopped (SIGSTOP, behind SLURM's back) for the block, and continued after it
+    unless it is gone; the signals slurmstepd sends come with a SIGCONT, which wakes it earlier."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
 def uninterrupted(started: list, tmp_path: Path, env: dict, *overrides: str) -> subprocess.Popen:
     """The same run without SLURM, as the reference (on the other core, while the job runs)."""
     started.append(subprocess.Popen(
@@ -181,15 +193,10 @@ def test_sweep_through_sbatch_survives_a_failing_job_and_a_preempted_one(cluster
     last = run_dir / "checkpoints" / "last.ckpt"
     wait_for(lambda: last.exists() and logged_step(run_dir) >= STEPS_PER_EPOCH + 2, proc, "epoch 2", poll_s=0.02)
     job, failing = job_dirs(sweep)
-    pid = task_pid(job.name)
-    os.kill(pid, signal.SIGSTOP)
-    frozen_at = logged_step(run_dir)
-    try:  # slurmstepd sends SIGCONT before SIGTERM, so the frozen task wakes to the signal
+    with frozen(task_pid(job.name)):  # slurmstepd sends SIGCONT before SIGTERM: it wakes to the signal
+        frozen_at = logged_step(run_dir)
         subprocess.run(["scontrol", "requeue", job.name], env=env, check=True, timeout=30)
         wait_for(lambda: "SIGTERMException" in job_logs(job), proc, "the requeue's SIGTERM", timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
     output = finish(proc)
 
     assert proc.returncode != 0 and re.search(r"width=-1 must be a .*positive number", output)  # the failure, reported
@@ -249,14 +256,9 @@ def test_time_limit_requeues_through_submitit_and_resumes_to_the_uninterrupted_m
     last = run_dir / "checkpoints" / "last.ckpt"
     wait_for(last.exists, proc, "the first epoch's checkpoint")
     (job,) = job_dirs(sweep)
-    pid = task_pid(job.name)
-    os.kill(pid, signal.SIGSTOP)
-    frozen_at = checkpoint_step(last)
-    try:  # slurmstepd sends SIGCONT with the signal, so the handler runs
+    with frozen(task_pid(job.name)):  # slurmstepd sends SIGCONT with the signal, so the handler runs
+        frozen_at = checkpoint_step(last)
         wait_for(lambda: "Caught signal SIGUSR2" in job_logs(job), proc, "SLURM's USR2", timeout=75)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
     wait_for(lambda: show_job(job.name, env).get("Restarts") == "1", proc, "the requeue", timeout=60)
     subprocess.run(["scontrol", "update", f"JobId={job.name}", "TimeLimit=5"], env=env, check=True, timeout=30)
     output = finish(proc)
