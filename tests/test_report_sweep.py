@@ -157,3 +157,11 @@ def test_learning_curve_colours_are_the_tradeoff_plots_and_line_styles_tell_arms
         "group (g=2) w0.25": (colour["group (g=2)"], "-", "o")}
     assert (colour["standard"], colour["dsconv"]) == ("tab:blue", "tab:orange")
     assert colour["group (g=2)"] != colour["group (g=4)"]
+
+
+def test_the_zoomed_learning_curve_panel_holds_each_arms_second_half():
+    """The zoom is per arm: a 15-epoch arm from epoch 8, a 30-epoch one from 16, beside each other."""
+    from dsnet.report.curves import _last_half
+
+    assert [p["epoch"] for p in _last_half([{"epoch": e} for e in range(1, 16)])] == list(range(8, 16))
+    assert [p["epoch"] for p in _last_half([{"epoch": e} for e in range(1, 31)])] == list(range(16, 31))
