@@ -2,12 +2,19 @@
 
     python scripts/study.py plan                  # every job of the study and its state
     python scripts/study.py run [--workers 2]     # train what is not finished yet, resuming partial runs
+    python scripts/study.py run --finish-by 03:50 # ... starting only runs estimated to end by then (UTC)
     python scripts/study.py collect               # copy finished runs' small files into docs/results/converged/runs
     python scripts/study.py restore               # the reverse: committed runs back into the run directory
     python scripts/study.py choose                # the lr chosen per arm, written to docs/results/converged/lr_choice.json
     python scripts/study.py match --cost latency  # dsconv's width with standard w0.25's latency (idle machine!)
     python scripts/study.py evaluate              # eval.py on each finished run: test top-1 again, batch-1 latency
     python scripts/study.py report                # the reports of the collected runs: report/ and report_lr_search/
+
+A sitting of known length (a machine lent for hours, an allocation's time limit): ``--finish-by``
+starts a run only if its estimate, the median measured epoch of finished runs of its convolution
+(the nearest width, scaled by training multiply-adds) times its epochs to go, times 1.1, ends before
+then; it logs each run it skips and why. Where nothing but the results survives a sitting, no CPU
+goes into a run that would be cut off.
 
 A session on another day: ``restore`` then ``run``. Restored runs hold ``metrics.json`` and the resolved
 ``config.yaml``, so ``train.py`` skips them (``skip_finished``); a run interrupted with SIGTERM left
@@ -52,13 +59,16 @@ Ctrl-C or SIGTERM. The report joins ``<run>/eval`` to its run wherever the two a
 from __future__ import annotations
 
 import argparse
+import calendar
 import csv
+import functools
 import itertools
 import json
 import os
 import queue
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -307,13 +317,74 @@ def later_stages(choice: dict, runs_dir: Path | None = None) -> list[tuple[str, 
     ]
 
 
+# --- fitting runs into a sitting (run --finish-by) -------------------------------------------------
+
+# Estimates are wall times of earlier sittings, which ran beside other work: a run starts only when
+# its estimate with this margin ends before --finish-by.
+ESTIMATE_MARGIN = 1.1
+
+
+def measured_epoch_s(runs_dir: Path) -> dict[tuple[str, float], list[float]]:
+    """Wall seconds per epoch of every finished run under ``runs_dir``, by (convolution, width): its
+    sittings' wall time (study_sessions.json) over its epochs. Restored runs bring the times of the
+    machine that trained them."""
+    measured: dict[tuple[str, float], list[float]] = {}
+    for sittings in runs_dir.glob("*/*/study_sessions.json"):
+        run_dir = sittings.parent
+        if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.yaml").is_file():
+            continue
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        wall = sum(x["wall_s"] for x in json.loads(sittings.read_text()))
+        key = (str(cfg.model.conv), float(cfg.model.width))
+        measured.setdefault(key, []).append(wall / int(cfg.trainer.max_epochs))
+    return measured
+
+
+@functools.lru_cache(maxsize=None)
+def train_macs(conv: str, width: float) -> int:
+    """Training multiply-adds per image of experiment=converged's network at this width."""
+    from dsnet.measure import count_train_macs  # lazy: builds networks
+    from dsnet.models import create_model
+
+    net = create_model("mobilenet_v1", conv=conv, width=width, small_input=True,
+                       num_classes=FMNIST["num_classes"], in_chans=FMNIST["in_chans"])
+    return count_train_macs(net, (FMNIST["in_chans"], FMNIST["image_size"], FMNIST["image_size"]))
+
+
+def estimate_s(job: Job, runs_dir: Path, measured: dict[tuple[str, float], list[float]]) -> float | None:
+    """Wall seconds the job's remaining epochs take: the median measured epoch of its convolution at
+    the nearest measured width, scaled by training multiply-adds to its own width. None when no run
+    of its convolution type finished yet."""
+    conv, width = str(job.config["model"]["conv"]), float(job.config["model"]["width"])
+    widths = [w for c, w in measured if c == conv]
+    if not widths:
+        return None
+    nearest = min(widths, key=lambda w: (abs(w - width), w))
+    per_epoch = statistics.median(measured[conv, nearest]) * train_macs(conv, width) / train_macs(conv, nearest)
+    return per_epoch * (int(job.config["trainer"]["max_epochs"]) - epochs_done(job.run_dir(runs_dir)))
+
+
+def finish_by_time(text: str) -> float:
+    """``--finish-by HH:MM``: the next such time of day (UTC), as a Unix time."""
+    try:
+        hour, minute = (int(v) for v in text.split(":"))
+        if not (0 <= hour < 24 and 0 <= minute < 60):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time of day HH:MM (UTC), e.g. 03:45") from None
+    now = time.time()
+    today = time.gmtime(now)
+    at = calendar.timegm((today.tm_year, today.tm_mon, today.tm_mday, hour, minute, 0))
+    return at if at > now else at + 86400
+
+
 # --- running ---------------------------------------------------------------------------------------
 
 class Runner:
     """Runs jobs ``workers`` at a time; stops starting new ones after SIGTERM or a killed job."""
 
-    def __init__(self, runs_dir: Path, workers: int) -> None:
-        self.runs_dir, self.workers = runs_dir, workers
+    def __init__(self, runs_dir: Path, workers: int, finish_by: float | None = None) -> None:
+        self.runs_dir, self.workers, self.finish_by = runs_dir, workers, finish_by
         self.stopping = threading.Event()
         self.running: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -359,6 +430,8 @@ class Runner:
                         return
                     if job.state(self.runs_dir) not in ("todo", "partial"):
                         continue  # started or finished elsewhere meanwhile
+                    if not self.fits(job):
+                        continue
                     job.pid_file(self.runs_dir).parent.mkdir(parents=True, exist_ok=True)
                     job.pid_file(self.runs_dir).write_text(f"{os.getpid()}\n")  # held until the run's own pid
             if job is None:
@@ -366,6 +439,18 @@ class Runner:
                 time.sleep(30)
                 continue
             self._run(job)
+
+    def fits(self, job: Job) -> bool:
+        """Whether the job's estimated remaining time ends before --finish-by (always, without it)."""
+        if self.finish_by is None:
+            return True
+        left = self.finish_by - time.time()
+        need = estimate_s(job, self.runs_dir, measured_epoch_s(self.runs_dir))
+        if need is not None and need * ESTIMATE_MARGIN <= left:
+            return True
+        why = "no finished run of its convolution to estimate from" if need is None else f"needs ~{need / 60:.0f} min"
+        log(f"skip {job.stage}/{job.name}: {why}, {max(left, 0) / 60:.0f} min left before --finish-by")
+        return False
 
     def _run(self, job: Job) -> None:
         stage_dir = self.runs_dir / job.stage
@@ -593,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-run-time", type=float, default=1.0, help="match --cost latency: seconds per timing")
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
     parser.add_argument("--workers", type=int, default=2, help="training processes at once (default 2)")
+    parser.add_argument("--finish-by", type=finish_by_time, metavar="HH:MM",
+                        help="run: start only runs whose estimated time (measured epochs here, scaled by "
+                             "multiply-adds) ends before this time of day, UTC: a sitting of known length")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where collect copies runs to")
     parser.add_argument("--extra", action="append", default=[], metavar="OVERRIDE",
                         help="an override for every job, e.g. --extra trainer.max_epochs=1 (smoke runs)")
@@ -614,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "run":
         os.nice(19)  # the runner and every run it starts take only idle CPU
-        runner = Runner(runs_dir, args.workers)
+        runner = Runner(runs_dir, args.workers, args.finish_by)
         while not runner.stopping.is_set():
             stages, _ = all_jobs(runs_dir)
             pending = [(name, jobs) for name, jobs in stages
@@ -632,6 +720,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"stage {name}: {len(jobs)} jobs")
             before = [j.state(runs_dir) for j in jobs]
             runner.run_stage(jobs)
+            if [j.state(runs_dir) for j in jobs] == before and args.finish_by is not None:
+                log("nothing more fits before --finish-by")
+                return 0
             if [j.state(runs_dir) for j in jobs] == before and not runner.stopping.is_set():
                 log(f"stage {name}: no job changed state; stopping (see the jobs' .log files)")
                 return 1

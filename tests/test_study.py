@@ -357,6 +357,77 @@ def test_process_cpu_counts_live_descendants_and_the_children_already_waited_for
     assert load_study().process_cpu_s(proc.pid) == 0.0  # gone: nothing
 
 
+def finished_run(run_dir, conv: str, width: float, epochs: int, walls: list[float]) -> None:
+    """The files a finished run of the study leaves that the time estimates read."""
+    run_dir.mkdir(parents=True)
+    OmegaConf.save({"model": {"conv": conv, "width": width}, "trainer": {"max_epochs": epochs}}, run_dir / "config.yaml")
+    (run_dir / "metrics.json").write_text("{}")
+    (run_dir / "study_sessions.json").write_text(json.dumps(
+        [{"start_utc": "2026-12-01T00:00:00Z", "wall_s": w, "cpu_s": w, "exit": 0} for w in walls]))
+
+
+def test_a_jobs_time_is_its_convolutions_measured_epoch_scaled_by_multiply_adds(tmp_path):
+    """Median wall per epoch over finished runs of the same convolution (sittings summed), at the
+    nearest measured width, times the job's epochs still to train, times its training MACs ratio."""
+    study = load_study()
+    finished_run(tmp_path / "a" / "r1", "dsconv", 0.25, 15, [600.0])  # 40 s an epoch
+    finished_run(tmp_path / "a" / "r2", "dsconv", 0.25, 30, [700.0, 800.0])  # 50 (two sittings)
+    finished_run(tmp_path / "a" / "r3", "dsconv", 0.25, 10, [1000.0])  # 100
+    finished_run(tmp_path / "a" / "r4", "standard", 1.0, 10, [3000.0])  # another convolution
+    (tmp_path / "a" / "r5").mkdir()  # unfinished: no metrics.json
+    (tmp_path / "a" / "r5" / "study_sessions.json").write_text("[]")
+    measured = study.measured_epoch_s(tmp_path)
+    assert {key: sorted(v) for key, v in measured.items()} == {("dsconv", 0.25): [40.0, 50.0, 100.0],
+                                                               ("standard", 1.0): [300.0]}
+    w025, w05 = study.resolve([study.Job("s", ["experiment=converged", "model=dsconv", f"model.width={w}"], "dsconv")
+                               for w in (0.25, 0.5)])
+    assert study.estimate_s(w025, tmp_path, measured) == 50.0 * 15
+    ratio = study.train_macs("dsconv", 0.5) / study.train_macs("dsconv", 0.25)
+    assert 3.0 < ratio < 4.0  # width 0.5 doubles every layer's channels: ~4x, less the fixed stem and head
+    assert study.estimate_s(w05, tmp_path, measured) == pytest.approx(50.0 * 15 * ratio, rel=1e-12)
+    standard = study.resolve([study.Job("s", ["experiment=converged", "model=conv", "model.width=0.25"], "conv")])[0]
+    assert study.estimate_s(standard, tmp_path, measured) == pytest.approx(
+        300.0 * 15 * study.train_macs("standard", 0.25) / study.train_macs("standard", 1.0), rel=1e-12)
+    assert study.estimate_s(standard, tmp_path, {("dsconv", 0.25): [1.0]}) is None  # nothing to scale from
+
+
+def test_finish_by_starts_no_run_that_would_end_after_it(tmp_path, monkeypatch, capsys):
+    """A sitting of known length (a machine lent for three hours, an allocation's time limit):
+    a run whose estimate ends after --finish-by is skipped with a line saying why, not started."""
+    study = load_study()
+    runs_dir = tmp_path / "runs"
+    finished_run(runs_dir / "done" / "ref", "dsconv", 0.25, 15, [15 * 60.0])  # a minute an epoch
+    job = study.resolve([study.Job("next", ["experiment=converged", "model=dsconv", "seed=2"], "dsconv")])[0]
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        runner = study.Runner(runs_dir, workers=1, finish_by=time.time() + 10 * 60)  # 15 min needed, 10 left
+        assert not runner.run_stage([job])
+        assert study.Runner(runs_dir, workers=1, finish_by=time.time() + 17 * 60).fits(job)  # 15 x 1.1 < 17
+        assert not study.Runner(runs_dir, workers=1, finish_by=time.time() + 16 * 60).fits(job)
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    assert job.state(runs_dir) == "todo" and not (runs_dir / "next").exists()
+    out = capsys.readouterr().out
+    assert f"skip next/{job.name}: needs ~15 min, 10 min left before --finish-by" in out, out
+    assert out.count("skip ") == 2  # the run and the 16-min check
+
+
+@pytest.mark.parametrize("value", ["25:00", "3h", "03:60"])
+def test_a_finish_by_that_is_no_time_of_day_is_a_one_line_error(value):
+    result = subprocess.run([sys.executable, "scripts/study.py", "run", "--finish-by", value, "--runs-dir", "/nonexistent/x"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"study.py: error: argument --finish-by: {value!r} is not a time of day HH:MM (UTC), e.g. 03:45")
+
+
+def test_finish_by_is_the_next_such_time_of_day():
+    study = load_study()
+    at = study.finish_by_time("00:00")
+    assert 0 < at - time.time() <= 86400 and at % 86400 == 0
+
+
 @pytest.mark.slow  # one train.py and one eval.py process: ~25 s
 def test_evaluate_pauses_the_study_measures_each_finished_run_once_and_the_copy_reports_joined(tmp_path, monkeypatch):
     """evaluate: eval.py on the best checkpoint into <run>/eval, its top-1 the training's own, the
