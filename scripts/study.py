@@ -26,7 +26,7 @@ directory per stage, one run directory per job named by ``hydra.sweep.subdir`` o
 ``--runs-dir``: the resolved config holds the run's own path, and a different one trains again.
 
 Every job is ``nice -n 19 python train.py -m <stage overrides> <job overrides> hydra.sweep.dir=<stage dir>
-ckpt_path=last`` with OMP_NUM_THREADS=1, so the study takes only idle CPU. ``run`` starts the search's jobs
+ckpt_path=last`` with OMP_NUM_THREADS=1 (``--threads N``: N), so the study takes only idle CPU. ``run`` starts the search's jobs
 with ``--workers`` processes at once, and the later stages' once it finished (they need the lr it
 chose), as one queue in stage order: a job of a stage starts when a worker is free, whether or not
 the stage before it finished. Its process group id and the running jobs' pids are in
@@ -135,9 +135,10 @@ class Job:
 EXTRA: list[str] = []  # --extra: overrides added to every job (a smoke run of the machinery)
 
 
-def one_thread_env() -> dict[str, str]:
-    """The environment of every process the study starts: one intra-op thread, this checkout's dsnet."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def thread_env(threads: int = 1) -> dict[str, str]:
+    """The environment of every process the study starts: ``threads`` intra-op threads (one unless
+    ``run --threads``), this checkout's dsnet."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
 
 
 def _alive(pid_file: Path) -> bool:
@@ -324,19 +325,23 @@ def later_stages(choice: dict, runs_dir: Path | None = None) -> list[tuple[str, 
 ESTIMATE_MARGIN = 1.1
 
 
-def measured_epoch_s(runs_dir: Path) -> dict[tuple[str, float], list[float]]:
-    """Wall seconds per epoch of every finished run under ``runs_dir``, by (convolution, width): its
-    sittings' wall time (study_sessions.json) over its epochs. Restored runs bring the times of the
-    machine that trained them."""
-    measured: dict[tuple[str, float], list[float]] = {}
-    for sittings in runs_dir.glob("*/*/study_sessions.json"):
-        run_dir = sittings.parent
+def measured_epoch_s(runs_dir: Path) -> dict[tuple[str, float, int], list[float]]:
+    """Wall seconds per epoch of every finished run under ``runs_dir``, by (convolution, width,
+    threads): its sittings' wall time (study_sessions.json) over its epochs; a run whose sittings
+    used different thread counts is left out. Restored runs bring the times of the machine that
+    trained them."""
+    measured: dict[tuple[str, float, int], list[float]] = {}
+    for sittings_file in runs_dir.glob("*/*/study_sessions.json"):
+        run_dir = sittings_file.parent
         if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.yaml").is_file():
             continue
+        sittings = json.loads(sittings_file.read_text())
+        threads = {x.get("threads", 1) for x in sittings}  # sittings before run --threads had one
+        if len(threads) != 1:
+            continue
         cfg = OmegaConf.load(run_dir / "config.yaml")
-        wall = sum(x["wall_s"] for x in json.loads(sittings.read_text()))
-        key = (str(cfg.model.conv), float(cfg.model.width))
-        measured.setdefault(key, []).append(wall / int(cfg.trainer.max_epochs))
+        key = (str(cfg.model.conv), float(cfg.model.width), threads.pop())
+        measured.setdefault(key, []).append(sum(x["wall_s"] for x in sittings) / int(cfg.trainer.max_epochs))
     return measured
 
 
@@ -351,16 +356,18 @@ def train_macs(conv: str, width: float) -> int:
     return count_train_macs(net, (FMNIST["in_chans"], FMNIST["image_size"], FMNIST["image_size"]))
 
 
-def estimate_s(job: Job, runs_dir: Path, measured: dict[tuple[str, float], list[float]]) -> float | None:
-    """Wall seconds the job's remaining epochs take: the median measured epoch of its convolution at
-    the nearest measured width, scaled by training multiply-adds to its own width. None when no run
-    of its convolution type finished yet."""
+def estimate_s(job: Job, runs_dir: Path, measured: dict[tuple[str, float, int], list[float]],
+               threads: int = 1) -> float | None:
+    """Wall seconds the job's remaining epochs take at ``threads`` threads: the median measured epoch
+    of its convolution at that thread count and the nearest measured width, scaled by training
+    multiply-adds to its own width. None when no such run finished yet."""
     conv, width = str(job.config["model"]["conv"]), float(job.config["model"]["width"])
-    widths = [w for c, w in measured if c == conv]
+    widths = [w for c, w, t in measured if c == conv and t == threads]
     if not widths:
         return None
     nearest = min(widths, key=lambda w: (abs(w - width), w))
-    per_epoch = statistics.median(measured[conv, nearest]) * train_macs(conv, width) / train_macs(conv, nearest)
+    per_epoch = (statistics.median(measured[conv, nearest, threads])
+                 * train_macs(conv, width) / train_macs(conv, nearest))
     return per_epoch * (int(job.config["trainer"]["max_epochs"]) - epochs_done(job.run_dir(runs_dir)))
 
 
@@ -383,8 +390,8 @@ def finish_by_time(text: str) -> float:
 class Runner:
     """Runs jobs ``workers`` at a time; stops starting new ones after SIGTERM or a killed job."""
 
-    def __init__(self, runs_dir: Path, workers: int, finish_by: float | None = None) -> None:
-        self.runs_dir, self.workers, self.finish_by = runs_dir, workers, finish_by
+    def __init__(self, runs_dir: Path, workers: int, finish_by: float | None = None, threads: int = 1) -> None:
+        self.runs_dir, self.workers, self.finish_by, self.threads = runs_dir, workers, finish_by, threads
         self.stopping = threading.Event()
         self.running: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -445,10 +452,11 @@ class Runner:
         if self.finish_by is None:
             return True
         left = self.finish_by - time.time()
-        need = estimate_s(job, self.runs_dir, measured_epoch_s(self.runs_dir))
+        need = estimate_s(job, self.runs_dir, measured_epoch_s(self.runs_dir), self.threads)
         if need is not None and need * ESTIMATE_MARGIN <= left:
             return True
-        why = "no finished run of its convolution to estimate from" if need is None else f"needs ~{need / 60:.0f} min"
+        why = (f"no finished run of its convolution at {self.threads} thread(s) to estimate from" if need is None
+               else f"needs ~{need / 60:.0f} min")
         log(f"skip {job.stage}/{job.name}: {why}, {max(left, 0) / 60:.0f} min left before --finish-by")
         return False
 
@@ -457,7 +465,7 @@ class Runner:
         stage_dir.mkdir(parents=True, exist_ok=True)
         cmd = ["nice", "-n", "19", sys.executable, "train.py", "-m", *job.overrides,
                f"hydra.sweep.dir={stage_dir}", "ckpt_path=last"]
-        env = one_thread_env()
+        env = thread_env(self.threads)
         log(f"start {job.stage}/{job.name} ({epochs_done(job.run_dir(self.runs_dir))} epochs done)")
         start = time.time()
         with open(stage_dir / f"{job.name}.log", "a") as out:
@@ -468,7 +476,7 @@ class Runner:
                 self.write_pids()
             usage, rc = self._wait(proc.pid, job.run_dir(self.runs_dir), start)
         job.pid_file(self.runs_dir).unlink(missing_ok=True)
-        record_session(job.run_dir(self.runs_dir), start, usage.ru_utime + usage.ru_stime, rc)
+        record_session(job.run_dir(self.runs_dir), start, usage.ru_utime + usage.ru_stime, rc, self.threads)
         with self.lock:
             del self.running[job.name]
             self.write_pids()
@@ -478,9 +486,7 @@ class Runner:
         elif rc != 0:  # killed or interrupted (a failed run writes error.txt)
             self.stop(f"{job.name} exited {rc} without a result")
 
-
-    @staticmethod
-    def _wait(pid: int, run_dir: Path, start: float):
+    def _wait(self, pid: int, run_dir: Path, start: float):
         """Waits for the run; every SITTING_NOTE_S notes its sitting so far (exit null) in
         study_sessions.json. Returns wait4's rusage (the CPU time the run used) and the exit code."""
         noted = time.monotonic()
@@ -489,7 +495,7 @@ class Runner:
             if done:
                 return usage, os.waitstatus_to_exitcode(status)
             if time.monotonic() - noted >= SITTING_NOTE_S:
-                record_session(run_dir, start, process_cpu_s(pid), None)
+                record_session(run_dir, start, process_cpu_s(pid), None, self.threads)
                 noted = time.monotonic()
             time.sleep(0.5)
 
@@ -515,8 +521,8 @@ def process_cpu_s(pid: int) -> float:
     return total / ticks
 
 
-def record_session(run_dir: Path, start: float, cpu_s: float, rc: int | None) -> None:
-    """Records one sitting of a run (wall and CPU seconds, exit status) in its study_sessions.json.
+def record_session(run_dir: Path, start: float, cpu_s: float, rc: int | None, threads: int = 1) -> None:
+    """Records one sitting of a run (wall and CPU seconds, exit status, threads) in its study_sessions.json.
 
     ``rc`` None notes a sitting still running; the next record of the same sitting (its start)
     replaces it, so a sitting cut off with the machine keeps its last note, with ``"exit": null``.
@@ -527,8 +533,8 @@ def record_session(run_dir: Path, start: float, cpu_s: float, rc: int | None) ->
     start_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
     if sessions and sessions[-1]["start_utc"] == start_utc and sessions[-1]["exit"] is None:
         sessions.pop()
-    sessions.append({"start_utc": start_utc,
-                     "wall_s": round(time.time() - start, 1), "cpu_s": round(cpu_s, 1), "exit": rc})
+    sessions.append({"start_utc": start_utc, "wall_s": round(time.time() - start, 1), "cpu_s": round(cpu_s, 1),
+                     "exit": rc, "threads": threads})
     write_text_atomic(path, json.dumps(sessions, indent=1) + "\n")  # a note a minute: never half-written
 
 
@@ -612,7 +618,7 @@ def evaluate(runs_dir: Path, jobs: list[Job]) -> int:
     if not todo:
         log("every finished run is evaluated")
         return 0
-    env = one_thread_env()
+    env = thread_env()
     failed = 0
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     pgid = pause_study(runs_dir)
@@ -678,6 +684,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-run-time", type=float, default=1.0, help="match --cost latency: seconds per timing")
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
     parser.add_argument("--workers", type=int, default=2, help="training processes at once (default 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="run: intra-op threads per training process (default 1; 2 with --workers 1 "
+                             "gives one long run both cores)")
     parser.add_argument("--finish-by", type=finish_by_time, metavar="HH:MM",
                         help="run: start only runs whose estimated time (measured epochs here, scaled by "
                              "multiply-adds) ends before this time of day, UTC: a sitting of known length")
@@ -702,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "run":
         os.nice(19)  # the runner and every run it starts take only idle CPU
-        runner = Runner(runs_dir, args.workers, args.finish_by)
+        runner = Runner(runs_dir, args.workers, args.finish_by, args.threads)
         while not runner.stopping.is_set():
             stages, _ = all_jobs(runs_dir)
             pending = [(name, jobs) for name, jobs in stages

@@ -304,7 +304,7 @@ def test_the_runner_trains_a_stage_two_at_a_time_and_records_each_sitting(tmp_pa
         for s, handler in handlers.items():
             signal.signal(s, handler)
     sittings = [json.loads((j.run_dir(runs_dir) / "study_sessions.json").read_text()) for j in jobs]
-    assert [[(x["exit"], x["cpu_s"] > 0) for x in s] for s in sittings] == [[(0, True)], [(0, True)]]
+    assert [[(x["exit"], x["cpu_s"] > 0, x["threads"]) for x in s] for s in sittings] == [[(0, True, 1)], [(0, True, 1)]]
     # the two ran side by side: each one's wall time is over half of the stage's
     assert all(s[0]["wall_s"] > (time.time() - start) / 2 for s in sittings)
     assert [j.state(runs_dir) for j in jobs] == ["finished", "finished"]
@@ -357,13 +357,16 @@ def test_process_cpu_counts_live_descendants_and_the_children_already_waited_for
     assert load_study().process_cpu_s(proc.pid) == 0.0  # gone: nothing
 
 
-def finished_run(run_dir, conv: str, width: float, epochs: int, walls: list[float]) -> None:
-    """The files a finished run of the study leaves that the time estimates read."""
+def finished_run(run_dir, conv: str, width: float, epochs: int, walls: list[float], threads=None) -> None:
+    """The files a finished run of the study leaves that the time estimates read (``threads`` per
+    sitting; None: the key absent, as in sittings recorded before ``run --threads``)."""
     run_dir.mkdir(parents=True)
     OmegaConf.save({"model": {"conv": conv, "width": width}, "trainer": {"max_epochs": epochs}}, run_dir / "config.yaml")
     (run_dir / "metrics.json").write_text("{}")
-    (run_dir / "study_sessions.json").write_text(json.dumps(
-        [{"start_utc": "2026-12-01T00:00:00Z", "wall_s": w, "cpu_s": w, "exit": 0} for w in walls]))
+    sittings = [{"start_utc": "2026-12-01T00:00:00Z", "wall_s": w, "cpu_s": w, "exit": 0} for w in walls]
+    for sitting, n in zip(sittings, threads or []):
+        sitting["threads"] = n
+    (run_dir / "study_sessions.json").write_text(json.dumps(sittings))
 
 
 def test_a_jobs_time_is_its_convolutions_measured_epoch_scaled_by_multiply_adds(tmp_path):
@@ -372,23 +375,28 @@ def test_a_jobs_time_is_its_convolutions_measured_epoch_scaled_by_multiply_adds(
     study = load_study()
     finished_run(tmp_path / "a" / "r1", "dsconv", 0.25, 15, [600.0])  # 40 s an epoch
     finished_run(tmp_path / "a" / "r2", "dsconv", 0.25, 30, [700.0, 800.0])  # 50 (two sittings)
-    finished_run(tmp_path / "a" / "r3", "dsconv", 0.25, 10, [1000.0])  # 100
+    finished_run(tmp_path / "a" / "r3", "dsconv", 0.25, 10, [1000.0], threads=[1])  # 100
     finished_run(tmp_path / "a" / "r4", "standard", 1.0, 10, [3000.0])  # another convolution
+    finished_run(tmp_path / "a" / "r6", "dsconv", 0.25, 10, [200.0], threads=[2])  # 20 at two threads
+    finished_run(tmp_path / "a" / "r7", "dsconv", 0.25, 10, [300.0, 300.0], threads=[1, 2])  # mixed: left out
     (tmp_path / "a" / "r5").mkdir()  # unfinished: no metrics.json
     (tmp_path / "a" / "r5" / "study_sessions.json").write_text("[]")
     measured = study.measured_epoch_s(tmp_path)
-    assert {key: sorted(v) for key, v in measured.items()} == {("dsconv", 0.25): [40.0, 50.0, 100.0],
-                                                               ("standard", 1.0): [300.0]}
+    assert {key: sorted(v) for key, v in measured.items()} == {("dsconv", 0.25, 1): [40.0, 50.0, 100.0],
+                                                               ("dsconv", 0.25, 2): [20.0],
+                                                               ("standard", 1.0, 1): [300.0]}
     w025, w05 = study.resolve([study.Job("s", ["experiment=converged", "model=dsconv", f"model.width={w}"], "dsconv")
                                for w in (0.25, 0.5)])
     assert study.estimate_s(w025, tmp_path, measured) == 50.0 * 15
     ratio = study.train_macs("dsconv", 0.5) / study.train_macs("dsconv", 0.25)
     assert 3.0 < ratio < 4.0  # width 0.5 doubles every layer's channels: ~4x, less the fixed stem and head
     assert study.estimate_s(w05, tmp_path, measured) == pytest.approx(50.0 * 15 * ratio, rel=1e-12)
+    assert study.estimate_s(w025, tmp_path, measured, threads=2) == 20.0 * 15
+    assert study.estimate_s(w025, tmp_path, measured, threads=4) is None  # never measured at 4
     standard = study.resolve([study.Job("s", ["experiment=converged", "model=conv", "model.width=0.25"], "conv")])[0]
     assert study.estimate_s(standard, tmp_path, measured) == pytest.approx(
         300.0 * 15 * study.train_macs("standard", 0.25) / study.train_macs("standard", 1.0), rel=1e-12)
-    assert study.estimate_s(standard, tmp_path, {("dsconv", 0.25): [1.0]}) is None  # nothing to scale from
+    assert study.estimate_s(standard, tmp_path, {("dsconv", 0.25, 1): [1.0]}) is None  # nothing to scale from
 
 
 def test_finish_by_starts_no_run_that_would_end_after_it(tmp_path, monkeypatch, capsys):
