@@ -1,6 +1,6 @@
 """The converged trade-off study (issue 12): a resumable queue of training runs, in priority order.
 
-    python scripts/study.py plan                  # every job of the study and its state
+    python scripts/study.py plan                  # every job of the study, its state and estimated time
     python scripts/study.py run [--workers 2]     # train what is not finished yet, resuming partial runs
     python scripts/study.py run --finish-by 03:50 # ... starting only runs estimated to end by then (UTC)
     python scripts/study.py collect               # copy finished runs' small files into docs/results/converged/runs
@@ -740,11 +740,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "collect":
         log(f"copied {sum(collect(runs_dir, jobs) for _, jobs in stages)} runs into {RESULTS_DIR / 'runs'}")
     elif args.command == "plan":
+        measured = measured_epoch_s(runs_dir)
         for name, jobs in stages:
             for job in jobs:
                 state = job.state(runs_dir)
                 epochs = f"{epochs_done(job.run_dir(runs_dir))}/{job.config['trainer']['max_epochs']} epochs"
-                print(f"{name:16s} {job.name:40s} {state:9s} {epochs}")
+                need = None if state == "finished" else estimate_s(job, runs_dir, measured, args.threads)
+                left = "" if need is None else f"  ~{need / 60:.0f} min to go at {args.threads} thread(s)"
+                print(f"{name:16s} {job.name:40s} {state:9s} {epochs}{left}")
         if choice is None:
             print("(the later stages are listed once the lr search finished)")
         sittings = [x for f in runs_dir.glob("*/*/study_sessions.json") for x in json.loads(f.read_text())]
