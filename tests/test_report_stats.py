@@ -120,6 +120,9 @@ def test_convergence_check_pairs_each_arm_and_the_gap_by_seed_when_the_schedule_
     assert (std["short_epochs"], std["long_epochs"], std["n_pairs"], std["seeds"]) == (15, 30, 2, "0 1")
     assert std["change_mean"] == pytest.approx(0.003) and std["meets"] is True  # +0.002, +0.004
     assert ds["change_mean"] == pytest.approx(0.015) and ds["meets"] is False  # +0.01, +0.02
+    # dsconv ran seeds 0-2 at 15 epochs, 0-1 at 30: both columns over seeds 0 and 1 (0.88, 0.91 ->
+    # 0.89, 0.93), so long - short is the change; seed 2's 0.87 would pull the short mean to 0.8867
+    assert (ds["short_mean"], ds["long_mean"]) == (pytest.approx(0.895), pytest.approx(0.91))
     # gap by seed: 15 epochs 0.02, 0.01; 30 epochs 0.012, -0.006; changes -0.008, -0.016
     assert gap["short_mean"] == pytest.approx(0.015) and gap["long_mean"] == pytest.approx(0.003)
     assert gap["change_mean"] == pytest.approx(-0.012) and gap["meets"] is False

@@ -187,9 +187,14 @@ def convergence(rows: Sequence[dict[str, Any]], threshold: float = CONVERGENCE_T
                 "seeds": " ".join(map(str, d["seeds"])), "threshold": threshold,
                 "meets": None if d["mean"] is None else _below(d["mean"], threshold)}
 
+    def paired_mean(by_seed: dict[Any, float], seeds) -> float | None:
+        # over the seeds both schedules ran, so that long - short is the change the row reports
+        return statistics.fmean(by_seed[s] for s in seeds) if seeds else None
+
     for short, long in pairs:
-        out.append(row(conv_label(short), short, long, short["top1_mean"], long["top1_mean"],
-                       paired_difference(short["top1_by_seed"], long["top1_by_seed"])))
+        d = paired_difference(short["top1_by_seed"], long["top1_by_seed"])
+        out.append(row(conv_label(short), short, long, paired_mean(short["top1_by_seed"], d["seeds"]),
+                       paired_mean(long["top1_by_seed"], d["seeds"]), d))
     fixed = keys_except(*FACTORS["conv"])
     for (s_a, l_a), (s_b, l_b) in itertools.combinations(pairs, 2):
         (s_a, l_a), (s_b, l_b) = sorted([(s_a, l_a), (s_b, l_b)], key=lambda p: _order("conv", p[0]))
@@ -197,8 +202,6 @@ def convergence(rows: Sequence[dict[str, Any]], threshold: float = CONVERGENCE_T
             continue
         gap_short, gap_long = _by_seed_gap(s_a, s_b), _by_seed_gap(l_a, l_b)
         d = paired_difference(gap_short, gap_long)
-        seeds = d["seeds"]
         out.append(row(f"{conv_label(s_a)} − {conv_label(s_b)} gap", s_a, l_a,
-                       statistics.fmean(gap_short[s] for s in seeds) if seeds else None,
-                       statistics.fmean(gap_long[s] for s in seeds) if seeds else None, d))
+                       paired_mean(gap_short, d["seeds"]), paired_mean(gap_long, d["seeds"]), d))
     return out

@@ -21,7 +21,8 @@ _CONVERGENCE_NOTE = (
     "Each schedule that was also trained twice as long: how much the doubling moved each arm's top-1 "
     "and the gap between two arms, paired by seed (long − short; for the gap, the per-seed gap at "
     "the long schedule minus the one at the short), in percentage points ± 95% CI (Student t, "
-    "n − 1 dof). The schedule counts as converged when every change is under {threshold:.1f} pp.\n")
+    "n − 1 dof); the top-1 columns are means over the same seed pairs. The schedule counts as "
+    "converged when every change is under {threshold:.1f} pp.\n")
 _METRIC_NAMES = {"params": "params", "macs": "MACs", "latency_ms_p50": "latency p50 (ms)"}
 
 
