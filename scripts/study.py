@@ -729,10 +729,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"stage {name}: {len(jobs)} jobs")
             before = [j.state(runs_dir) for j in jobs]
             runner.run_stage(jobs)
-            if [j.state(runs_dir) for j in jobs] == before and args.finish_by is not None:
-                log("nothing more fits before --finish-by")
-                return 0
             if [j.state(runs_dir) for j in jobs] == before and not runner.stopping.is_set():
+                if args.finish_by is not None:  # every job left was skipped: none fits any more
+                    log("nothing more fits before --finish-by")
+                    return 0
                 log(f"stage {name}: no job changed state; stopping (see the jobs' .log files)")
                 return 1
         return 0
