@@ -371,6 +371,12 @@ def estimate_s(job: Job, runs_dir: Path, measured: dict[tuple[str, float, int], 
     return per_epoch * (int(job.config["trainer"]["max_epochs"]) - epochs_done(job.run_dir(runs_dir)))
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def finish_by_time(text: str) -> float:
     """``--finish-by HH:MM``: the next such time of day (UTC), as a Unix time."""
     try:
@@ -683,8 +689,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="match: the cost to match (latency is measured: run it on an idle machine)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="match --cost latency: seconds per timing")
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
-    parser.add_argument("--workers", type=int, default=2, help="training processes at once (default 2)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--workers", type=positive_int, default=2, help="training processes at once (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="run: intra-op threads per training process (default 1; 2 with --workers 1 "
                              "gives one long run both cores)")
     parser.add_argument("--finish-by", type=finish_by_time, metavar="HH:MM",

@@ -430,6 +430,15 @@ def test_a_finish_by_that_is_no_time_of_day_is_a_one_line_error(value):
         f"study.py: error: argument --finish-by: {value!r} is not a time of day HH:MM (UTC), e.g. 03:45")
 
 
+@pytest.mark.parametrize("flag, value", [("--threads", "0"), ("--workers", "-1"), ("--threads", "two")])
+def test_a_thread_or_worker_count_under_one_is_a_one_line_error(flag, value):
+    result = subprocess.run([sys.executable, "scripts/study.py", "run", flag, value, "--runs-dir", "/nonexistent/x"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"study.py: error: argument {flag}: {value!r} is not a whole number of at least 1")
+
+
 def test_finish_by_is_the_next_such_time_of_day():
     study = load_study()
     at = study.finish_by_time("00:00")
