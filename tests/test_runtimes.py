@@ -74,8 +74,20 @@ def test_a_wrong_conversion_is_refused_before_timing(tiny_net):
     ("tensorrt", {}, "runtime='tensorrt'; expected one of eager, compile, onnxruntime, openvino"),
 ])
 def test_settings_a_runtime_cannot_run_are_refused(tiny_net, name, settings, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message):  # whether or not the runtime is installed here
         create_runtime(name, tiny_net, **settings)
+
+
+def test_a_runtime_whose_package_is_missing_says_how_to_install_it(tiny_net, monkeypatch):
+    from dsnet.runtimes.ov import OpenVino
+
+    monkeypatch.setattr(OpenVino, "package", "dsnet_no_such_package")  # imported for real: it fails
+    with pytest.raises(RuntimeUnavailableError) as err:
+        create_runtime("openvino", tiny_net)
+    assert str(err.value) == ("runtime=openvino needs the dsnet_no_such_package package: "
+                              "pip install dsnet_no_such_package")
+    with pytest.raises(RuntimeUnavailableError, match="chooses its own memory layout"):
+        create_runtime("openvino", tiny_net, channels_last=True)  # the setting is named first
 
 
 def test_results_schema_knows_every_runtime():

@@ -50,6 +50,7 @@ def runtime_version(name: str) -> str:
 def create_runtime(name: str, model: nn.Module, **settings) -> Runtime:
     """Runtime ``name`` around ``model`` (put in ``eval()``); ``settings``: see :class:`Runtime`."""
     cls = _runtime_class(name)
+    cls.check_settings(**settings)  # a bad setting is named first, installed or not
     cls.version()  # a missing package fails here, before any export or compilation
     return cls(model, **settings)
 

@@ -45,17 +45,24 @@ class Runtime:
 
     def __init__(self, model: nn.Module, *, device: str = "cpu", precision: str = "fp32",
                  channels_last: bool = False, num_threads: int = 1):
-        if device.split(":")[0] not in self.devices:
-            raise RuntimeUnavailableError(f"runtime={self.name} runs on {', '.join(self.devices)}, not device={device}")
-        if precision not in self.precisions:
-            raise RuntimeUnavailableError(
-                f"runtime={self.name} times precision {', '.join(self.precisions)}, not precision={precision}")
-        if channels_last and not self.takes_channels_last:
-            raise RuntimeUnavailableError(
-                f"runtime={self.name} chooses its own memory layout; channels_last=true is for eager and compile")
+        self.check_settings(device=device, precision=precision, channels_last=channels_last)
         self.model, self.device, self.precision = model, device, precision
         self.channels_last, self.num_threads = channels_last, num_threads
         self._checked: set[tuple[int, ...]] = set()
+
+    @classmethod
+    def check_settings(cls, *, device: str = "cpu", precision: str = "fp32", channels_last: bool = False,
+                       **_) -> None:
+        """Raises RuntimeUnavailableError for a setting this runtime cannot time. Needs no package:
+        a bad setting is reported as such whether or not the runtime is installed."""
+        if device.split(":")[0] not in cls.devices:
+            raise RuntimeUnavailableError(f"runtime={cls.name} runs on {', '.join(cls.devices)}, not device={device}")
+        if precision not in cls.precisions:
+            raise RuntimeUnavailableError(
+                f"runtime={cls.name} times precision {', '.join(cls.precisions)}, not precision={precision}")
+        if channels_last and not cls.takes_channels_last:
+            raise RuntimeUnavailableError(
+                f"runtime={cls.name} chooses its own memory layout; channels_last=true is for eager and compile")
 
     @classmethod
     def version(cls) -> str:
