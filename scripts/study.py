@@ -93,6 +93,7 @@ SEEDS = (2, 3, 4)  # the tables' seeds; the search ran at seed 1 (its winner is 
 ARMS = ("conv", "dsconv")
 TABLE4_WIDTHS = (0.25, 0.5)  # the stages table4_w0.25 and table4_w0.5
 FMNIST = {"image_size": 28, "num_classes": 10, "in_chans": 1}  # what experiment=converged trains on
+FMNIST_INPUT = (FMNIST["in_chans"], FMNIST["image_size"], FMNIST["image_size"])  # (C, H, W) of one image
 MAX_GROW = 3  # values the lr grid may grow by, over both edges together (2 until sitting 3: see docs)
 # How often a running job's sitting is written to its study_sessions.json: a runner that dies with
 # the machine (as at the end of sittings 1 and 4) leaves its last note, not nothing.
@@ -263,6 +264,14 @@ def check_met(runs_dir: Path, short: list[Job], long: list[Job]) -> bool | None:
     return bool(rows) and all(row["meets"] for row in rows)
 
 
+def fmnist_net(conv: str, width: float):
+    """experiment=converged's network: MobileNetV1 with the small-input stem, for Fashion-MNIST."""
+    from dsnet.models import create_model  # lazy: plan and report need no networks
+
+    return create_model("mobilenet_v1", conv=conv, width=width, small_input=True,
+                        num_classes=FMNIST["num_classes"], in_chans=FMNIST["in_chans"])
+
+
 def later_stages(choice: dict, runs_dir: Path | None = None) -> list[tuple[str, list[Job]]]:
     """Every stage after the search, in priority order, each arm at its chosen lr.
 
@@ -273,7 +282,6 @@ def later_stages(choice: dict, runs_dir: Path | None = None) -> list[tuple[str, 
     """
     from dsnet.matching import match_width  # lazy: builds networks
     from dsnet.measure import count_macs
-    from dsnet.models import create_model
 
     def jobs(stage: str, base: list[str], arms=ARMS, widths=(0.25,)) -> list[Job]:
         return [Job(stage, [*base, f"model={arm}", f"model.width={w:g}", f"seed={seed}", *chosen(choice, arm)], arm)
@@ -283,9 +291,7 @@ def later_stages(choice: dict, runs_dir: Path | None = None) -> list[tuple[str, 
     by_macs = match_width("dsconv", "standard", 0.25, cost="macs", **FMNIST)
     # One run set serves both rows when the params-matched width also matches the MACs within 2%
     # (at 28 px: w0.74, -0.11% params and +1.8% MACs; the MACs-matched w0.73 is -2.2% in params).
-    macs_at = count_macs(create_model("mobilenet_v1", conv="dsconv", width=by_params.width, small_input=True,
-                                      num_classes=FMNIST["num_classes"], in_chans=FMNIST["in_chans"]),
-                         (FMNIST["in_chans"], FMNIST["image_size"], FMNIST["image_size"]))
+    macs_at = count_macs(fmnist_net("dsconv", by_params.width), FMNIST_INPUT)
     matched = [by_params.width] if abs(macs_at / by_macs.target - 1) <= 0.02 else [by_params.width, by_macs.width]
     if (RESULTS_DIR / "match_latency.json").is_file():  # measured once (study.py match --cost latency), then fixed
         matched.append(json.loads((RESULTS_DIR / "match_latency.json").read_text())["width"])
@@ -349,11 +355,8 @@ def measured_epoch_s(runs_dir: Path) -> dict[tuple[str, float, int], list[float]
 def train_macs(conv: str, width: float) -> int:
     """Training multiply-adds per image of experiment=converged's network at this width."""
     from dsnet.measure import count_train_macs  # lazy: builds networks
-    from dsnet.models import create_model
 
-    net = create_model("mobilenet_v1", conv=conv, width=width, small_input=True,
-                       num_classes=FMNIST["num_classes"], in_chans=FMNIST["in_chans"])
-    return count_train_macs(net, (FMNIST["in_chans"], FMNIST["image_size"], FMNIST["image_size"]))
+    return count_train_macs(fmnist_net(conv, width), FMNIST_INPUT)
 
 
 def estimate_s(job: Job, runs_dir: Path, measured: dict[tuple[str, float, int], list[float]],
