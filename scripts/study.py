@@ -45,8 +45,11 @@ Stages, in the issue's priority order (the chosen lr per arm comes from ``lr_sea
   once ``match --cost latency`` measured it (docs/results/converged/match_latency.json; a width
   Table 4 trains anyway is not trained twice), seeds 2, 3, 4, at dsconv's chosen lr.
 - ``long_w0.25``: the convergence check, experiment=converged_long (30 epochs), seeds 2, 3, 4.
+- ``long60_w0.25``, only if the check failed (30 epochs is then the schedule of every later stage):
+  its own check, 60 epochs, seeds 2, 3, 4.
 - ``table4_w0.5``: as table4_w0.25 at width 0.5, dsconv's runs first (w0.5 reuses the lr chosen at
   w0.25: a stated shortcut, no search at 0.5).
+- ``equal_cost_e30``, only if the check failed: the equal-cost runs again at 30 epochs.
 - ``table6``: dsconv at widths 1.0 and 0.75 (0.5 and 0.25 are Table 4's), seeds 2, 3, 4.
 
 ``evaluate`` runs ``eval.py`` on the best checkpoint of every finished run of the later stages into
@@ -314,14 +317,15 @@ def later_stages(choice: dict, runs_dir: Path | None = None) -> list[tuple[str, 
         return stages
     schedule = ["experiment=converged"] if met else ["experiment=converged_long"]
     if not met:  # 30 epochs is the schedule: its own check (60) first; Table 4 w0.25 at 30 is long_w0.25
-        stages += [("long60_w0.25", jobs("long60_w0.25", ["experiment=converged_long", "trainer.max_epochs=60"])),
-                   ("equal_cost_e30", jobs("equal_cost_e30", schedule, arms=("dsconv",), widths=matched))]
-    return stages + [
+        stages += [("long60_w0.25", jobs("long60_w0.25", ["experiment=converged_long", "trainer.max_epochs=60"]))]
+    stages += [
         # dsconv first: its w0.5 runs are also the equal-latency arm, and a third of the standard's cost
         ("table4_w0.5", sorted(jobs("table4_w0.5", schedule, widths=TABLE4_WIDTHS[1:]),
                                key=lambda job: job.arm != "dsconv")),
-        ("table6", jobs("table6", schedule, arms=("dsconv",), widths=(1.0, 0.75))),
     ]
+    if not met:  # the issue's order: Table 4 at both widths, then the equal-cost pairs, then Table 6
+        stages += [("equal_cost_e30", jobs("equal_cost_e30", schedule, arms=("dsconv",), widths=matched))]
+    return stages + [("table6", jobs("table6", schedule, arms=("dsconv",), widths=(1.0, 0.75)))]
 
 
 # --- fitting runs into a sitting (run --finish-by) -------------------------------------------------

@@ -271,7 +271,7 @@ def test_the_30_epoch_check_decides_the_schedule_of_the_tables_after_it(tmp_path
     names = {name: [j.name for j in jobs] for name, jobs in stages}
     epochs = 15 if met else 30
     assert [n for n, _ in stages][4:] == (["table4_w0.5", "table6"] if met else
-                                          ["long60_w0.25", "equal_cost_e30", "table4_w0.5", "table6"])
+                                          ["long60_w0.25", "table4_w0.5", "equal_cost_e30", "table6"])
     assert names["table4_w0.5"] == [f"dsconv_w0.5_lr0.4_e{epochs}_seed{s}" for s in (2, 3, 4)] + [
         f"standard_w0.5_lr0.05_e{epochs}_seed{s}" for s in (2, 3, 4)]
     assert names["table6"] == [f"dsconv_w{w}_lr0.4_e{epochs}_seed{s}" for s in (2, 3, 4) for w in ("1", "0.75")]
