@@ -602,12 +602,16 @@ def match(cost: str, min_run_time: float) -> dict:
 
     allocator.configure("keep_freed")  # as eval.py times: freed memory kept, no page faults per pass
 
+    threads = 1
+
     def latency_ms(net):
-        return measure_latency(net, (1, 28, 28), num_threads=1, min_run_time=min_run_time)["latency_ms_p50"]
+        return measure_latency(net, (1, 28, 28), num_threads=threads, min_run_time=min_run_time)["latency_ms_p50"]
 
     found = match_width("dsconv", "standard", 0.25, cost=latency_ms if cost == "latency" else cost,
                         tolerance=0.05 if cost == "latency" else 0.02, max_width=1.0, **FMNIST)
-    return {**vars(found), "cost_name": cost, "environment": environment("cpu") if cost == "latency" else None}
+    # environment() reads the process's thread count; the timings ran at ``threads``
+    measured_on = {**environment("cpu"), "num_threads": threads} if cost == "latency" else None
+    return {**vars(found), "cost_name": cost, "environment": measured_on}
 
 
 def pause_study(runs_dir: Path) -> int | None:

@@ -135,6 +135,30 @@ def finish_trials(jobs, runs_dir, val_acc) -> None:
             (job.run_dir(runs_dir) / "metrics.json").write_text(json.dumps({"val/acc_best": val_acc(job.arm, lr)}))
 
 
+def test_match_on_latency_records_the_thread_count_its_timings_ran_at(monkeypatch):
+    # The timings are stood in for by a deterministic cost (latency proportional to parameters), so
+    # the match is exact; what is checked is the record: the process has 2 threads, the timings 1.
+    import dsnet.allocator
+    import dsnet.measure
+
+    timed_at = []
+
+    def latency_from_params(net, input_size, num_threads, min_run_time):
+        timed_at.append(num_threads)
+        return {"latency_ms_p50": count_params(net) / 1e6}
+
+    monkeypatch.setattr(dsnet.measure, "measure_latency", latency_from_params)
+    monkeypatch.setattr(dsnet.allocator, "configure", lambda mode: mode)  # process-wide: not in a test worker
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        found = load_study().match("latency", min_run_time=0.01)
+    finally:
+        torch.set_num_threads(threads)
+    assert (found["width"], found["cost_name"], found["target"]) == (0.74, "latency", STANDARD_W025_PARAMS / 1e6)
+    assert set(timed_at) == {1} and found["environment"]["num_threads"] == 1
+
+
 def test_the_lr_choice_grows_the_grid_at_an_edge_for_both_arms(tmp_path):
     study = load_study()
     jobs, choice = study.choose(tmp_path)
