@@ -396,7 +396,8 @@ def finished_run(run_dir, conv: str, width: float, epochs: int, walls: list[floa
 
 def test_a_jobs_time_is_its_convolutions_measured_epoch_scaled_by_multiply_adds(tmp_path):
     """Median wall per epoch over finished runs of the same convolution (sittings summed), at the
-    nearest measured width, times the job's epochs still to train, times its training MACs ratio."""
+    nearest measured width, times the job's epochs still to train, times its training MACs ratio;
+    at a thread count no run of its convolution finished at, the 1-thread time over the count."""
     study = load_study()
     finished_run(tmp_path / "a" / "r1", "dsconv", 0.25, 15, [600.0])  # 40 s an epoch
     finished_run(tmp_path / "a" / "r2", "dsconv", 0.25, 30, [700.0, 800.0])  # 50 (two sittings)
@@ -417,11 +418,13 @@ def test_a_jobs_time_is_its_convolutions_measured_epoch_scaled_by_multiply_adds(
     assert 3.0 < ratio < 4.0  # width 0.5 doubles every layer's channels: ~4x, less the fixed stem and head
     assert study.estimate_s(w05, tmp_path, measured) == pytest.approx(50.0 * 15 * ratio, rel=1e-12)
     assert study.estimate_s(w025, tmp_path, measured, threads=2) == 20.0 * 15
-    assert study.estimate_s(w025, tmp_path, measured, threads=4) is None  # never measured at 4
+    # never measured at 4: the 1-thread median over 4 (linear scaling), until a 4-thread run finishes
+    assert study.estimate_s(w025, tmp_path, measured, threads=4) == 50.0 * 15 / 4
     standard = study.resolve([study.Job("s", ["experiment=converged", "model=conv", "model.width=0.25"], "conv")])[0]
     assert study.estimate_s(standard, tmp_path, measured) == pytest.approx(
         300.0 * 15 * study.train_macs("standard", 0.25) / study.train_macs("standard", 1.0), rel=1e-12)
     assert study.estimate_s(standard, tmp_path, {("dsconv", 0.25, 1): [1.0]}) is None  # nothing to scale from
+    assert study.estimate_s(standard, tmp_path, {("dsconv", 0.25, 2): [1.0]}, threads=2) is None
 
 
 def test_finish_by_starts_no_run_that_would_end_after_it(tmp_path, capsys):
