@@ -73,6 +73,11 @@ class ProgressLog(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed mid-epoch gets no on_train_epoch_start for that epoch: its line counts from here.
+        self._start = self._train_end = time.perf_counter()
+        self._images = 0
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write_pending(trainer)
         self._start = self._train_end = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,7 +36,6 @@ RUN = (
     "trainer.accelerator=cpu",
     "trainer.deterministic=true",
     "trainer.log_every_n_steps=4",
-    "callbacks.progress_bar=null",
     "callbacks.model_summary=null",
 )
 STEPS_PER_EPOCH = (1088 - 64) // 32
@@ -134,9 +134,17 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_that_resumes_to_the_full_epoch_cou
     if signum == signal.SIGTERM:
         assert proc.returncode == 128 + signal.SIGTERM  # what a scheduler expects of a job it terminated
         # Ctrl-C leaves the same checkpoint through the same callback: one resume shows it suffices.
-        finish(start(run_dir, "ckpt_path=last"))
+        began = time.monotonic()
+        output = finish(start(run_dir, "ckpt_path=last"))
+        wall = time.monotonic() - began
         assert checkpoint_step(last) == EPOCHS * STEPS_PER_EPOCH
         assert metrics(run_dir)["epochs"] == EPOCHS
+        # The progress lines time the resumed epoch from this process's start, not from zero
+        # (which printed the machine's uptime: "epoch 2/30 | ... | 12613.0 s | 3 img/s").
+        lines = re.findall(r"epoch (\d)/2 \| .* \| (\d+\.\d) s \| (\d+) img/s", output)
+        assert [epoch for epoch, _, _ in lines] == ["1", "2"], output[-3000:]
+        assert all(0 < float(seconds) < wall for _, seconds, _ in lines), (lines, wall)
+        assert all(int(img_s) > 0 for _, _, img_s in lines), (lines, wall)  # images over uptime printed 0
 
 
 def test_rerunning_an_interrupted_multirun_skips_the_jobs_that_finished(tmp_path):
