@@ -198,15 +198,19 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: str = "cpu") -> dict:
-    """What a latency number depends on: device, library versions, threads, code revision."""
+def environment(device: str = "cpu", num_threads: int | None = None) -> dict:
+    """What a latency number depends on: device, library versions, threads, code revision.
+
+    ``num_threads``: the threads the measurement ran at, where it set its own (a
+    ``torch.utils.benchmark.Timer`` does); None: the process's.
+    """
     import torchvision
 
     device_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else _cpu_name()
     return {
         "device": device,
         "device_name": device_name,
-        "num_threads": torch.get_num_threads(),
+        "num_threads": num_threads or torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -318,8 +322,7 @@ def measure_latency(
     finally:
         model.train(was_training)
     times_ms = [t * 1e3 for t in latency.times]
-    env = environment(device)
-    env["num_threads"] = num_threads
+    env = environment(device, num_threads)
     return {
         "latency_ms_p50": latency.median * 1e3,
         "latency_ms_p90": _quantile(times_ms, 0.9),

@@ -78,7 +78,7 @@ def main() -> None:
     for name, r in rows.items():
         print(f"| {name} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.2f} | {r['latency_ms_p50_median']:.2f} / "
               f"{r['latency_ms_p50_min']:.2f} | {r['throughput_img_s_median']:.0f} / {r['throughput_img_s_max']:.0f} |")
-    env = {**environment("cpu"), "num_threads": args.threads}  # environment() reads the process's count
+    env = environment("cpu", args.threads)
     print("environment:", json.dumps(env))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

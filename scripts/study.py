@@ -371,16 +371,13 @@ def estimate_s(job: Job, runs_dir: Path, measured: dict[tuple[str, float, int], 
     1-thread time over ``threads`` (linear scaling: a 20-step probe of standard w0.5 measured 2.06x
     at 2 threads). None when no run of its convolution finished at all."""
     conv, width = str(job.config["model"]["conv"]), float(job.config["model"]["width"])
-    scaling = 1
-    widths = [w for c, w, t in measured if c == conv and t == threads]
-    if not widths and threads > 1:
-        scaling, threads = threads, 1
-        widths = [w for c, w, t in measured if c == conv and t == threads]
+    at = threads if any(c == conv and t == threads for c, _, t in measured) else 1  # the count measured
+    widths = [w for c, w, t in measured if c == conv and t == at]
     if not widths:
         return None
     nearest = min(widths, key=lambda w: (abs(w - width), w))
-    per_epoch = (statistics.median(measured[conv, nearest, threads])
-                 * train_macs(conv, width) / train_macs(conv, nearest)) / scaling
+    per_epoch = (statistics.median(measured[conv, nearest, at])
+                 * train_macs(conv, width) / train_macs(conv, nearest)) * at / threads
     return per_epoch * (int(job.config["trainer"]["max_epochs"]) - epochs_done(job.run_dir(runs_dir)))
 
 
@@ -615,9 +612,7 @@ def match(cost: str, min_run_time: float) -> dict:
 
     found = match_width("dsconv", "standard", 0.25, cost=latency_ms if cost == "latency" else cost,
                         tolerance=0.05 if cost == "latency" else 0.02, max_width=1.0, **FMNIST)
-    # environment() reads the process's thread count; the timings ran at ``threads``
-    measured_on = {**environment("cpu"), "num_threads": threads} if cost == "latency" else None
-    return {**vars(found), "cost_name": cost, "environment": measured_on}
+    return {**vars(found), "cost_name": cost, "environment": environment("cpu", threads) if cost == "latency" else None}
 
 
 def pause_study(runs_dir: Path) -> int | None:
