@@ -612,7 +612,9 @@ def match(cost: str, min_run_time: float) -> dict:
 
     found = match_width("dsconv", "standard", 0.25, cost=latency_ms if cost == "latency" else cost,
                         tolerance=0.05 if cost == "latency" else 0.02, max_width=1.0, **FMNIST)
-    return {**vars(found), "cost_name": cost, "environment": environment("cpu", threads) if cost == "latency" else None}
+    # the input the two networks were built for, so that the report pairs runs of that input only
+    return {**vars(found), "cost_name": cost, "arch": "mobilenet_v1", **FMNIST,
+            "environment": environment("cpu", threads) if cost == "latency" else None}
 
 
 def pause_study(runs_dir: Path) -> int | None:
@@ -669,17 +671,23 @@ def evaluate(runs_dir: Path, jobs: list[Job]) -> int:
 
 def report() -> int:
     """``python -m dsnet.report`` over the collected runs: the search into ``report_lr_search/``, every
-    later stage together into ``report/``; returns the first non-zero exit status, else 0."""
+    later stage together into ``report/`` (with ``match_latency.json``'s pair at equal latency);
+    returns the first non-zero exit status, else 0."""
     runs = RESULTS_DIR / "runs"
     stages = sorted(p for p in runs.iterdir() if p.is_dir() and p.name != "lr_search") if runs.is_dir() else []
     inputs = [(dirs, out) for dirs, out in (([runs / "lr_search"], RESULTS_DIR / "report_lr_search"),
                                              (stages, RESULTS_DIR / "report")) if dirs and all(d.is_dir() for d in dirs)]
     if not inputs:
         sys.exit(f"study.py: error: no collected runs under {runs} (python scripts/study.py collect)")
+    # the latency match the study trained its equal-latency pair from: the report pairs those runs
+    # at the latencies the match timed side by side, not at their own evals' (other machines, perhaps)
+    record = RESULTS_DIR / "match_latency.json"
+    match = ["--latency-match", str(record)] if record.is_file() else []
     status = 0
     for dirs, out in inputs:
         log(f"report of {', '.join(x.name for x in dirs)} -> {out}")
-        rc = subprocess.run([sys.executable, "-m", "dsnet.report", *map(str, dirs), "--out", str(out)],
+        extra = match if out.name == "report" else []
+        rc = subprocess.run([sys.executable, "-m", "dsnet.report", *map(str, dirs), "--out", str(out), *extra],
                             cwd=ROOT, check=False).returncode
         status = status or rc
     return status

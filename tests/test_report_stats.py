@@ -2,10 +2,14 @@
 differences by seed, equal-cost pairs, hyperparameters, learning-curve logs, a theory row per
 runtime and contended runs left out of it."""
 
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dsnet.report import (
     build_report,
@@ -13,10 +17,12 @@ from dsnet.report import (
     comparisons,
     convergence,
     equal_cost,
+    latency_match_pairs,
     missing_columns,
     summarise,
 )
 from dsnet.report.compare_md import comparisons_section, equal_cost_section, hparams_section
+from conftest import read_csv
 from dsnet.report.sensitivity import lr_arms, plot_lr_sensitivity
 from dsnet.report.curves import read_val_curve
 from dsnet.report.discover import Run
@@ -60,6 +66,18 @@ def train_run(name, conv, width, seed, acc, *, params, macs, epochs=15, lr=0.1, 
                   weight_decay=5e-5, depthwise_weight_decay=None, time_per_epoch_s=1.0,
                   val_acc_best=acc, **extra)
     return Run(Path(f"/runs/{name}"), values, None, Path(f"/runs/{name}"), "metrics.json")
+
+
+def write_train_run(d, values):
+    """A train run on disk as dsnet leaves it: metrics.json, and config.yaml for what it does not hold."""
+    d.mkdir(parents=True)
+    write_json_atomic(d / "metrics.json", {
+        "test/acc": values["top1"], "val/acc_best": values["val_acc_best"], "time_per_epoch_s": 1.0,
+        **{k: values[k] for k in ("params", "macs", "epochs", "arch", "conv", "width", "image_size",
+                                   "dataset", "seed")}})
+    config = {"data": {k: values[k] for k in ("in_chans", "num_classes", "train_size")},
+              "optim": {"optimizer": {k: values[k] for k in ("lr", "weight_decay")}}}
+    (d / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
 
 
 STD = dict(params=1_000_000, macs=10_000_000)
@@ -198,6 +216,70 @@ def test_measured_latency_matches_within_its_own_wider_tolerance(tmp_path):
     assert "agree within 5% (10% for latency, a measurement) (max/min − 1)" in md
     assert md.count("| latency p50 (ms) | imagenet_subset | mobilenet_v1 | 224 | standard | 1 | 3.000 | dsconv | 0.5 | 3.240 | 1.080 |") == 1
     assert summary.n_runs == 4
+
+
+LATENCY_MATCH = {"width": 0.8, "cost": 3.1, "target": 3.0, "rel_error": 1 / 30, "target_conv": "standard",
+                 "target_width": 0.25, "conv": "dsconv", "cost_name": "latency", "arch": "mobilenet_v1",
+                 "image_size": 28, "num_classes": 10, "in_chans": 1,
+                 "environment": {"device": "cpu", "device_name": "AMD EPYC", "num_threads": 1,
+                                 "platform": "Linux-6.18-x86_64", "torch": "2.14.1"}}
+
+
+def test_a_latency_match_record_pairs_its_two_widths_at_the_latencies_it_timed():
+    """The runs have no eval latency at all: the pair and both costs come from the record."""
+    rows = summarise(SWEEP)
+    assert [m["metric"] for m in equal_cost(rows)] == ["params", "macs"]
+    (m,) = latency_match_pairs(rows, LATENCY_MATCH, "match.json")
+    assert (m["metric"], m["a_conv"], m["a_width"], m["b_conv"], m["b_width"], m["epochs"]) == (
+        "latency_ms_p50", "standard", 0.25, "dsconv", 0.8, 15)
+    assert (m["a_cost"], m["b_cost"], m["source"], m["tolerance"]) == (3.0, 3.1, "match.json", None)
+    assert m["cost_ratio"] == pytest.approx(3.1 / 3.0)
+    assert m["diff_mean"] == pytest.approx(0.025) and m["n_pairs"] == 2  # seeds 0 and 2
+    # dsconv w0.25 at 15 and at 30 epochs: only the 15-epoch runs share standard w0.25's schedule
+    (same,) = latency_match_pairs(rows, {**LATENCY_MATCH, "width": 0.25}, "m")
+    assert (same["epochs"], same["n_pairs"], same["diff_mean"]) == (15, 3, pytest.approx(-0.07 / 3))
+    # built for another input, or a width nobody trained: no row
+    assert latency_match_pairs(rows, {**LATENCY_MATCH, "image_size": 224}, "m") == []
+    assert latency_match_pairs(rows, {**LATENCY_MATCH, "width": 0.3}, "m") == []
+
+
+def test_the_report_shows_a_latency_match_with_where_it_was_timed_and_notes_one_it_cannot_pair(tmp_path):
+    runs = tmp_path / "runs"
+    for run in SWEEP:  # the sweep as files: train runs with metrics.json and config.yaml
+        write_train_run(runs / run.run_dir.name, run.values)
+    good, unpaired = tmp_path / "good.json", tmp_path / "unpaired.json"
+    good.write_text(json.dumps(LATENCY_MATCH))
+    unpaired.write_text(json.dumps({**LATENCY_MATCH, "width": 0.3}))
+    summary = build_report([runs], tmp_path / "out", latency_matches=[good, unpaired])
+    md = (tmp_path / "out" / "equal_cost.md").read_text()
+    assert md.count("| latency p50 (ms), match record | fashion_mnist | mobilenet_v1 | 28 | 15 | standard | "
+                    "0.25 | 3.000 | dsconv | 0.8 | 3.100 | 1.033 |") == 1
+    assert (f"- `{good}`: standard w0.25 3.000 ms, dsconv w0.8 3.100 ms, timed in one process on AMD EPYC "
+            "(Linux-6.18-x86_64), 1 thread(s), torch 2.14.1") in md
+    assert [n for n in summary.notes if n.startswith("unpaired")] == [
+        f"unpaired: --latency-match {unpaired}: no two configurations with top-1 of "
+        "standard w0.25 and dsconv w0.3 alike in everything else"]
+    (row,) = [r for r in read_csv(tmp_path / "out" / "equal_cost.csv") if r["source"] != "runs"]
+    assert (row["metric"], row["a_cost"], row["b_cost"], row["source"]) == ("latency_ms_p50", "3.0", "3.1", str(good))
+
+
+@pytest.mark.parametrize("content, error", [
+    (None, "cannot read it as JSON (FileNotFoundError"),
+    ("[1, 2]", "expected a JSON object, got list"),
+    (json.dumps({**LATENCY_MATCH, "cost_name": "params"}), "cost_name is 'params', not 'latency'"),
+    (json.dumps({k: v for k, v in LATENCY_MATCH.items() if k not in ("arch", "target")}), "missing target, arch"),
+])
+def test_a_bad_latency_match_record_is_a_one_line_error_and_nothing_is_written(tmp_path, content, error):
+    record = tmp_path / "match.json"
+    if content is not None:
+        record.write_text(content)
+    runs = tmp_path / "runs"
+    write_train_run(runs / "std0", SWEEP[0].values)
+    proc = subprocess.run([sys.executable, "-m", "dsnet.report", str(runs), "--out", str(tmp_path / "out"),
+                           "--latency-match", str(record)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(f"python -m dsnet.report: error: --latency-match {record}: {error}")
+    assert len(proc.stderr.splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_missing_columns_say_what_no_run_fills_and_the_command_that_fills_it():

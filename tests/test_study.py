@@ -159,6 +159,21 @@ def test_match_on_latency_records_the_thread_count_its_timings_ran_at(monkeypatc
     assert set(timed_at) == {1} and found["environment"]["num_threads"] == 1
 
 
+def test_the_latency_match_record_names_the_input_and_the_report_reads_it(tmp_path, monkeypatch):
+    """What study.py match writes is what python -m dsnet.report --latency-match takes: a match of
+    params stands in for the timed one (the record's layout does not depend on the cost)."""
+    import dsnet.allocator
+    from dsnet.report.discover import read_latency_match
+
+    monkeypatch.setattr(dsnet.allocator, "configure", lambda mode: mode)  # process-wide: not in a test worker
+    found = load_study().match("params", min_run_time=0.01)
+    assert {k: found[k] for k in ("arch", "image_size", "in_chans", "num_classes")} == {
+        "arch": "mobilenet_v1", "image_size": 28, "in_chans": 1, "num_classes": 10}
+    path = tmp_path / "match.json"
+    path.write_text(json.dumps({**found, "cost_name": "latency", "environment": {"device": "cpu"}}))
+    assert read_latency_match(path)["width"] == 0.74
+
+
 def test_the_lr_choice_grows_the_grid_at_an_edge_for_both_arms(tmp_path):
     study = load_study()
     jobs, choice = study.choose(tmp_path)

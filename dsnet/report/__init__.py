@@ -34,6 +34,7 @@ from dsnet.report.compare import (
     comparisons,
     convergence,
     equal_cost,
+    latency_match_pairs,
 )
 from dsnet.report.compare_md import (
     comparisons_section,
@@ -48,7 +49,9 @@ from dsnet.report.discover import (
     Run,
     collect_runs,
     find_run_dirs,
+    read_latency_match,
     read_train_accuracy,
+    show_path,
 )
 from dsnet.report.markdown import markdown_table, shares_section, theory_section, write_markdown
 from dsnet.report.plots import COST_AXES, pareto_front, plot_tradeoffs
@@ -78,6 +81,7 @@ __all__ = [
     "CONFIG_KEYS", "COST_AXES", "DEFAULT_LATENCY_TOLERANCE", "DEFAULT_TOLERANCE", "LAYER_TYPES", "PAIR_KEYS", "RUN_COLUMNS",
     "ReportInputError", "ReportSummary", "Run", "SHARE_ID_KEYS", "SUMMARY_COLUMNS",
     "THEORY_COLUMNS", "build_report", "collect_runs", "comparisons", "conv_label", "convergence", "equal_cost",
+    "latency_match_pairs",
     "find_run_dirs", "layer_shares", "markdown_table", "missing_columns", "pareto_front",
     "plot_tradeoffs", "read_train_accuracy", "summarise", "theory_vs_measurement", "write_csv",
 ]
@@ -97,7 +101,8 @@ class ReportSummary:
 
 def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                  tolerance: float = DEFAULT_TOLERANCE, latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
-                 include_contended: bool = False) -> ReportSummary:
+                 include_contended: bool = False,
+                 latency_matches: Sequence[str | os.PathLike] = ()) -> ReportSummary:
     """Reads every run under ``dirs`` and writes tables and plots into ``out``.
 
     Args:
@@ -105,13 +110,15 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         latency_tolerance: the same for measured latency (wider: it carries measurement noise).
         include_contended: keep runs timed under CPU contention in the ratio tables (theory vs
             measurement, equal latency); by default only the results table shows their timings.
+        latency_matches: latency-match records (``scripts/study.py match --cost latency``) whose two
+            widths the equal-cost table pairs at the latencies the record measured in one process.
 
     Everything is written to a temporary directory beside ``out`` first and moved into place
     file by file only once all of it was written, so a failure leaves ``out`` untouched.
 
     Raises:
         ReportInputError: a directory does not exist, ``out`` is a file, ``tolerance`` is
-            negative, or no run under ``dirs`` has results.
+            negative, a latency-match record cannot be read, or no run under ``dirs`` has results.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -119,6 +126,7 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     for flag, value in (("--tolerance", tolerance), ("--latency-tolerance", latency_tolerance)):
         if not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise ReportInputError(f"{flag} must be a fraction in [0, 1) (0.05 = 5%), got {value!r}")
+    records = [(show_path(Path(p).resolve()), read_latency_match(p)) for p in latency_matches]
     runs, missing = collect_runs(dirs)
     if not runs:
         d, reason = missing[0]
@@ -135,12 +143,19 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                      "timings out; --include-contended keeps them")
     theory, shares = theory_vs_measurement(quiet_rows), layer_shares(rows)
     compared, matched, converged = comparisons(rows), equal_cost(quiet_rows, tolerance, latency_tolerance), convergence(rows)
+    for source, record in records:
+        pairs = latency_match_pairs(rows, record, source)
+        matched += pairs
+        if not pairs:
+            notes.append(f"unpaired: --latency-match {source}: no two configurations with top-1 of "
+                         f"{record['target_conv']} w{record['target_width']:g} and {record['conv']} "
+                         f"w{record['width']:g} alike in everything else")
     hparams = hparam_columns(rows)
     predictors = predictor_rows(quiet_rows)
     sections = {"theory_vs_measurement.md": theory_section(theory),
                 "comparisons.md": comparisons_section(compared),
                 "convergence.md": convergence_section(converged),
-                "equal_cost.md": equal_cost_section(matched, tolerance, latency_tolerance),
+                "equal_cost.md": equal_cost_section(matched, tolerance, latency_tolerance, records),
                 "hyperparameters.md": hparams_section(rows, hparams),
                 "layer_shares.md": shares_section(shares),
                 "cost_predictors.md": predictors_section(predictors)}

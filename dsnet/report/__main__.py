@@ -40,11 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"(default {DEFAULT_LATENCY_TOLERANCE:g})")
     parser.add_argument("--include-contended", action="store_true",
                         help="keep runs timed under CPU contention in the ratio tables")
+    parser.add_argument("--latency-match", action="append", default=[], metavar="FILE",
+                        help="a latency-match record (scripts/study.py match --cost latency): the equal-cost "
+                             "table pairs its two widths at the latencies it measured in one process; repeatable")
     args = parser.parse_args(argv)
     try:
         summary = build_report(args.dirs, args.out, tolerance=args.tolerance,
                                latency_tolerance=args.latency_tolerance,
-                               include_contended=args.include_contended)
+                               include_contended=args.include_contended,
+                               latency_matches=args.latency_match)
     except ReportInputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

@@ -14,6 +14,11 @@ per-seed gap minus the short one's.
 *At equal cost* pairs configurations of two convolution types whose parameters, multiply-adds or
 measured latency agree within a relative tolerance, whatever their widths: the accuracy each
 convolution type reaches for the same budget. Both sides' actual costs are in every row.
+
+A latency match measured once, by a width search that timed both networks in one process
+(``scripts/study.py match --cost latency``), pairs the runs of the two widths it names even where
+their own eval latencies come from different machines: :func:`latency_match_pairs`, whose rows take
+both costs from the search's record.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ COMPARISON_COLUMNS = ("factor", "dataset", "arch", "width", "image_size", "epoch
 COST_METRICS = ("params", "macs", "latency_ms_p50")
 EQUAL_COST_COLUMNS = ("metric", "dataset", "arch", "image_size", "epochs", "a_conv", "a_width", "a_cost",
                       "a_top1_mean", "b_conv", "b_width", "b_cost", "b_top1_mean", "cost_ratio",
-                      "diff_mean", "diff_ci95", "n_pairs", "tolerance")
+                      "diff_mean", "diff_ci95", "n_pairs", "tolerance", "source")
 DEFAULT_TOLERANCE = 0.05
 # Measured latency wobbles from process to process: on an idle 2-core EPYC the median batch-1 p50
 # of one network timed in two processes differed by 6-10% (docs/results/converged/latency), so a
@@ -145,9 +150,36 @@ def equal_cost(rows: Sequence[dict[str, Any]], tolerance: float = DEFAULT_TOLERA
             out.append({"metric": metric, **{k: a[k] for k in ("dataset", "arch", "image_size", "epochs")},
                         "a_conv": conv_label(a), "a_width": a["width"], "a_cost": a[metric],
                         "b_conv": conv_label(b), "b_width": b["width"], "b_cost": b[metric],
-                        "cost_ratio": ratio(b[metric], a[metric]), "tolerance": tol,
+                        "cost_ratio": ratio(b[metric], a[metric]), "tolerance": tol, "source": "runs",
                         **{k: v for k, v in _diff(a, b).items() if k != "seeds"}})
     return out
+
+
+def _same_width(a: float, b: float) -> bool:
+    return round(a, 6) == round(b, 6)  # widths are multiples of 0.01 written as floats
+
+
+def latency_match_pairs(rows: Sequence[dict[str, Any]], record: dict[str, Any], source: str) -> list[dict[str, Any]]:
+    """Equal-latency rows for the two networks a latency-match ``record`` names.
+
+    Every two configurations with top-1, one of ``target_conv`` at ``target_width`` (side ``a``)
+    and one of ``conv`` at ``width`` (side ``b``), built for the record's input and equal in
+    everything else a cost comparison fixes (dataset, schedule, training set), give one row: the
+    accuracy difference paired by seed, the costs the record measured (``a_cost`` its ``target``,
+    ``b_cost`` its ``cost``). ``source`` names the record in the row. The record's keys:
+    :data:`dsnet.report.discover.LATENCY_MATCH_KEYS`.
+    """
+    built_for = ("arch", "image_size", "in_chans", "num_classes")
+    configs = [r for r in one_per_config(rows) if r["top1_mean"] is not None
+               and all(r[k] == record[k] for k in built_for)]
+    sides = [[r for r in configs if r["conv"] == record[conv] and _same_width(r["width"], record[width])]
+             for conv, width in (("target_conv", "target_width"), ("conv", "width"))]
+    return [{"metric": "latency_ms_p50", **{k: a[k] for k in ("dataset", "arch", "image_size", "epochs")},
+             "a_conv": conv_label(a), "a_width": a["width"], "a_cost": record["target"],
+             "b_conv": conv_label(b), "b_width": b["width"], "b_cost": record["cost"],
+             "cost_ratio": ratio(record["cost"], record["target"]), "tolerance": None, "source": source,
+             **{k: v for k, v in _diff(a, b).items() if k != "seeds"}}
+            for a in sides[0] for b in sides[1] if all(a[k] == b[k] for k in _match_keys("params"))]
 
 
 def _schedule_pairs(configs: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:

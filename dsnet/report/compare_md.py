@@ -51,13 +51,35 @@ def comparisons_section(rows: Sequence[dict[str, Any]]) -> str:
                "No two configurations with top-1 differ in one factor only.\n"))
 
 
-def equal_cost_section(rows: Sequence[dict[str, Any]], tolerance: float, latency_tolerance: float) -> str:
-    """The at-equal-cost table: each pair with both sides' costs and the paired difference."""
+def _matched_cell(row: dict[str, Any]) -> str:
+    name = _METRIC_NAMES[row["metric"]]
+    return name if row.get("source", "runs") == "runs" else f"{name}, match record"
+
+
+def _records_note(records: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """Where each latency-match record timed its two networks (both in one process)."""
+    lines = []
+    for source, r in records:
+        env = r["environment"]
+        lines.append(f"- `{source}`: {r['target_conv']} w{r['target_width']:g} {r['target']:.3f} ms, "
+                     f"{r['conv']} w{r['width']:g} {r['cost']:.3f} ms, timed in one process on "
+                     f"{env.get('device_name', env.get('device', '?'))} ({env.get('platform', '?')}), "
+                     f"{env.get('num_threads', '?')} thread(s), torch {env.get('torch', '?')}")
+    return ("\n*match record* rows take both latencies from a width search that timed the two networks "
+            "side by side in one process (`scripts/study.py match --cost latency`), not from the runs' "
+            "own evaluations, which may come from different machines; the pair is equal in latency "
+            "where that search ran:\n\n" + "\n".join(lines) + "\n") if lines else ""
+
+
+def equal_cost_section(rows: Sequence[dict[str, Any]], tolerance: float, latency_tolerance: float,
+                       records: Sequence[tuple[str, dict[str, Any]]] = ()) -> str:
+    """The at-equal-cost table: each pair with both sides' costs and the paired difference;
+    ``records`` are the latency-match records (``(source, record)``) some rows come from."""
     epochs = has_epochs(rows)
     header = ["matched", "dataset", "model", "resolution (px)", *(["epochs"] if epochs else []), "a", "a width",
               "a cost", "b", "b width", "b cost", "cost b/a", "top-1 a (%)", "top-1 b (%)",
               "b − a (pp), mean ± 95% CI", "seed pairs"]
-    body = [[_METRIC_NAMES[r["metric"]], r["dataset"], r["arch"], str(r["image_size"]),
+    body = [[_matched_cell(r), r["dataset"], r["arch"], str(r["image_size"]),
              *([fmt(r["epochs"], "d")] if epochs else []), r["a_conv"],
              f"{r['a_width']:g}", _cost(r["a_cost"], r["metric"]), r["b_conv"], f"{r['b_width']:g}",
              _cost(r["b_cost"], r["metric"]), f"{r['cost_ratio']:.3f}",
@@ -69,7 +91,8 @@ def equal_cost_section(rows: Sequence[dict[str, Any]], tolerance: float, latency
     return ("## At equal cost\n\n" + note + "\n"
             + (markdown_table(header, body) if body else
                f"No two configurations of different convolution types match within {tol}"
-               " (train the widths that match, e.g. with the width-matching recipe).\n"))
+               " (train the widths that match, e.g. with the width-matching recipe).\n")
+            + _records_note(records))
 
 
 HPARAM_MIRRORS = ("hparams/lr", "hparams/weight_decay", "hparams/depthwise_weight_decay")

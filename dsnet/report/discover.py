@@ -272,3 +272,32 @@ def collect_runs(dirs: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tup
         elif d not in missing:
             missing[d] = _no_results_reason(d)
     return runs, sorted(missing.items())
+
+
+# What a latency-match record (``scripts/study.py match --cost latency``) must hold: the two
+# networks, their latencies timed in one process, the input they were built for, and where.
+LATENCY_MATCH_KEYS = ("conv", "width", "cost", "target_conv", "target_width", "target", "arch",
+                      "image_size", "in_chans", "num_classes", "environment")
+
+
+def read_latency_match(path: str | os.PathLike) -> dict[str, Any]:
+    """A latency-match record from ``path`` (JSON, never a pickle).
+
+    Raises:
+        ReportInputError: the file is missing, not a JSON object, not a latency match, or lacks a key.
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ReportInputError(f"--latency-match {path}: cannot read it as JSON "
+                               f"({type(err).__name__}: {err})") from None
+    if not isinstance(record, dict):
+        raise ReportInputError(f"--latency-match {path}: expected a JSON object, got {type(record).__name__}")
+    if record.get("cost_name") != "latency":
+        raise ReportInputError(f"--latency-match {path}: cost_name is {record.get('cost_name')!r}, not "
+                               "'latency' (a record of scripts/study.py match --cost latency)")
+    absent = [k for k in LATENCY_MATCH_KEYS if record.get(k) is None]
+    if absent:
+        raise ReportInputError(f"--latency-match {path}: missing {', '.join(absent)}")
+    return record
