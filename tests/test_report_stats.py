@@ -268,6 +268,7 @@ def test_the_report_shows_a_latency_match_with_where_it_was_timed_and_notes_one_
     ("[1, 2]", "expected a JSON object, got list"),
     (json.dumps({**LATENCY_MATCH, "cost_name": "params"}), "cost_name is 'params', not 'latency'"),
     (json.dumps({k: v for k, v in LATENCY_MATCH.items() if k not in ("arch", "target")}), "missing target, arch"),
+    (json.dumps({**LATENCY_MATCH, "cost": "3.1 ms"}), "cost must be a number > 0, got '3.1 ms'"),
 ])
 def test_a_bad_latency_match_record_is_a_one_line_error_and_nothing_is_written(tmp_path, content, error):
     record = tmp_path / "match.json"

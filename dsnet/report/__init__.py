@@ -81,8 +81,7 @@ __all__ = [
     "CONFIG_KEYS", "COST_AXES", "DEFAULT_LATENCY_TOLERANCE", "DEFAULT_TOLERANCE", "LAYER_TYPES", "PAIR_KEYS", "RUN_COLUMNS",
     "ReportInputError", "ReportSummary", "Run", "SHARE_ID_KEYS", "SUMMARY_COLUMNS",
     "THEORY_COLUMNS", "build_report", "collect_runs", "comparisons", "conv_label", "convergence", "equal_cost",
-    "latency_match_pairs",
-    "find_run_dirs", "layer_shares", "markdown_table", "missing_columns", "pareto_front",
+    "find_run_dirs", "latency_match_pairs", "layer_shares", "markdown_table", "missing_columns", "pareto_front",
     "plot_tradeoffs", "read_train_accuracy", "summarise", "theory_vs_measurement", "write_csv",
 ]
 

@@ -300,4 +300,11 @@ def read_latency_match(path: str | os.PathLike) -> dict[str, Any]:
     absent = [k for k in LATENCY_MATCH_KEYS if record.get(k) is None]
     if absent:
         raise ReportInputError(f"--latency-match {path}: missing {', '.join(absent)}")
+    for key in ("width", "cost", "target_width", "target"):
+        value = record[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ReportInputError(f"--latency-match {path}: {key} must be a number > 0, got {value!r}")
+    if not isinstance(record["environment"], dict):
+        raise ReportInputError(f"--latency-match {path}: environment must be a JSON object, "
+                               f"got {record['environment']!r}")
     return record
