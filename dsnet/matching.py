@@ -125,9 +125,12 @@ def match_width(
     found = Match(round(k * resolution, 10), at(k), target, (at(k) - target) / target,
                   target_conv, float(target_width), conv, cost_name)
     if abs(found.rel_error) > tolerance:
+        # a counted cost steps with the channel count; a measured one also wobbles from call to call
+        hint = "try a smaller resolution" if isinstance(cost, str) else \
+            "a measured cost may be noise: time longer, on a quiet machine, or try a smaller resolution"
         raise ValueError(
             f"no width of {conv} costs {_num(target)} {cost_name} within {tolerance:.1%}: the nearest, "
-            f"width {found.width:g}, costs {_num(found.cost)} ({found.rel_error:+.1%}); try a smaller resolution"
+            f"width {found.width:g}, costs {_num(found.cost)} ({found.rel_error:+.1%}); {hint}"
         )
     return found
 

@@ -725,7 +725,10 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.runs_dir.resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     if args.command == "match":
-        found = match(args.cost, args.min_run_time)
+        try:
+            found = match(args.cost, args.min_run_time)
+        except ValueError as err:  # no width within the tolerance: noisy timings, or out of reach
+            sys.exit(f"study.py: error: {err}")
         if args.cost == "latency":  # the equal_cost stage trains at this width from now on
             (RESULTS_DIR / "match_latency.json").write_text(json.dumps(found, indent=2) + "\n")
         print(json.dumps(found, indent=2))

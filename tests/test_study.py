@@ -87,14 +87,17 @@ def test_match_width_on_macs_and_on_a_callable_cost():
     assert match_width("dsconv", "standard", 0.25, cost=count_params, max_width=1.0, **FMNIST).width == 0.74
 
 
+def count_head(net):
+    """A stand-in for a measured cost: the head width in channels (steps of 8), plus 4 for the
+    network without depthwise filters, so that no dsconv width matches standard's exactly."""
+    return net.head.fc.in_features + (0 if any(m.groups > 1 for m in net.modules()
+                                               if isinstance(m, torch.nn.Conv2d)) else 4)
+
+
 def test_a_tie_between_two_steps_goes_to_the_smaller_width():
     # Head width in channels (steps of 8), plus 4 for the network without depthwise filters: the
     # standard w0.25 target is 256 + 4, exactly between dsconv's 256 (w0.25) and 264 (w0.26).
-    def head_plus_4(net):
-        return net.head.fc.in_features + (0 if any(m.groups > 1 for m in net.modules()
-                                                   if isinstance(m, torch.nn.Conv2d)) else 4)
-
-    found = match_width("dsconv", "standard", 0.25, cost=head_plus_4, max_width=0.5, tolerance=0.05, **FMNIST)
+    found = match_width("dsconv", "standard", 0.25, cost=count_head, max_width=0.5, tolerance=0.05, **FMNIST)
     assert (found.width, found.cost, found.target) == (0.25, 256, 260)
 
 
@@ -107,6 +110,12 @@ def test_a_target_out_of_reach_or_tolerance_is_a_one_line_error():
         match_width("dsconv", "standard", 0.25, cost="params", max_width=1.0, tolerance=1e-4, **FMNIST)
     with pytest.raises(ValueError, match=r"cost='latency': expected one of params, macs or a callable"):
         match_width("dsconv", "standard", 0.25, cost="latency")
+    # a measured cost (a callable) that misses says it may be noise: here dsconv's head width (in
+    # steps of 8 channels) against standard w0.25's 256 + 4
+    with pytest.raises(ValueError, match=r"^no width of dsconv costs 260 count_head within 1.0%: the nearest, "
+                                         r"width 0.25, costs 256 \(-1.5%\); a measured cost may be noise: time "
+                                         r"longer, on a quiet machine, or try a smaller resolution$"):
+        match_width("dsconv", "standard", 0.25, cost=count_head, max_width=0.5, tolerance=0.01, **FMNIST)
 
 
 def test_the_match_width_resolver_gives_the_width_to_a_config():
@@ -158,6 +167,25 @@ def test_match_on_latency_records_the_thread_count_its_timings_ran_at(monkeypatc
     assert (found["width"], found["cost_name"], found["target"]) == (0.74, "latency", STANDARD_W025_PARAMS / 1e6)
     assert set(timed_at) == {1} and found["environment"]["num_threads"] == 1
 
+
+def test_a_latency_match_that_finds_no_width_is_a_one_line_error_and_writes_no_record(tmp_path, monkeypatch):
+    # Timings stood in for by parameters, the standard network's doubled: out of dsconv's reach up to w1.0
+    import dsnet.allocator
+    import dsnet.measure
+
+    def latency(net, input_size, num_threads, min_run_time):
+        depthwise = any(m.groups > 1 for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+        return {"latency_ms_p50": count_params(net) / 1e6 * (1 if depthwise else 2)}
+
+    monkeypatch.setattr(dsnet.measure, "measure_latency", latency)
+    monkeypatch.setattr(dsnet.allocator, "configure", lambda mode: mode)  # process-wide: not in a test worker
+    study = load_study()
+    monkeypatch.setattr(study, "RESULTS_DIR", study.RESULTS_DIR)  # main() reassigns it
+    with pytest.raises(SystemExit, match=r"^study.py: error: standard at width 0.25 costs 3.543 latency_ms, "
+                                         r"outside what dsconv reaches at widths 0.01..1 \(.*\)$"):
+        study.main(["match", "--cost", "latency", "--min-run-time", "0.01", "--results-dir", str(tmp_path),
+                    "--runs-dir", str(tmp_path / "runs")])
+    assert not (tmp_path / "match_latency.json").exists()
 
 def test_the_latency_match_record_names_the_input_and_the_report_reads_it(tmp_path, monkeypatch):
     """What study.py match writes is what python -m dsnet.report --latency-match takes: a match of
