@@ -682,11 +682,11 @@ def report() -> int:
     # the latency match the study trained its equal-latency pair from: the report pairs those runs
     # at the latencies the match timed side by side, not at their own evals' (other machines, perhaps)
     record = RESULTS_DIR / "match_latency.json"
-    match = ["--latency-match", str(record)] if record.is_file() else []
+    latency_match = ["--latency-match", str(record)] if record.is_file() else []
     status = 0
     for dirs, out in inputs:
         log(f"report of {', '.join(x.name for x in dirs)} -> {out}")
-        extra = match if out.name == "report" else []
+        extra = latency_match if out.name == "report" else []
         rc = subprocess.run([sys.executable, "-m", "dsnet.report", *map(str, dirs), "--out", str(out), *extra],
                             cwd=ROOT, check=False).returncode
         status = status or rc

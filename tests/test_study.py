@@ -563,9 +563,16 @@ def test_evaluate_pauses_the_study_measures_each_finished_run_once_and_the_copy_
     (row,) = read_csv(tmp_path / "report" / "runs.csv")
     assert (row["train_dir"], row["top1_source"]) == (str(copied.resolve()), "results.json")
     assert float(row["val_acc_best"]) == metrics["val/acc_best"] and row["epochs"] == "1"
-    # study.py report: the same, from the collected runs into the results directory (no search: one report)
+    # study.py report: the same, from the collected runs into the results directory (no search: one
+    # report), with the study's latency-match record listed under its equal-cost table
+    record = {"width": 0.5, "cost": 2.777, "target": 2.897, "target_conv": "standard", "target_width": 0.25,
+              "conv": "dsconv", "cost_name": "latency", "arch": "mobilenet_v1", **study.FMNIST,
+              "environment": {"device_name": "AMD EPYC", "num_threads": 1}}
+    (tmp_path / "results" / "match_latency.json").write_text(json.dumps(record))
     assert study.report() == 0
-    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["report", "runs"]
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["match_latency.json", "report", "runs"]
+    assert "- `" + str(tmp_path / "results" / "match_latency.json") + "`: standard w0.25 2.897 ms, dsconv w0.5 " \
+        "2.777 ms, timed in one process on AMD EPYC" in (tmp_path / "results" / "report" / "equal_cost.md").read_text()
     assert read_csv(tmp_path / "results" / "report" / "runs.csv")[0]["latency_ms_p50"] == row["latency_ms_p50"]
 
 
