@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import read_csv
 
 from dsnet.report import (
     build_report,
@@ -22,7 +23,6 @@ from dsnet.report import (
     summarise,
 )
 from dsnet.report.compare_md import comparisons_section, equal_cost_section, hparams_section
-from conftest import read_csv
 from dsnet.report.sensitivity import lr_arms, plot_lr_sensitivity
 from dsnet.report.curves import read_val_curve
 from dsnet.report.discover import Run

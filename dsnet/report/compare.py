@@ -146,13 +146,18 @@ def equal_cost(rows: Sequence[dict[str, Any]], tolerance: float = DEFAULT_TOLERA
                 key = (id(a), conv_label(b))
                 if gap <= tol and (key not in best or gap < best[key][0]):
                     best[key] = (gap, a, b)
-        for _, a, b in best.values():
-            out.append({"metric": metric, **{k: a[k] for k in ("dataset", "arch", "image_size", "epochs")},
-                        "a_conv": conv_label(a), "a_width": a["width"], "a_cost": a[metric],
-                        "b_conv": conv_label(b), "b_width": b["width"], "b_cost": b[metric],
-                        "cost_ratio": ratio(b[metric], a[metric]), "tolerance": tol, "source": "runs",
-                        **{k: v for k, v in _diff(a, b).items() if k != "seeds"}})
+        out += [_cost_row(metric, a, b, a[metric], b[metric], tol, "runs") for _, a, b in best.values()]
     return out
+
+
+def _cost_row(metric: str, a: dict[str, Any], b: dict[str, Any], a_cost: float, b_cost: float,
+              tolerance: float | None, source: str) -> dict[str, Any]:
+    """One row of the at-equal-cost table (:data:`EQUAL_COST_COLUMNS`): ``a`` and ``b`` at these costs."""
+    return {"metric": metric, **{k: a[k] for k in ("dataset", "arch", "image_size", "epochs")},
+            "a_conv": conv_label(a), "a_width": a["width"], "a_cost": a_cost,
+            "b_conv": conv_label(b), "b_width": b["width"], "b_cost": b_cost,
+            "cost_ratio": ratio(b_cost, a_cost), "tolerance": tolerance, "source": source,
+            **{k: v for k, v in _diff(a, b).items() if k != "seeds"}}
 
 
 def _same_width(a: float, b: float) -> bool:
@@ -174,11 +179,7 @@ def latency_match_pairs(rows: Sequence[dict[str, Any]], record: dict[str, Any], 
                and all(r[k] == record[k] for k in built_for)]
     sides = [[r for r in configs if r["conv"] == record[conv] and _same_width(r["width"], record[width])]
              for conv, width in (("target_conv", "target_width"), ("conv", "width"))]
-    return [{"metric": "latency_ms_p50", **{k: a[k] for k in ("dataset", "arch", "image_size", "epochs")},
-             "a_conv": conv_label(a), "a_width": a["width"], "a_cost": record["target"],
-             "b_conv": conv_label(b), "b_width": b["width"], "b_cost": record["cost"],
-             "cost_ratio": ratio(record["cost"], record["target"]), "tolerance": None, "source": source,
-             **{k: v for k, v in _diff(a, b).items() if k != "seeds"}}
+    return [_cost_row("latency_ms_p50", a, b, record["target"], record["cost"], None, source)
             for a in sides[0] for b in sides[1] if all(a[k] == b[k] for k in _match_keys("params"))]
 
 

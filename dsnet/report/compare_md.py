@@ -53,7 +53,7 @@ def comparisons_section(rows: Sequence[dict[str, Any]]) -> str:
 
 def _matched_cell(row: dict[str, Any]) -> str:
     name = _METRIC_NAMES[row["metric"]]
-    return name if row.get("source", "runs") == "runs" else f"{name}, match record"
+    return name if row["source"] == "runs" else f"{name}, match record"
 
 
 def _records_note(records: Sequence[tuple[str, dict[str, Any]]]) -> str:
