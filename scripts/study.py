@@ -107,8 +107,12 @@ SMALL_FILES = ("metrics.json", "config.yaml", "error.txt", ".hydra/overrides.yam
                f"{EVAL_DIR}/results.json", f"{EVAL_DIR}/.hydra/overrides.yaml")  # + csv/*/metrics.csv
 
 
+_LOG_LOCK = threading.Lock()  # the workers' threads log too: one line must not break into another
+
+
 def log(message: str) -> None:
-    print(f"[study {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    with _LOG_LOCK:
+        print(f"[study {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 @dataclass
