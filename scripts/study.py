@@ -107,7 +107,9 @@ SMALL_FILES = ("metrics.json", "config.yaml", "error.txt", ".hydra/overrides.yam
                f"{EVAL_DIR}/results.json", f"{EVAL_DIR}/.hydra/overrides.yaml")  # + csv/*/metrics.csv
 
 
-_LOG_LOCK = threading.Lock()  # the workers' threads log too: one line must not break into another
+# The workers' threads log too: one line must not break into another. Reentrant, because the
+# SIGTERM/SIGINT handlers log from the main thread, which may be inside log() when the signal comes.
+_LOG_LOCK = threading.RLock()
 
 
 def log(message: str) -> None:

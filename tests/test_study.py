@@ -528,6 +528,23 @@ def test_log_lines_from_the_workers_threads_never_run_into_each_other(tmp_path):
     assert len(lines) == 4 * 2000
 
 
+def test_a_signal_that_comes_while_the_main_thread_logs_is_logged_without_a_hang():
+    """The runner's SIGTERM handler logs; the signal may come while the main thread is inside log()."""
+    script = (
+        "import os, signal, sys\n"
+        "sys.path.insert(0, 'scripts')\n"
+        "import study\n"
+        "signal.signal(signal.SIGTERM, lambda *_: study.log('SIGTERM'))\n"
+        "with study._LOG_LOCK:  # as log() holds it\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, in this thread\n"
+        "study.log('after')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=120)  # a plain Lock: hangs here
+    assert result.returncode == 0, result.stdout
+    assert [line.split("] ", 1)[1] for line in result.stdout.splitlines()] == ["SIGTERM", "after"]
+
+
 def test_finish_by_is_the_next_such_time_of_day():
     study = load_study()
     at = study.finish_by_time("00:00")
