@@ -2,6 +2,7 @@
 
     python scripts/bench_runtimes.py                                  # all runtimes, widths 0.25/0.5/1.0, 224 and 28 px
     python scripts/bench_runtimes.py --runtimes eager onnxruntime --widths 0.5 --sizes 28 --rounds 3
+    python scripts/bench_runtimes.py --device cuda --precision bf16 --runtimes eager compile --batch-size 256
 
 For every runtime (``dsnet.runtimes``: eager, compile, onnxruntime, openvino), width and input
 size, the two networks (``conv=standard`` and ``conv=dsconv``) are built once per runtime (export,
@@ -29,7 +30,7 @@ from dsnet import allocator
 from dsnet.contention import ContentionPolicy, guarded
 from dsnet.measure import count_macs, environment, measure_latency, prepare_runtime
 from dsnet.models import create_model
-from dsnet.runtimes import RUNTIMES, runtime_version
+from dsnet.runtimes import RUNTIMES, runtime_devices, runtime_version
 
 
 def build(conv: str, width: float, size: int):
@@ -43,12 +44,14 @@ def bench_cell(args, name: str, width: float, size: int, policy: ContentionPolic
     for conv in ("standard", "dsconv"):
         nets[conv], input_size = build(conv, width, size)
         macs[conv] = count_macs(nets[conv], input_size)
-        runtimes[conv] = prepare_runtime(name, nets[conv], num_threads=args.threads)
+        runtimes[conv] = prepare_runtime(name, nets[conv], device=args.device, precision=args.precision,
+                                         num_threads=args.threads)
     rounds = {"standard": [], "dsconv": []}
     flagged = 0
     for i in range(args.rounds):
         for conv in (("standard", "dsconv") if i % 2 == 0 else ("dsconv", "standard")):
-            result = guarded(lambda: measure_latency(nets[conv], input_size, num_threads=args.threads,
+            result = guarded(lambda: measure_latency(nets[conv], input_size, device=args.device,
+                                                     precision=args.precision, num_threads=args.threads,
                                                      runtime=runtimes[conv], throughput_batch_size=args.batch_size,
                                                      min_run_time=args.min_run_time), policy)
             flagged += result["contention_flagged"]
@@ -59,7 +62,8 @@ def bench_cell(args, name: str, width: float, size: int, policy: ContentionPolic
     throughput_ratio = statistics.median(d / s for s, d in zip(thr["standard"], thr["dsconv"]))
     mac_ratio = macs["standard"] / macs["dsconv"]
     return {
-        "runtime": name, "runtime_version": runtime_version(name), "width": width, "image_size": size,
+        "runtime": name, "runtime_version": runtime_version(name), "device": args.device,
+        "precision": args.precision, "width": width, "image_size": size,
         "latency_ms_p50": {c: statistics.median(v) for c, v in p50.items()},
         "throughput_img_s": {c: statistics.median(v) for c, v in thr.items()},
         "latency_ratio": latency_ratio, "throughput_ratio": throughput_ratio, "mac_ratio": mac_ratio, "macs": macs,
@@ -74,6 +78,9 @@ def main() -> None:
     parser.add_argument("--widths", nargs="+", type=float, default=[0.25, 0.5, 1.0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 28])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (runtimes that run there only)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="autocast around the forward (fp16: cuda only)")
     parser.add_argument("--rounds", type=int, default=11, help="alternating rounds per cell")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size of the throughput run")
     parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds per timed measurement")
@@ -82,12 +89,22 @@ def main() -> None:
     parser.add_argument("--contention-retries", type=int, default=2)
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()
+    device = args.device.split(":")[0]
+    if device not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device}: expected cpu, cuda or cuda:N")
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+    unable = [name for name in args.runtimes if device not in runtime_devices(name)]
+    if unable:
+        parser.error(f"--device {args.device}: runtime {', '.join(unable)} does not run there; "
+                     f"choose from {', '.join(n for n in args.runtimes if n not in unable) or 'eager, compile'}")
     allocator.configure(args.allocator)
     policy = ContentionPolicy(threshold=args.contention_threshold, retries=args.contention_retries)
     torch.manual_seed(0)
-    print(f"# bench_runtimes  MobileNetV1 standard vs dsconv, {args.threads} thread(s), {args.rounds} rounds, "
+    print(f"# bench_runtimes  MobileNetV1 standard vs dsconv on {args.device}, {args.precision}, "
+          f"{args.threads} CPU thread(s), {args.rounds} rounds, "
           f"throughput batch {args.batch_size}, allocator {args.allocator}, load {os.getloadavg()[0]:.1f} at start")
-    print("# " + "  ".join(f"{k}={v}" for k, v in environment().items()))
+    print("# " + "  ".join(f"{k}={v}" for k, v in environment(args.device, args.threads).items()))
     print("| runtime | width | px | std p50 ms | ds p50 ms | std img/s | ds img/s | latency ratio | throughput ratio "
           "| MAC ratio | saving delivered | flagged rounds |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

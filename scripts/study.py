@@ -95,6 +95,10 @@ SEARCH = ["experiment=converged", "hparams_search=converged_lr"]
 SEEDS = (2, 3, 4)  # the tables' seeds; the search ran at seed 1 (its winner is not reused)
 ARMS = ("conv", "dsconv")
 TABLE4_WIDTHS = (0.25, 0.5)  # the stages table4_w0.25 and table4_w0.5
+# The paper's own width, 1.0, for the standard arm: 28.3 M params and 4.4x dsconv w1.0's training
+# multiply-adds, hours an epoch on one of these cores. Its runs ask for a GPU in their overrides
+# (fp32 weights; cuDNN's default TF32 convolutions), and a runner without one skips them.
+GPU_OVERRIDES = ["trainer=gpu", "trainer.precision=32-true"]
 FMNIST = {"image_size": 28, "num_classes": 10, "in_chans": 1}  # what experiment=converged trains on
 FMNIST_INPUT = (FMNIST["in_chans"], FMNIST["image_size"], FMNIST["image_size"])  # (C, H, W) of one image
 MAX_GROW = 3  # values the lr grid may grow by, over both edges together (2 until sitting 3: see docs)
@@ -131,6 +135,10 @@ class Job:
     def pid_file(self, runs_dir: Path) -> Path:
         return runs_dir / self.stage / f"{self.name}.pid"
 
+    @property
+    def needs_gpu(self) -> bool:
+        return self.config.get("trainer", {}).get("accelerator") == "gpu"
+
     def state(self, runs_dir: Path) -> str:
         run_dir = self.run_dir(runs_dir)
         if _alive(self.pid_file(runs_dir)):
@@ -145,10 +153,18 @@ class Job:
 EXTRA: list[str] = []  # --extra: overrides added to every job (a smoke run of the machinery)
 
 
+@functools.lru_cache(maxsize=None)
+def cuda_available() -> bool:
+    import torch  # lazy: plan and the runner need torch only for this
+
+    return torch.cuda.is_available()
+
+
 def thread_env(threads: int = 1) -> dict[str, str]:
     """The environment of every process the study starts: ``threads`` intra-op threads (one unless
     ``run --threads``), this checkout's dsnet."""
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # packages on it stay
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": path}
 
 
 def _alive(pid_file: Path) -> bool:
@@ -331,7 +347,11 @@ def later_stages(choice: dict, runs_dir: Path | None = None) -> list[tuple[str, 
     ]
     if not met:  # the issue's order: Table 4 at both widths, then the equal-cost pairs, then Table 6
         stages += [("equal_cost_e30", jobs("equal_cost_e30", schedule, arms=("dsconv",), widths=matched))]
-    return stages + [("table6", jobs("table6", schedule, arms=("dsconv",), widths=(1.0, 0.75)))]
+    return stages + [
+        ("table6", jobs("table6", schedule, arms=("dsconv",), widths=(1.0, 0.75))),
+        # Table 4 at the paper's width 1.0: the standard arm on a GPU; its dsconv arm is Table 6's w1.0
+        ("table4_w1", jobs("table4_w1", [*schedule, *GPU_OVERRIDES], arms=("conv",), widths=(1.0,))),
+    ]
 
 
 # --- fitting runs into a sitting (run --finish-by) -------------------------------------------------
@@ -345,7 +365,7 @@ def measured_epoch_s(runs_dir: Path) -> dict[tuple[str, float, int], list[float]
     """Wall seconds per epoch of every finished run under ``runs_dir``, by (convolution, width,
     threads): its sittings' wall time (study_sessions.json) over its epochs; a run whose sittings
     used different thread counts is left out. Restored runs bring the times of the machine that
-    trained them."""
+    trained them; runs trained on a GPU are left out."""
     measured: dict[tuple[str, float, int], list[float]] = {}
     for sittings_file in runs_dir.glob("*/*/study_sessions.json"):
         run_dir = sittings_file.parent
@@ -356,6 +376,8 @@ def measured_epoch_s(runs_dir: Path) -> dict[tuple[str, float, int], list[float]
         if len(threads) != 1:
             continue
         cfg = OmegaConf.load(run_dir / "config.yaml")
+        if cfg.trainer.get("accelerator", "cpu") != "cpu":
+            continue  # a GPU's epochs say nothing about this machine's
         key = (str(cfg.model.conv), float(cfg.model.width), threads.pop())
         measured.setdefault(key, []).append(sum(x["wall_s"] for x in sittings) / int(cfg.trainer.max_epochs))
     return measured
@@ -470,7 +492,11 @@ class Runner:
             self._run(job)
 
     def fits(self, job: Job) -> bool:
-        """Whether the job's estimated remaining time ends before --finish-by (always, without it)."""
+        """Whether the job can run here (a GPU, if its trainer asks for one) and its estimated
+        remaining time ends before --finish-by (always, without it)."""
+        if job.needs_gpu and not cuda_available():
+            log(f"skip {job.stage}/{job.name}: needs a GPU (trainer=gpu), this machine has none")
+            return False
         if self.finish_by is None:
             return True
         left = self.finish_by - time.time()
@@ -654,12 +680,18 @@ def evaluate(runs_dir: Path, jobs: list[Job]) -> int:
         for i, job in enumerate(todo, 1):
             run_dir = job.run_dir(runs_dir)
             ckpt = best_checkpoint(run_dir)
+            if ckpt is None and job.needs_gpu:  # its checkpoint stayed on the GPU machine (too big to bring)
+                log(f"eval {i}/{len(todo)} {job.stage}/{job.name}: trained on a GPU, no checkpoint here; "
+                    "its metrics.json (test accuracy, params, MACs) stands, without a latency")
+                continue
             if ckpt is None:
                 log(f"eval {i}/{len(todo)} {job.stage}/{job.name}: no best checkpoint; skipped")
                 failed += 1
                 continue
             experiment = [o for o in job.overrides if o.startswith("experiment=")]
-            cmd = [sys.executable, "eval.py", *experiment, *eval_overrides(run_dir), f"ckpt_path={ckpt}",
+            # every eval times on this machine's CPU with eval's own trainer, wherever the run trained
+            overrides = [o for o in eval_overrides(run_dir) if not o.startswith("trainer")]
+            cmd = [sys.executable, "eval.py", *experiment, *overrides, f"ckpt_path={ckpt}",
                    f"hydra.run.dir={run_dir / EVAL_DIR}", *EVAL_OVERRIDES]
             start = time.time()
             with open(run_dir / f"{EVAL_DIR}.log", "w") as out:
@@ -749,10 +781,14 @@ def main(argv: list[str] | None = None) -> int:
         runner = Runner(runs_dir, args.workers, args.finish_by, args.threads)
         while not runner.stopping.is_set():
             stages, _ = all_jobs(runs_dir)
+            waiting = [j for _, jobs in stages for j in jobs if j.needs_gpu and not cuda_available()
+                       and j.state(runs_dir) not in ("finished", "failed")]
+            stages = [(name, [j for j in jobs if j not in waiting]) for name, jobs in stages]
             pending = [(name, jobs) for name, jobs in stages
                        if any(j.state(runs_dir) not in ("finished", "failed") for j in jobs)]
             if not pending:
-                log("every stage finished")
+                log("every stage finished" + (f", but for {len(waiting)} runs that need a GPU (this machine has none): "
+                                              + ", ".join(f"{j.stage}/{j.name}" for j in waiting) if waiting else ""))
                 break
             name, jobs = pending[0]
             if name != "lr_search":  # after the search, one queue in stage order: a worker the last
@@ -780,8 +816,9 @@ def main(argv: list[str] | None = None) -> int:
             for job in jobs:
                 state = job.state(runs_dir)
                 epochs = f"{epochs_done(job.run_dir(runs_dir))}/{job.config['trainer']['max_epochs']} epochs"
-                need = None if state == "finished" else estimate_s(job, runs_dir, measured, args.threads)
+                need = None if state == "finished" or job.needs_gpu else estimate_s(job, runs_dir, measured, args.threads)
                 left = "" if need is None else f"  ~{need / 60:.0f} min to go at {args.threads} thread(s)"
+                left += "  (needs a GPU)" if job.needs_gpu and state != "finished" else ""
                 print(f"{name:16s} {job.name:40s} {state:9s} {epochs}{left}")
         if choice is None:
             print("(the later stages are listed once the lr search finished)")

@@ -20,7 +20,7 @@ from torch import nn
 from dsnet.runtimes.base import Runtime, RuntimeMismatchError, RuntimeUnavailableError, TOLERANCE
 
 __all__ = ["RUNTIMES", "Runtime", "RuntimeMismatchError", "RuntimeUnavailableError", "TOLERANCE", "create_runtime",
-           "runtime_version"]
+           "runtime_devices", "runtime_version"]
 
 # name -> "module:class"; imported on demand so that a missing package only matters when it is asked for
 RUNTIMES = {
@@ -36,6 +36,11 @@ def _runtime_class(name: str) -> type[Runtime]:
         raise RuntimeUnavailableError(f"runtime={name!r}; expected one of {', '.join(RUNTIMES)}")
     module, cls = RUNTIMES[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def runtime_devices(name: str) -> tuple[str, ...]:
+    """The device types runtime ``name`` runs on (``cpu``, ``cuda``)."""
+    return _runtime_class(name).devices
 
 
 def runtime_version(name: str) -> str:
