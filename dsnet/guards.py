@@ -87,7 +87,7 @@ INSTANTIATION_USER_ERRORS = (ValueError, TypeError, ImportError, Misconfiguratio
 
 
 def user_error(err: BaseException) -> str | None:
-    """The one-line message of an error that is the user's to fix, or None for anything else (a bug).
+    r"""The one-line message of an error that is the user's to fix, or None for anything else (a bug).
 
     The user's: our :class:`InputError`\s; a constructor refusing its arguments while Hydra
     instantiates a config node (:data:`INSTANTIATION_USER_ERRORS`), reported under the node's key;

@@ -74,7 +74,8 @@ def bench_cell(args, name: str, width: float, size: int, policy: ContentionPolic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=list(RUNTIMES))
+    parser.add_argument("--runtimes", nargs="+", choices=list(RUNTIMES),
+                        help="default: every runtime that runs on --device")
     parser.add_argument("--widths", nargs="+", type=float, default=[0.25, 0.5, 1.0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 28])
     parser.add_argument("--threads", type=int, default=1)
@@ -92,12 +93,14 @@ def main() -> None:
     device = args.device.split(":")[0]
     if device not in ("cpu", "cuda"):
         parser.error(f"--device {args.device}: expected cpu, cuda or cuda:N")
-    if device == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+    if args.runtimes is None:
+        args.runtimes = [name for name in RUNTIMES if device in runtime_devices(name)]
     unable = [name for name in args.runtimes if device not in runtime_devices(name)]
     if unable:
         parser.error(f"--device {args.device}: runtime {', '.join(unable)} does not run there; "
                      f"choose from {', '.join(n for n in args.runtimes if n not in unable) or 'eager, compile'}")
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is available here; use --device cpu")
     allocator.configure(args.allocator)
     policy = ContentionPolicy(threshold=args.contention_threshold, retries=args.contention_retries)
     torch.manual_seed(0)

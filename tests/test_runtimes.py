@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import entrypoints
+from conftest import ROOT
 from dsnet.contention import ContentionPolicy, guarded
 from dsnet.measure import time_network
 from dsnet.models import create_model
@@ -173,3 +174,18 @@ def test_compile_runtime_keeps_compiling_past_dynamos_default_limit_of_eight():
         out = create_runtime("compile", net, num_threads=1).forward_for(x)()
         torch.testing.assert_close(out, net.eval()(x), rtol=1e-4, atol=1e-5)
     assert counters["stats"]["unique_graphs"] - before >= 10
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "tpu"], "--device tpu: expected cpu, cuda or cuda:N"),
+    (["--device", "cuda", "--runtimes", "eager", "onnxruntime"],
+     "--device cuda: runtime onnxruntime does not run there; choose from eager"),
+    pytest.param(["--device", "cuda"], "--device cuda: no CUDA device is available here; use --device cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU")),
+])
+def test_bench_runtimes_refuses_a_device_it_cannot_time_in_one_line(args, message):
+    proc = subprocess.run([sys.executable, "scripts/bench_runtimes.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode == 2 and lines[-1] == f"bench_runtimes.py: error: {message}"
+    assert "Traceback" not in proc.stdout + proc.stderr

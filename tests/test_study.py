@@ -7,6 +7,7 @@ import functools
 import importlib.util
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -338,8 +339,13 @@ def test_the_30_epoch_check_decides_the_schedule_of_the_tables_after_it(tmp_path
     stages = later_stages(study, tmp_path, runs_dir=runs_dir)
     names = {name: [j.name for j in jobs] for name, jobs in stages}
     epochs = 15 if met else 30
-    assert [n for n, _ in stages][4:] == (["table4_w0.5", "table6"] if met else
-                                          ["long60_w0.25", "table4_w0.5", "equal_cost_e30", "table6"])
+    assert [n for n, _ in stages][4:] == (["table4_w0.5", "table6", "table4_w1"] if met else
+                                          ["long60_w0.25", "table4_w0.5", "equal_cost_e30", "table6", "table4_w1"])
+    # Table 4 at the paper's width: the standard arm only (its dsconv arm is Table 6's w1.0), on a GPU
+    # in fp32 weights; nothing else asks for one
+    assert names["table4_w1"] == [f"standard_w1_lr0.05_e{epochs}_seed{s}" for s in (2, 3, 4)]
+    assert [(j.needs_gpu, j.config["trainer"]["precision"]) for j in dict(stages)["table4_w1"]] == [(True, "32-true")] * 3
+    assert not any(j.needs_gpu for name, jobs in stages if name != "table4_w1" for j in jobs)
     assert names["table4_w0.5"] == [f"dsconv_w0.5_lr0.4_e{epochs}_seed{s}" for s in (2, 3, 4)] + [
         f"standard_w0.5_lr0.05_e{epochs}_seed{s}" for s in (2, 3, 4)]
     assert names["table6"] == [f"dsconv_w{w}_lr0.4_e{epochs}_seed{s}" for s in (2, 3, 4) for w in ("1", "0.75")]
@@ -350,6 +356,66 @@ def test_the_30_epoch_check_decides_the_schedule_of_the_tables_after_it(tmp_path
 
 
 # --- the runner ------------------------------------------------------------------------------------
+
+
+def test_the_processes_the_study_starts_find_this_checkout_first_and_keep_the_callers_pythonpath(monkeypatch):
+    study = load_study()
+    monkeypatch.setenv("PYTHONPATH", "/opt/site")
+    env = study.thread_env(2)
+    assert env["PYTHONPATH"].split(":") == [str(ROOT), "/opt/site"]
+    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == ("2", "2")
+    monkeypatch.delenv("PYTHONPATH")
+    assert study.thread_env()["PYTHONPATH"] == str(ROOT)
+
+
+def _study_with_one_gpu_run_left(study, tmp_path):
+    """The committed study restored under tmp_path/runs, every run finished but table4_w1's seed 2."""
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("lr_choice.json", "match_latency.json"):
+        (results / name).write_text((study.RESULTS_DIR / name).read_text())
+    runs_dir = tmp_path / "runs"
+    assert study.restore(runs_dir) >= 55
+    stages, _ = study.all_jobs(runs_dir)
+    for job in (j for _, jobs in stages for j in jobs if j.state(runs_dir) != "finished"):
+        job.run_dir(runs_dir).mkdir(parents=True, exist_ok=True)  # a run this test must not train
+        (job.run_dir(runs_dir) / "metrics.json").write_text("{}")
+    shutil.rmtree(runs_dir / "table4_w1" / "standard_w1_lr0.8_e30_seed2")
+    return runs_dir, results
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_a_runner_without_a_gpu_starts_no_gpu_run_and_says_which_are_left(tmp_path, capsys):
+    study = load_study()
+    runs_dir, results = _study_with_one_gpu_run_left(study, tmp_path)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert study.main(["run", "--runs-dir", str(runs_dir), "--results-dir", str(results)]) == 0
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    out = capsys.readouterr().out
+    assert "every stage finished, but for 1 runs that need a GPU (this machine has none): " \
+           "table4_w1/standard_w1_lr0.8_e30_seed2" in out
+    assert " start " not in out and not list(runs_dir.glob("*/*.pid"))
+    # plan lists it without a CPU estimate
+    assert study.main(["plan", "--runs-dir", str(runs_dir), "--results-dir", str(results)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "standard_w1_lr0.8_e30_seed2" in x)
+    assert line.split()[2:] == ["todo", "0/30", "epochs", "(needs", "a", "GPU)"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_evaluate_leaves_a_gpu_run_whose_checkpoint_stayed_on_the_gpu_machine(tmp_path, capsys, monkeypatch):
+    """The GPU sitting brings back no checkpoint of standard w1.0 (108 MiB): its metrics.json
+    stands, and evaluate neither fails nor calls eval.py for it."""
+    study = load_study()
+    runs_dir, results = _study_with_one_gpu_run_left(study, tmp_path)
+    monkeypatch.setattr(study, "RESULTS_DIR", results)
+    job = next(j for _, jobs in study.all_jobs(runs_dir)[0] for j in jobs if j.name == "standard_w1_lr0.8_e30_seed3")
+    assert job.needs_gpu and job.state(runs_dir) == "finished" and study.best_checkpoint(job.run_dir(runs_dir)) is None
+    assert study.evaluate(runs_dir, [job]) == 0
+    assert "standard_w1_lr0.8_e30_seed3: trained on a GPU, no checkpoint here" in capsys.readouterr().out
+    assert not (job.run_dir(runs_dir) / f"{study.EVAL_DIR}.log").exists()
 
 
 @pytest.mark.slow  # two train.py processes: ~15 s idle, ~30 s beside the study's runs
