@@ -659,8 +659,17 @@ def pause_study(runs_dir: Path) -> int | None:
     return pgid
 
 
+def same_network(run_dir: Path) -> bool:
+    """Whether a run's cost-only eval (``<run>/eval/results.json``) counted the network the run
+    trained: the params and MACs of its metrics.json."""
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    counted = json.loads((run_dir / EVAL_DIR / "results.json").read_text())
+    return (trained["params"], trained["macs"]) == (counted["params"], counted["macs"])
+
+
 def evaluate(runs_dir: Path, jobs: list[Job]) -> int:
-    """eval.py on the best checkpoint of each finished job not evaluated yet; returns the failures.
+    """eval.py on the best checkpoint of each finished job not evaluated yet (a GPU run without
+    one: its network, cost and latency only); returns the failures.
 
     A study running under ``runs_dir`` is paused meanwhile (latency on a quiet machine) and resumed
     afterwards, whatever happens here (SIGTERM too: it becomes SystemExit, so ``finally`` runs).
@@ -680,22 +689,27 @@ def evaluate(runs_dir: Path, jobs: list[Job]) -> int:
         for i, job in enumerate(todo, 1):
             run_dir = job.run_dir(runs_dir)
             ckpt = best_checkpoint(run_dir)
-            if ckpt is None and job.needs_gpu:  # its checkpoint stayed on the GPU machine (too big to bring)
-                log(f"eval {i}/{len(todo)} {job.stage}/{job.name}: trained on a GPU, no checkpoint here; "
-                    "its metrics.json (test accuracy, params, MACs) stands, without a latency")
-                continue
-            if ckpt is None:
+            if ckpt is None and not job.needs_gpu:
                 log(f"eval {i}/{len(todo)} {job.stage}/{job.name}: no best checkpoint; skipped")
                 failed += 1
                 continue
             experiment = [o for o in job.overrides if o.startswith("experiment=")]
             # every eval times on this machine's CPU with eval's own trainer, wherever the run trained
             overrides = [o for o in eval_overrides(run_dir) if not o.startswith("trainer")]
-            cmd = [sys.executable, "eval.py", *experiment, *overrides, f"ckpt_path={ckpt}",
+            # A GPU run's checkpoint may have stayed on the GPU machine (standard w1.0's is 108 MiB):
+            # then eval.py counts and times the same network with random weights (latency does not
+            # depend on them), and the report takes top-1 from the run's metrics.json.
+            weights = [f"ckpt_path={ckpt}"] if ckpt is not None else []
+            cmd = [sys.executable, "eval.py", *experiment, *overrides, *weights,
                    f"hydra.run.dir={run_dir / EVAL_DIR}", *EVAL_OVERRIDES]
             start = time.time()
             with open(run_dir / f"{EVAL_DIR}.log", "w") as out:
                 rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+            if rc == 0 and ckpt is None and not same_network(run_dir):
+                rc = 1  # the eval config built another network than the run trained: not its latency
+                (run_dir / EVAL_DIR / "results.json").unlink()
+                log(f"eval {i}/{len(todo)} {job.stage}/{job.name}: eval.py's network has other params or "
+                    f"MACs than {run_dir / 'metrics.json'}; its results.json removed")
             failed += rc != 0
             log(f"eval {i}/{len(todo)} {job.stage}/{job.name}: exit {rc}, {time.time() - start:.0f} s")
     finally:

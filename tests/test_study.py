@@ -404,18 +404,44 @@ def test_a_runner_without_a_gpu_starts_no_gpu_run_and_says_which_are_left(tmp_pa
     assert line.split()[2:] == ["todo", "0/30", "epochs", "(needs", "a", "GPU)"]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
-def test_evaluate_leaves_a_gpu_run_whose_checkpoint_stayed_on_the_gpu_machine(tmp_path, capsys, monkeypatch):
-    """The GPU sitting brings back no checkpoint of standard w1.0 (108 MiB): its metrics.json
-    stands, and evaluate neither fails nor calls eval.py for it."""
+def test_a_gpu_run_without_its_checkpoint_gets_a_cost_only_eval_of_its_network_that_the_report_joins(
+        tmp_path, monkeypatch):
+    """The GPU sitting brings back no checkpoint of standard w1.0 (108 MiB): evaluate counts and
+    times the same network with random weights into <run>/eval, and the report's row for the run
+    has its eval's cost and latency with the seed, epochs and top-1 of its metrics.json."""
+    from dsnet.report.discover import collect_runs
+
     study = load_study()
     runs_dir, results = _study_with_one_gpu_run_left(study, tmp_path)
     monkeypatch.setattr(study, "RESULTS_DIR", results)
+    # a quick timing: the test checks what is joined, not how fast (standard w1.0 is ~1 s a batch of 64)
+    monkeypatch.setattr(study, "EVAL_OVERRIDES", [*study.EVAL_OVERRIDES, "latency.rounds=1",
+                                                  "latency.min_run_time=0.01", "latency.throughput_batch_size=1"])
     job = next(j for _, jobs in study.all_jobs(runs_dir)[0] for j in jobs if j.name == "standard_w1_lr0.8_e30_seed3")
     assert job.needs_gpu and job.state(runs_dir) == "finished" and study.best_checkpoint(job.run_dir(runs_dir)) is None
     assert study.evaluate(runs_dir, [job]) == 0
-    assert "standard_w1_lr0.8_e30_seed3: trained on a GPU, no checkpoint here" in capsys.readouterr().out
-    assert not (job.run_dir(runs_dir) / f"{study.EVAL_DIR}.log").exists()
+    trained = json.loads((job.run_dir(runs_dir) / "metrics.json").read_text())
+    counted = json.loads((job.run_dir(runs_dir) / "eval" / "results.json").read_text())
+    assert (counted["params"], counted["macs"], counted["ckpt_path"]) == (28_278_762, 365_632_000, None)
+    assert counted["latency_ms_p50"] > 0 and counted["device"] == "cpu"
+    runs, _ = collect_runs([results / "runs" / "table4_w1"])
+    (run,) = runs
+    assert run.values["top1"] == trained["test/acc"] and run.top1_source == "metrics.json"
+    assert (run.values["seed"], run.values["epochs"], run.values["conv"], run.values["width"]) == (3, 30, "standard", 1.0)
+    assert run.values["latency_ms_p50"] == counted["latency_ms_p50"]
+
+
+def test_a_cost_only_eval_of_another_network_than_the_run_trained_is_a_failure_and_leaves_no_results(
+        tmp_path, monkeypatch, capsys):
+    study = load_study()
+    runs_dir, results = _study_with_one_gpu_run_left(study, tmp_path)
+    monkeypatch.setattr(study, "RESULTS_DIR", results)
+    monkeypatch.setattr(study, "EVAL_OVERRIDES", [*study.EVAL_OVERRIDES, "latency.rounds=1", "latency.min_run_time=0.01",
+                                                  "latency.throughput_batch_size=1", "model.width=0.25"])
+    job = next(j for _, jobs in study.all_jobs(runs_dir)[0] for j in jobs if j.name == "standard_w1_lr0.8_e30_seed4")
+    assert study.evaluate(runs_dir, [job]) == 1
+    assert "eval.py's network has other params or MACs than" in capsys.readouterr().out
+    assert not (job.run_dir(runs_dir) / "eval" / "results.json").exists()
 
 
 @pytest.mark.slow  # two train.py processes: ~15 s idle, ~30 s beside the study's runs

@@ -197,16 +197,18 @@ def _eval_run(run_dir: Path, trains: dict[Path, dict[str, Any]]) -> Run:
     A relative ``ckpt_path`` is taken relative to the working directory, as eval.py would have.
     An eval of a checkpoint that lies in none of the train runs read (its run's small files were
     copied elsewhere, say into a results tree) belongs to the train run it lies in itself, as
-    ``scripts/study.py evaluate`` puts it (``<run>/eval``).
+    ``scripts/study.py evaluate`` puts it (``<run>/eval``); so does a cost-only eval (no checkpoint)
+    put there, as study.py evaluate does for a GPU run whose checkpoint stayed on the GPU machine.
     """
     record, extra = load_eval(run_dir / "results.json")
-    train_dir = None
-    if record.ckpt_path is not None:
-        parents = Path(record.ckpt_path).resolve().parents
-        train_dir = next((p for p in (*parents, *run_dir.parents) if p in trains), None)
+    parents = Path(record.ckpt_path).resolve().parents if record.ckpt_path is not None else ()
+    train_dir = next((p for p in (*parents, *run_dir.parents) if p in trains), None)
     train = trains.get(train_dir, {})
+    # What the eval leaves unset (a cost-only eval of a run's network: no seed, epochs or top-1)
+    # is the train run's; what it measured is its own.
     values = {**{f"hparams/{k}": v for k, v in (record.hparams or {}).items()}, **train,
-              **{k: v for k, v in record.to_dict().items() if k not in ("macs_breakdown", "hparams")}, **extra}
+              **{k: v for k, v in record.to_dict().items()
+                 if k not in ("macs_breakdown", "hparams") and (v is not None or k not in train)}, **extra}
     if values.get("runtime") is None:
         values["runtime"] = "eager"  # results.json before runtimes were recorded: eager
     source = "results.json"
