@@ -51,10 +51,15 @@ Stages, in the issue's priority order (the chosen lr per arm comes from ``lr_sea
   w0.25: a stated shortcut, no search at 0.5).
 - ``equal_cost_e30``, only if the check failed: the equal-cost runs again at 30 epochs.
 - ``table6``: dsconv at widths 1.0 and 0.75 (0.5 and 0.25 are Table 4's), seeds 2, 3, 4.
+- ``table4_w1``: the standard arm at width 1.0 (its dsconv arm is Table 6's), seeds 2, 3, 4, on a GPU
+  (``trainer=gpu trainer.precision=32-true`` in its overrides). A runner on a machine without one
+  starts none of its jobs and says so when nothing else is left; ``plan`` marks them "(needs a GPU)".
+  ``bash scripts/gpu_study.sh OUT`` runs whatever is left on a GPU machine (``run --extra trainer=gpu``).
 
 ``evaluate`` runs ``eval.py`` on the best checkpoint of every finished run of the later stages into
 ``<run>/eval/`` (test top-1 from the checkpoint, counted costs, batch-1 latency: 1 thread, fp32,
-eager, as ``match`` times), skipping runs evaluated already. Latency needs a quiet machine, so it
+eager, as ``match`` times), skipping runs evaluated already; a GPU run whose checkpoint stayed on the
+GPU machine gets a cost-only eval of its own network (top-1 then comes from its metrics.json). Latency needs a quiet machine, so it
 pauses a running study (SIGSTOP to the process group in PIDS) and resumes it when done, also on
 Ctrl-C or SIGTERM. The report joins ``<run>/eval`` to its run wherever the two are copied.
 """
