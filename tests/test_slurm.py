@@ -191,9 +191,19 @@ def test_sweep_through_sbatch_survives_a_failing_job_and_a_preempted_one(cluster
     proc = start_sweep(started, tmp_path, env, *RUN, f"trainer.max_epochs={epochs}", "ckpt_path=last", "model.width=0.25,-1")
     sweep, run_dir = tmp_path / "sweep", tmp_path / "sweep" / "0"
     last = run_dir / "checkpoints" / "last.ckpt"
-    wait_for(lambda: last.exists() and logged_step(run_dir) >= STEPS_PER_EPOCH + 2, proc, "epoch 2", poll_s=0.02)
+    def task_running() -> bool:
+        jobs = job_dirs(sweep)
+        with contextlib.suppress(AssertionError):  # not started yet
+            return len(jobs) == 2 and task_pid(jobs[0].name) > 0
+        return False
+
+    # The task's pid first: its /proc scan can take longer than the rest of an epoch on a fast machine
+    # (looked up after epoch 2 began, the task had run on to the third when it was frozen).
+    wait_for(task_running, proc, "the job's task", poll_s=0.05)
     job, failing = job_dirs(sweep)
-    with frozen(task_pid(job.name)):  # slurmstepd sends SIGCONT before SIGTERM: it wakes to the signal
+    pid = task_pid(job.name)
+    wait_for(lambda: last.exists() and logged_step(run_dir) >= STEPS_PER_EPOCH + 2, proc, "epoch 2", poll_s=0.01)
+    with frozen(pid):  # slurmstepd sends SIGCONT before SIGTERM: it wakes to the signal
         frozen_at = logged_step(run_dir)
         subprocess.run(["scontrol", "requeue", job.name], env=env, check=True, timeout=30)
         wait_for(lambda: "SIGTERMException" in job_logs(job), proc, "the requeue's SIGTERM", timeout=60)

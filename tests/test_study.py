@@ -369,7 +369,8 @@ def test_the_processes_the_study_starts_find_this_checkout_first_and_keep_the_ca
 
 
 def _study_with_one_gpu_run_left(study, tmp_path):
-    """The committed study restored under tmp_path/runs, every run finished but table4_w1's seed 2."""
+    """The committed study restored under tmp_path/runs, every run finished but table4_w1's seed 2,
+    and table4_w1's not evaluated yet."""
     results = tmp_path / "results"
     results.mkdir()
     for name in ("lr_choice.json", "match_latency.json"):
@@ -381,6 +382,8 @@ def _study_with_one_gpu_run_left(study, tmp_path):
         job.run_dir(runs_dir).mkdir(parents=True, exist_ok=True)  # a run this test must not train
         (job.run_dir(runs_dir) / "metrics.json").write_text("{}")
     shutil.rmtree(runs_dir / "table4_w1" / "standard_w1_lr0.8_e30_seed2")
+    for eval_dir in (runs_dir / "table4_w1").glob(f"*/{study.EVAL_DIR}"):  # as they came from the GPU machine
+        shutil.rmtree(eval_dir)
     return runs_dir, results
 
 
