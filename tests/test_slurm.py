@@ -161,7 +161,15 @@ def uninterrupted(started: list, tmp_path: Path, env: dict, *overrides: str) -> 
 
 
 def task_pid(job_id: str) -> int:
-    """PID of the job's Python task (submitit's runner, started by srun) on this machine."""
+    """PID of the job's Python task (submitit's runner, started by srun) on this machine.
+
+    ``job_id`` is submitit's: ``<array job id>_<index>`` for a job of an array, found by
+    SLURM_ARRAY_JOB_ID and SLURM_ARRAY_TASK_ID. Its SLURM_JOB_ID need not be the array's id: SLURM
+    can give that to another task (its docs' example: the last), and matching on it here found the
+    failing job's task, soon gone, so the preempted job ran on unfrozen (CI, 2026-12-04)."""
+    array_id, _, index = job_id.partition("_")
+    tags = ([f"SLURM_ARRAY_JOB_ID={array_id}".encode(), f"SLURM_ARRAY_TASK_ID={index}".encode()] if index
+            else [f"SLURM_JOB_ID={job_id}".encode()])
     for proc_dir in Path("/proc").glob("[0-9]*"):
         try:
             environ = (proc_dir / "environ").read_bytes().split(b"\0")
@@ -169,7 +177,7 @@ def task_pid(job_id: str) -> int:
         except OSError:
             continue
         if Path(argv[0].decode()).name.startswith("python") and b"submitit.core._submit" in argv \
-                and f"SLURM_JOB_ID={job_id.split('_')[0]}".encode() in environ:
+                and all(tag in environ for tag in tags):
             return int(proc_dir.name)
     raise AssertionError(f"no Python task of job {job_id} found")
 
