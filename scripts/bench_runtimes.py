@@ -93,12 +93,13 @@ def main() -> None:
     device = args.device.split(":")[0]
     if device not in ("cpu", "cuda"):
         parser.error(f"--device {args.device}: expected cpu, cuda or cuda:N")
-    if args.runtimes is None:
-        args.runtimes = [name for name in RUNTIMES if device in runtime_devices(name)]
-    unable = [name for name in args.runtimes if device not in runtime_devices(name)]
+    runs_there = [name for name in RUNTIMES if device in runtime_devices(name)]
+    args.runtimes = args.runtimes or runs_there
+    unable = [name for name in args.runtimes if name not in runs_there]
     if unable:
+        asked = [name for name in args.runtimes if name in runs_there]
         parser.error(f"--device {args.device}: runtime {', '.join(unable)} does not run there; "
-                     f"choose from {', '.join(n for n in args.runtimes if n not in unable) or 'eager, compile'}")
+                     f"choose from {', '.join(asked or runs_there)}")
     if device == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is available here; use --device cpu")
     allocator.configure(args.allocator)

@@ -497,11 +497,7 @@ class Runner:
             self._run(job)
 
     def fits(self, job: Job) -> bool:
-        """Whether the job can run here (a GPU, if its trainer asks for one) and its estimated
-        remaining time ends before --finish-by (always, without it)."""
-        if job.needs_gpu and not cuda_available():
-            log(f"skip {job.stage}/{job.name}: needs a GPU (trainer=gpu), this machine has none")
-            return False
+        """Whether the job's estimated remaining time ends before --finish-by (always, without it)."""
         if self.finish_by is None:
             return True
         left = self.finish_by - time.time()
@@ -700,7 +696,7 @@ def evaluate(runs_dir: Path, jobs: list[Job]) -> int:
                 continue
             experiment = [o for o in job.overrides if o.startswith("experiment=")]
             # every eval times on this machine's CPU with eval's own trainer, wherever the run trained
-            overrides = [o for o in eval_overrides(run_dir) if not o.startswith("trainer")]
+            overrides = [o for o in eval_overrides(run_dir) if not o.startswith(("trainer=", "trainer."))]
             # A GPU run's checkpoint may have stayed on the GPU machine (standard w1.0's is 108 MiB):
             # then eval.py counts and times the same network with random weights (latency does not
             # depend on them), and the report takes top-1 from the run's metrics.json.
@@ -800,9 +796,11 @@ def main(argv: list[str] | None = None) -> int:
         runner = Runner(runs_dir, args.workers, args.finish_by, args.threads)
         while not runner.stopping.is_set():
             stages, _ = all_jobs(runs_dir)
-            waiting = [j for _, jobs in stages for j in jobs if j.needs_gpu and not cuda_available()
-                       and j.state(runs_dir) not in ("finished", "failed")]
-            stages = [(name, [j for j in jobs if j not in waiting]) for name, jobs in stages]
+            # without a GPU, the jobs that ask for one are left out of the queue (and named at the end)
+            left_out = (lambda job: job.needs_gpu) if not cuda_available() else (lambda job: False)
+            waiting = [j for _, jobs in stages for j in jobs
+                       if left_out(j) and j.state(runs_dir) not in ("finished", "failed")]
+            stages = [(name, [j for j in jobs if not left_out(j)]) for name, jobs in stages]
             pending = [(name, jobs) for name, jobs in stages
                        if any(j.state(runs_dir) not in ("finished", "failed") for j in jobs)]
             if not pending:

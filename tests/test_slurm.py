@@ -199,14 +199,15 @@ def test_sweep_through_sbatch_survives_a_failing_job_and_a_preempted_one(cluster
     proc = start_sweep(started, tmp_path, env, *RUN, f"trainer.max_epochs={epochs}", "ckpt_path=last", "model.width=0.25,-1")
     sweep, run_dir = tmp_path / "sweep", tmp_path / "sweep" / "0"
     last = run_dir / "checkpoints" / "last.ckpt"
+
     def task_running() -> bool:
         jobs = job_dirs(sweep)
         with contextlib.suppress(AssertionError):  # not started yet
             return len(jobs) == 2 and task_pid(jobs[0].name) > 0
         return False
 
-    # The task's pid first: its /proc scan can take longer than the rest of an epoch on a fast machine
-    # (looked up after epoch 2 began, the task had run on to the third when it was frozen).
+    # The task's pid first, so that nothing but the step check stands between epoch 2 and the freeze
+    # (an epoch is 0.3 s on a fast machine; the /proc scan reads every process's environment).
     wait_for(task_running, proc, "the job's task", poll_s=0.05)
     job, failing = job_dirs(sweep)
     pid = task_pid(job.name)
