@@ -4,7 +4,7 @@ glibc's ``malloc`` serves every block above ``M_MMAP_THRESHOLD`` (128 KiB, raise
 32 MiB) with a fresh ``mmap`` and returns it with ``munmap`` on ``free``; it also trims the top of
 its heap once more than ``M_TRIM_THRESHOLD`` lies free there. A CNN's activations are exactly such
 blocks: every layer allocates its output and frees its input, so each forward pass maps its
-activations in again, one page fault per 4 KiB touched. Measured (issue 13, MobileNetV1 width 0.5,
+activations in again, one page fault per 4 KiB touched. Measured (MobileNetV1 width 0.5,
 224 px, one thread): 32 img/s and 1.2 M page faults at batch 64 with glibc's defaults, 102 img/s and
 none with freed memory kept.
 

@@ -2,7 +2,8 @@
 
 Under SLURM, Lightning's ``SLURMEnvironment`` defaults to ``auto_requeue=True``: on SIGUSR1 it writes
 ``<run_dir>/hpc_ckpt_<n>.ckpt`` and runs ``scontrol requeue``, and a later fit with ``ckpt_path=None``
-resumes from that file even when a newer ``last.ckpt`` exists (Lightning issue #13773). dsnet's jobs
+resumes from that file even when a newer ``last.ckpt`` exists
+(https://github.com/Lightning-AI/pytorch-lightning/issues/13773). dsnet's jobs
 reach SLURM through submitit (``hydra/launcher=slurm``), which requeues on its own signal (USR2 before
 the time limit) and reruns the job, which resumes from ``checkpoints/last.ckpt`` (``ckpt_path=last``).
 Two requeuers would fight; submitit owns requeueing, so Lightning's is switched off here.

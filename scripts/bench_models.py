@@ -1,7 +1,7 @@
 """Are dsnet's blocks as fast as the reference implementations of the same networks?
 
     python scripts/bench_models.py                       # CPU, fp32, 1 and 2 threads, 11 rounds
-    python scripts/bench_models.py --allocator system    # glibc's defaults (the page faults of issue 13)
+    python scripts/bench_models.py --allocator system    # glibc's defaults (a page fault per activation page: dsnet/allocator.py)
     python scripts/bench_models.py --channels-last --precision bf16 --device cuda --runtime compile
 
 Compares, at 224 px and 1000 classes, dsnet's MobileNetV1 (dsconv, width 1.0, ``act=relu6`` like
@@ -54,7 +54,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--allocator", default="keep_freed", choices=["keep_freed", "system"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts, each its own table row")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size of the throughput run")
-    parser.add_argument("--repeats", type=int, default=11, help="alternating rounds per pair (the issue asks >= 11)")
+    parser.add_argument("--repeats", type=int, default=11, help="alternating rounds per pair (>= 11 to resolve a few percent on a noisy VM)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per timed measurement")
     parser.add_argument("--json", help="also write the raw numbers to this file")
     return parser.parse_args()

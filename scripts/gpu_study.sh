@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The converged study's GPU share (issue 12), in one sitting on a one-GPU machine:
+# The converged study's GPU share, in one call on a one-GPU machine:
 #   bash scripts/gpu_study.sh OUT_DIR [TRAIN_MINUTES] [BENCH_MINUTES]
 # 1. What study.py's stages have left (on the study's CPU machine: Table 6's runs it had no time
 #    for, and table4_w1, the standard arm at width 1.0, which only a GPU trains in time) all at

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every latency table of docs/results/latency/ in one go (issue 13), about 90 minutes on 2 CPU cores.
+# Every latency table of docs/results/latency/ in one go, about 90 minutes on 2 CPU cores.
 #   bash scripts/latency_tables.sh [OUT_DIR]            # default docs/results/latency
 # Run it on a quiet machine: nothing else may train or test meanwhile (pause training with
 # kill -STOP). Each script measures other processes' CPU share, waits for a quiet moment and flags
