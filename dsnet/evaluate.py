@@ -38,7 +38,8 @@ from rich.table import Table
 from torch import nn
 
 import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
-from dsnet.guards import InputError, first_line
+from dsnet.errors import InputError
+from dsnet.guards import first_line
 from dsnet.measure import model_cost, time_network
 from dsnet.results import ResultsRecord, write_results
 
