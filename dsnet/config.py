@@ -15,22 +15,14 @@ Registering twice is harmless (``replace=True``), so re-imports and reloads are 
 
 from __future__ import annotations
 
-import numbers
-
 from omegaconf import OmegaConf
-
-SMALL_INPUT_MAX_PX = 64  # largest image side (px) that still gets the small-image stem
 
 
 def small_input(image_size) -> bool:
-    """True when ``image_size`` (px) is small enough for the small-image stem (<= 64 px).
+    """:func:`dsnet.models.small_input`, imported when a config first resolves it."""
+    from dsnet.models import small_input as choose  # lazy: composing a config must not build networks
 
-    Raises:
-        ValueError: ``image_size`` is not a positive integer.
-    """
-    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
-        raise ValueError(f"image_size={image_size!r} must be a positive integer (pixels)")
-    return image_size <= SMALL_INPUT_MAX_PX
+    return choose(image_size)
 
 
 def num_classes(data_dir, classes) -> int:

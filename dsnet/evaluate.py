@@ -40,7 +40,8 @@ from torch import nn
 import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
 from dsnet.errors import InputError
 from dsnet.guards import first_line
-from dsnet.measure import model_cost, time_network
+from dsnet.latency import time_network
+from dsnet.models.cost import model_cost
 from dsnet.results import ResultsRecord, write_results
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def describe(model_cfg: DictConfig, data_cfg: DictConfig) -> dict[str, Any]:
 
 
 def timing(latency: dict[str, Any]) -> dict[str, Any]:
-    """The results keys of a :func:`dsnet.measure.measure_latency` measurement."""
+    """The results keys of a :func:`dsnet.latency.measure_latency` measurement."""
     keys = ("latency_ms_p50", "latency_ms_p90", "latency_ms_iqr", "throughput_img_s", "device",
             "device_name", "precision", "channels_last", "num_threads", "torch", "git_rev", "runtime",
             "runtime_version", "allocator", "contention_flagged")

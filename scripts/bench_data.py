@@ -52,7 +52,7 @@ from PIL import Image
 
 import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers the configs use)
 from dsnet import allocator
-from dsnet.measure import environment
+from dsnet.environment import environment
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 BENCH_OVERRIDES = ("model.width=0.25",)  # the smallest default width: the fastest step to keep fed

@@ -52,7 +52,7 @@ from hydra.utils import instantiate
 
 import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers the configs use)
 from dsnet import allocator
-from dsnet.measure import environment
+from dsnet.environment import environment
 from dsnet.task import train
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

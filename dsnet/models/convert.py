@@ -30,7 +30,7 @@ import torchvision
 from torch import nn
 
 from dsnet.blocks import init_weights, spatial_conv
-from dsnet.measure import LAYER_TYPES, count_params, layer_costs, layer_type
+from dsnet.models.cost import LAYER_TYPES, count_params, layer_costs, layer_type
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def convert_convs(model: nn.Module, conv: str, *, groups: int | None = None,
 
 @dataclasses.dataclass
 class ConversionReport:
-    """What a conversion changed: layer counts per kind (:data:`dsnet.measure.LAYER_TYPES`) and costs."""
+    """What a conversion changed: layer counts per kind (:data:`dsnet.models.cost.LAYER_TYPES`) and costs."""
 
     source: str
     conv: str
