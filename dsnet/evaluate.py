@@ -37,7 +37,6 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
 from dsnet.errors import InputError
 from dsnet.guards import first_line
 from dsnet.latency import time_network

@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from dsnet.config import in_multirun  # also registers the ${dsnet.*} resolvers
+from dsnet.config import in_multirun
 from dsnet.guards import check_data, check_input_size, user_error, validate
 from dsnet.models.cost import model_cost
 from dsnet.results import write_json_atomic, write_text_atomic

@@ -87,7 +87,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers)
+from dsnet.config import register_resolvers
 from dsnet.results import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: reproduce.py's eval helpers
@@ -774,6 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", action="append", default=[], metavar="OVERRIDE",
                         help="an override for every job, e.g. --extra trainer.max_epochs=1 (smoke runs)")
     args = parser.parse_args(argv)
+    register_resolvers()  # the stages compose configs that use ${dsnet.*}
     RESULTS_DIR = args.results_dir.resolve()
     EXTRA[:] = args.extra
     runs_dir = args.runs_dir.resolve()
