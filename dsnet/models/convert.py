@@ -24,9 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import timm
 import torch
-import torchvision
 from torch import nn
 
 from dsnet.blocks import init_weights, spatial_conv
@@ -45,6 +43,10 @@ def is_source(arch: str) -> bool:
 
 def build_source(source: str, num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     """The network ``source`` names (``timm:<name>`` or ``torchvision:<name>``), randomly initialised."""
+    # Imported here: together they take longer to import than torch, and only a conversion needs them.
+    import timm
+    import torchvision
+
     library, _, name = source.partition(":")
     if library == "timm":
         if not timm.is_model(name):
