@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import entrypoints
-from conftest import ROOT, TINY, compose_train, read_csv
+from conftest import TINY, compose_train, read_csv
 
 from dsnet.evaluate import EvalInputError, evaluate, time_network
 from dsnet.models.cost import count_macs, count_params, count_train_macs, macs_breakdown, model_cost

@@ -13,7 +13,6 @@ from torch import nn
 import entrypoints
 from conftest import ROOT
 from dsnet.contention import ContentionPolicy, guarded
-from dsnet.latency import time_network
 from dsnet.models import create_model
 from dsnet.runtimes import RuntimeMismatchError, RuntimeUnavailableError, create_runtime
 from dsnet.runtimes.base import check_against_eager
