@@ -1,5 +1,5 @@
-"""The package layers: networks import no training stack, no module imports itself round a circle,
-and the config resolvers are registered by one explicit call."""
+"""The package layers: building and timing a network import no training stack, no module imports
+itself round a circle, and the config resolvers are registered by one explicit call."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ def run_python(code: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_building_and_counting_a_network_imports_neither_lightning_nor_hydra():
+def test_building_counting_and_timing_a_network_import_neither_lightning_nor_hydra():
     out = run_python(
         "import sys\n"
         "import dsnet.models\n"
+        "import dsnet.latency\n"
         "from dsnet.models.cost import model_cost\n"
         "net = dsnet.models.create_model('mobilenet_v1', width=0.25, num_classes=10, small_input=True)\n"
         "print(model_cost(net, (3, 16, 16))['params'])\n"
