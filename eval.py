@@ -3,9 +3,9 @@
 import hydra
 from omegaconf import DictConfig
 
-import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers before Hydra composes)
 from dsnet.allocator import configure as configure_allocator
 from dsnet.cli import one_line_errors, run
+from dsnet.config import register_resolvers
 from dsnet.evaluate import evaluate
 
 
@@ -18,4 +18,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    register_resolvers()  # before Hydra composes; its launchers carry them into their job processes
     run(main, "eval.py")  # a user error: one line "eval.py: error: ...", exit status 1

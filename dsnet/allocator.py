@@ -22,7 +22,7 @@ import ctypes.util
 import logging
 import platform
 
-from dsnet.guards import InputError
+from dsnet.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -1,36 +1,38 @@
-"""OmegaConf resolvers the Hydra configs use, registered when this module is imported.
+"""The OmegaConf resolvers the Hydra configs use, registered by one call: :func:`register_resolvers`.
 
-``train.py`` imports it before Hydra composes anything; tests import it before ``compose``.
-Registering twice is harmless (``replace=True``), so re-imports and reloads are safe.
+``train.py``, ``eval.py``, the scripts that compose configs and ``tests/conftest.py`` make that call
+before Hydra composes anything; so does a notebook::
+
+    from dsnet.config import register_resolvers
+    register_resolvers()
+    with hydra.initialize_config_dir(config_dir=".../configs", version_base="1.3"):
+        cfg = hydra.compose("train", overrides=["data=cifar10"])
+
+Calling it again is harmless. Importing this module registers nothing.
 
 - ``${dsnet.small_input:${data.image_size}}`` -> True for images of at most 64 px, which get the
-  small-image stem (fewer early stride-2 steps) of the backbones.
+  small-image stem (fewer early stride-2 steps) of the backbones (``dsnet.models.small_input``).
 - ``${dsnet.num_classes:${data.data_dir},${data.classes}}`` -> the number of classes an ImageNet
   subset has, counted by ``dsnet.data.resolve_classes`` (one place decides what a subset holds).
 - ``${dsnet.ddp_start_method:}`` -> how DDP starts its processes; see :func:`ddp_start_method`.
 - ``${dsnet.match_width:dsconv,standard,0.25,params,${data.image_size},${data.num_classes},${data.in_chans}}``
   -> the width at which dsconv has the parameters (or ``macs``) of standard at width 0.25, within 2%
   (``dsnet.matching.match_width``), e.g. ``model.width='${dsnet.match_width:...}'`` on the command line.
+
+The resolvers import what they need when they first resolve: composing a config imports no network
+or data code.
 """
 
 from __future__ import annotations
 
-import numbers
-
 from omegaconf import OmegaConf
-
-SMALL_INPUT_MAX_PX = 64  # largest image side (px) that still gets the small-image stem
 
 
 def small_input(image_size) -> bool:
-    """True when ``image_size`` (px) is small enough for the small-image stem (<= 64 px).
+    """:func:`dsnet.models.small_input`, imported when a config first resolves it."""
+    from dsnet.models import small_input as choose  # lazy: composing a config must not build networks
 
-    Raises:
-        ValueError: ``image_size`` is not a positive integer.
-    """
-    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
-        raise ValueError(f"image_size={image_size!r} must be a positive integer (pixels)")
-    return image_size <= SMALL_INPUT_MAX_PX
+    return choose(image_size)
 
 
 def num_classes(data_dir, classes) -> int:
@@ -76,11 +78,8 @@ def match_width(conv, target_conv, target_width, cost, image_size=224, num_class
 
 
 def register_resolvers() -> None:
-    """Registers the ``dsnet.*`` resolvers (again: replacing them is harmless)."""
+    """Registers the ``dsnet.*`` resolvers with OmegaConf; a second call replaces them with themselves."""
     OmegaConf.register_new_resolver("dsnet.small_input", small_input, replace=True)
     OmegaConf.register_new_resolver("dsnet.num_classes", num_classes, replace=True)
     OmegaConf.register_new_resolver("dsnet.ddp_start_method", ddp_start_method, replace=True)
     OmegaConf.register_new_resolver("dsnet.match_width", match_width, replace=True, use_cache=True)
-
-
-register_resolvers()

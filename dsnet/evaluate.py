@@ -37,9 +37,10 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
-from dsnet.guards import InputError, first_line
-from dsnet.measure import model_cost, time_network
+from dsnet.errors import InputError
+from dsnet.guards import first_line
+from dsnet.latency import time_network
+from dsnet.models.cost import model_cost
 from dsnet.results import ResultsRecord, write_results
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def describe(model_cfg: DictConfig, data_cfg: DictConfig) -> dict[str, Any]:
 
 
 def timing(latency: dict[str, Any]) -> dict[str, Any]:
-    """The results keys of a :func:`dsnet.measure.measure_latency` measurement."""
+    """The results keys of a :func:`dsnet.latency.measure_latency` measurement."""
     keys = ("latency_ms_p50", "latency_ms_p90", "latency_ms_iqr", "throughput_img_s", "device",
             "device_name", "precision", "channels_last", "num_threads", "torch", "git_rev", "runtime",
             "runtime_version", "allocator", "contention_flagged")

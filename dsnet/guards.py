@@ -28,16 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from torch import Tensor
 
+from dsnet.errors import InputError
+
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
-
-
-class InputError(ValueError):
-    """Something the user has to fix (a setting, path or file); the message names key and value.
-
-    ``train.py`` and ``eval.py`` turn it into one line on stderr and exit status 1
-    (:func:`dsnet.cli.run`), as they do for every error :func:`user_error` recognises.
-    """
 
 
 class TrainInputError(InputError):

@@ -5,7 +5,7 @@
 
 One function, :func:`match_width`, called by the ``${dsnet.match_width:...}`` config resolver
 (``dsnet/config.py``) and by ``scripts/study.py``. Cost is parameters, multiply-adds (both from
-``dsnet.measure``) or any measured number a callable returns for a network (say, latency in ms).
+``dsnet.models.cost``) or any measured number a callable returns for a network (say, latency in ms).
 
 Widths round channel counts to multiples of 8 (``dsnet.blocks.make_divisible``), so cost is a step
 function of the width: many widths build the same network, and usually no width hits the target
@@ -26,7 +26,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from dsnet.measure import count_macs, count_params
+from dsnet.models import create_model
+from dsnet.models import small_input as default_small_input
+from dsnet.models.cost import count_macs, count_params
 
 COSTS = ("params", "macs")
 
@@ -73,16 +75,13 @@ def match_width(
         resolution: the widths searched are its multiples; the returned width is one.
         max_width: the widest network searched.
         arch, image_size, num_classes, in_chans, small_input: the network both sides are built as
-            (``small_input=None``: the stem ``dsnet.config.small_input`` picks for ``image_size``).
+            (``small_input=None``: the stem ``dsnet.models.small_input`` picks for ``image_size``).
         groups, target_groups: groups of a ``group`` conv on either side.
 
     Raises:
         ValueError: a cost name not in COSTS, a bad tolerance or resolution, a target cost outside
             what widths ``resolution`` .. ``max_width`` reach, or no width within ``tolerance``.
     """
-    from dsnet.config import small_input as default_small_input
-    from dsnet.models import create_model
-
     if not callable(cost) and cost not in COSTS:
         raise ValueError(f"cost={cost!r}: expected one of {', '.join(COSTS)} or a callable network -> cost")
     if not 0 < tolerance < 1:

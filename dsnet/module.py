@@ -9,8 +9,9 @@ Per-step overhead is kept off the host: metrics live on the device and are read 
 (``train/loss_epoch``, ``train/acc``), the step loss is logged only on the steps the logger writes
 (``train/loss_step``, every ``log_every_n_steps``), nothing calls ``.item()``, and the metrics skip
 their input checks (each is a host-device sync per step on a GPU). Epoch metrics are torchmetrics
-objects, so under DDP they are reduced over all ranks, not rank 0's share alone. Weight EMA is Lightning's ``EMAWeightAveraging`` callback (``callbacks=ema``), which
-validates, checkpoints and so tests with the averaged weights.
+objects, so under DDP they are reduced over all ranks, not rank 0's share alone. Weight EMA is
+Lightning's ``EMAWeightAveraging`` callback (``callbacks=ema``), which validates, checkpoints and so
+tests with the averaged weights.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from dsnet.measure import layer_type
+from dsnet.models import layer_type
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]  # partial: (params) -> optimizer
 SchedulerFactory = Callable[..., TimmScheduler]  # partial: (optimizer, t_initial=, warmup_t=) -> scheduler
@@ -47,7 +48,7 @@ class ClassifierModule(L.LightningModule):
         no_weight_decay_norm_bias: exempt normalisation parameters and biases from weight decay,
             as the MobileNet recipes do (decay on them regularises nothing, it only rescales).
         depthwise_weight_decay: weight decay of the depthwise filters (the convolutions with groups ==
-            in_channels, found by ``dsnet.measure.layer_type``), in a parameter group of their own;
+            in_channels, found by ``dsnet.models.layer_type``), in a parameter group of their own;
             Howard et al. put "very little or no" decay on them, as they have so few parameters.
             None: the optimizer's weight decay, like every other weight.
         compile: ``torch.compile`` the network in place (state-dict keys stay unchanged).

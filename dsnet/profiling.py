@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from dsnet.measure import layer_costs, layer_type
+from dsnet.models.cost import layer_costs, layer_type
 
 # The paper's Table 2, generalised: the layer types time is reported for.
 TIME_TYPES = ("stem", "depthwise", "pointwise", "full", "grouped", "head", "other")

@@ -34,9 +34,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from dsnet.config import in_multirun  # also registers the ${dsnet.*} resolvers
+from dsnet.config import in_multirun
 from dsnet.guards import check_data, check_input_size, user_error, validate
-from dsnet.measure import count_macs, count_params
+from dsnet.models.cost import model_cost
 from dsnet.results import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, An
     loggers = instantiate_group(cfg, "logger")
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    cost = model_cost(net, cfg.data)
+    cost = model_cost(net, _input_size(cfg.data))
+    cost = {key: cost[key] for key in ("params", "macs")}  # the summary and metrics.json report these two
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -150,11 +151,6 @@ def finished_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     if {k: v for k, v in saved.items() if k not in ignored} != {k: v for k, v in current.items() if k not in ignored}:
         return None
     return json.loads(metrics_file.read_text())
-
-
-def model_cost(net, data_cfg: DictConfig) -> dict[str, int]:
-    """Parameters and forward multiply-adds of one (in_chans, image_size, image_size) image."""
-    return {"params": count_params(net), "macs": count_macs(net, _input_size(data_cfg))}
 
 
 def _input_size(data_cfg: DictConfig) -> tuple[int, int, int]:

@@ -99,7 +99,7 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    from dsnet.measure import environment
+    from dsnet.environment import environment
 
     print(f"# bench_allocator  MobileNetV1 {args.conv} width {args.width}, {args.threads} thread(s), "
           f"{args.rounds} alternating rounds, load average {os.getloadavg()[0]:.1f} at start")

@@ -50,9 +50,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
-import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers the configs use)
 from dsnet import allocator
-from dsnet.measure import environment
+from dsnet.config import register_resolvers
+from dsnet.environment import environment
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 BENCH_OVERRIDES = ("model.width=0.25",)  # the smallest default width: the fastest step to keep fed
@@ -311,6 +311,7 @@ def bench_imagenet(args: argparse.Namespace, device: torch.device, workdir: Path
 
 def main() -> None:
     args = parse_args()
+    register_resolvers()  # the configs composed below use ${dsnet.*}
     allocator.configure(args.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -11,7 +11,7 @@ implementation. The process's allocator is set first (``--allocator``, default k
 eval.py): with glibc's defaults the two networks' identical op sequences page-fault differently
 (see docs/speed.md, "Parity").
 Models are measured alternately (ours, theirs, ours, ...) for ``--repeats`` rounds so that drift in
-machine load hits both; each round is one ``dsnet.measure.measure_latency`` call (warm-up excluded,
+machine load hits both; each round is one ``dsnet.latency.measure_latency`` call (warm-up excluded,
 median of ``torch.utils.benchmark`` blocks). The ratios are medians over rounds: ours / theirs for
 latency, theirs / ours for throughput, so a ratio ≤ 1 means ours is no slower.
 """
@@ -29,7 +29,9 @@ import torch
 import torchvision
 
 from dsnet import allocator
-from dsnet.measure import count_macs, count_params, environment, measure_latency, prepare_runtime
+from dsnet.environment import environment
+from dsnet.latency import measure_latency, prepare_runtime
+from dsnet.models.cost import count_macs, count_params
 from dsnet.models import create_model
 
 INPUT = (3, 224, 224)

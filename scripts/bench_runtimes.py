@@ -7,7 +7,7 @@
 For every runtime (``dsnet.runtimes``: eager, compile, onnxruntime, openvino), width and input
 size, the two networks (``conv=standard`` and ``conv=dsconv``) are built once per runtime (export,
 compilation and the check against eager kept out of the timing), then timed in alternation for
-``--rounds`` rounds, each round one ``dsnet.measure.measure_latency`` call per network under
+``--rounds`` rounds, each round one ``dsnet.latency.measure_latency`` call per network under
 ``dsnet.contention.guarded`` (a busy machine is waited for, then flagged). Reported per cell:
 latency p50 (median over rounds of each round's p50, batch 1), throughput (``--batch-size``), the
 latency and throughput ratios standard/dsconv (medians of per-round ratios), the MAC ratio, and
@@ -28,7 +28,9 @@ import torch
 
 from dsnet import allocator
 from dsnet.contention import ContentionPolicy, guarded
-from dsnet.measure import count_macs, environment, measure_latency, prepare_runtime
+from dsnet.environment import environment
+from dsnet.latency import measure_latency, prepare_runtime
+from dsnet.models.cost import count_macs
 from dsnet.models import create_model
 from dsnet.runtimes import RUNTIMES, runtime_devices, runtime_version
 

@@ -50,9 +50,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers the configs use)
 from dsnet import allocator
-from dsnet.measure import environment
+from dsnet.config import register_resolvers
+from dsnet.environment import environment
 from dsnet.task import train
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -233,6 +233,7 @@ def load_average() -> str:
 
 def main() -> None:
     args = parse_args()
+    register_resolvers()  # the configs composed below use ${dsnet.*}
     allocator.configure(args.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -5,7 +5,7 @@
 
 eval.py times one network per process, so on a machine that other people's jobs load unevenly two
 networks timed minutes apart see different loads, and their ratio is mostly noise. Here every
-round times each network once (one ``dsnet.measure.measure_latency`` call each: warm-up excluded,
+round times each network once (one ``dsnet.latency.measure_latency`` call each: warm-up excluded,
 median of ``torch.utils.benchmark`` blocks), in a fresh order per round, so a burst of foreign load
 hits all of them alike. Reported per network: the median and the minimum over rounds of the
 per-round p50 at batch size 1, and the same for throughput at ``--batch-size``. The minimum is the
@@ -21,7 +21,9 @@ import json
 import random
 import statistics
 
-from dsnet.measure import count_macs, count_params, environment, measure_latency
+from dsnet.environment import environment
+from dsnet.latency import measure_latency
+from dsnet.models.cost import count_macs, count_params
 from dsnet.models import create_model
 
 

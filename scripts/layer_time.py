@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from dsnet import allocator
-from dsnet.measure import environment
+from dsnet.environment import environment
 from dsnet.models import create_model
 from dsnet.profiling import TIME_TYPES, layer_type_shares, onnxruntime_layer_type_times
 

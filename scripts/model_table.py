@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from dsnet.measure import count_macs, count_params
+from dsnet.models.cost import count_macs, count_params
 from dsnet.models import create_model
 
 # Howard et al. 2017: (width, conv) -> (million parameters, million multiply-adds), Tables 4 and 6.

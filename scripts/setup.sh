@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python -m pip install -e ".[dev]"
+# The exact package versions the tests pass with (constraints.txt); pyproject.toml itself gives ranges.
+python -m pip install -e ".[dev]" -c constraints.txt
 
 # Fashion-MNIST, the offline default data set, ships as a Debian package. Without it (no apt, not
 # root) dsnet downloads the files with torchvision on first use instead.

@@ -215,11 +215,10 @@ class LocalSlurmCluster:
             nodes=nodes, partition=PARTITION, node_names=",".join(NODES)))
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        out = open(self.dir / "log" / f"{name}.out", "ab")
-        # A session of its own: a Ctrl-C meant for the caller does not reach the daemons.
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=self.env(), start_new_session=True, preexec_fn=_own_host_name)
-        out.close()
+        with open(self.dir / "log" / f"{name}.out", "ab") as out:  # the daemon keeps its own copy of the file
+            # A session of its own: a Ctrl-C meant for the caller does not reach the daemons.
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=self.env(), start_new_session=True, preexec_fn=_own_host_name)
         self._procs.append(proc)
         self.pids[name] = proc.pid
 

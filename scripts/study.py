@@ -87,7 +87,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers)
+from dsnet.config import register_resolvers
 from dsnet.results import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: reproduce.py's eval helpers
@@ -311,7 +311,7 @@ def later_stages(choice: dict, runs_dir: Path | None = None) -> list[tuple[str, 
     (or without ``runs_dir``), the list ends with the check.
     """
     from dsnet.matching import match_width  # lazy: builds networks
-    from dsnet.measure import count_macs
+    from dsnet.models.cost import count_macs
 
     def jobs(stage: str, base: list[str], arms=ARMS, widths=(0.25,)) -> list[Job]:
         return [Job(stage, [*base, f"model={arm}", f"model.width={w:g}", f"seed={seed}", *chosen(choice, arm)], arm)
@@ -391,7 +391,7 @@ def measured_epoch_s(runs_dir: Path) -> dict[tuple[str, float, int], list[float]
 @functools.lru_cache(maxsize=None)
 def train_macs(conv: str, width: float) -> int:
     """Training multiply-adds per image of experiment=converged's network at this width."""
-    from dsnet.measure import count_train_macs  # lazy: builds networks
+    from dsnet.models.cost import count_train_macs  # lazy: builds networks
 
     return count_train_macs(fmnist_net(conv, width), FMNIST_INPUT)
 
@@ -634,7 +634,8 @@ def match(cost: str, min_run_time: float) -> dict:
     """dsconv's width matching standard w0.25 in ``cost``; latency: batch 1, 1 thread, 28 px, fp32."""
     from dsnet import allocator
     from dsnet.matching import match_width
-    from dsnet.measure import environment, measure_latency
+    from dsnet.environment import environment
+    from dsnet.latency import measure_latency
 
     allocator.configure("keep_freed")  # as eval.py times: freed memory kept, no page faults per pass
 
@@ -773,6 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", action="append", default=[], metavar="OVERRIDE",
                         help="an override for every job, e.g. --extra trainer.max_epochs=1 (smoke runs)")
     args = parser.parse_args(argv)
+    register_resolvers()  # the stages compose configs that use ${dsnet.*}
     RESULTS_DIR = args.results_dir.resolve()
     EXTRA[:] = args.extra
     runs_dir = args.runs_dir.resolve()

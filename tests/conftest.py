@@ -18,8 +18,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers)
 import entrypoints
+from dsnet.config import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # share a core with other work waits at every barrier (a tiny training run took 157 s instead of 8 s
 # beside a second job on this 2-core machine).
 torch.set_num_threads(1)
+register_resolvers()  # the configs' ${dsnet.*}, for every test that composes them
 CONFIG_DIR = ROOT / "configs"
 
 # Small enough for seconds on 2 CPU cores, big enough for every code path (several batches,

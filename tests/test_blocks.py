@@ -15,7 +15,7 @@ from dsnet.blocks import (
     make_divisible,
     pointwise_conv,
 )
-from dsnet.measure import count_macs, count_params
+from dsnet.models.cost import count_macs, count_params
 
 H = W = 5  # spatial size used for multiply-add counts; "same" padding keeps it at stride 1
 

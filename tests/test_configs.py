@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from timm.scheduler import CosineLRScheduler
 
-from dsnet.config import ddp_start_method, small_input
+from dsnet.config import ddp_start_method
+from dsnet.models import small_input
 from dsnet.module import ClassifierModule
 from dsnet.task import instantiate_group
 

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from dsnet.blocks import spatial_conv
-from dsnet.measure import count_macs, count_params
+from dsnet.models.cost import count_macs, count_params
 from dsnet.models import create_model
 from dsnet.models.convert import build_source, convert_convs, convert_network, is_full_spatial
 from dsnet.task import train

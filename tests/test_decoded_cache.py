@@ -20,7 +20,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers of the data config)
 from conftest import write_image_tree
 from dsnet.data import ImageNetSubsetDataModule, load_or_build
 from dsnet.data.decoded_cache import cache_key

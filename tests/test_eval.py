@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import entrypoints
-from conftest import ROOT, TINY, compose_train, read_csv
+from conftest import TINY, compose_train, read_csv
 
 from dsnet.evaluate import EvalInputError, evaluate, time_network
-from dsnet.measure import count_macs, count_params, count_train_macs, macs_breakdown, model_cost
+from dsnet.models.cost import count_macs, count_params, count_train_macs, macs_breakdown, model_cost
 from dsnet.models import create_model
 from dsnet.report import build_report
 from dsnet.results import RESULT_KEYS, load_results

@@ -22,7 +22,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import dsnet.config  # noqa: F401  (the ${dsnet.*} resolvers)
 from dsnet.data import FashionMNISTDataModule, SyntheticDataModule
 
 

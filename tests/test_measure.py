@@ -5,16 +5,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from dsnet.measure import (
-    MIN_BLOCKS,
-    count_macs,
-    count_params,
-    count_train_macs,
-    environment,
-    layer_costs,
-    macs_breakdown,
-    measure_latency,
-)
+from dsnet.environment import environment
+from dsnet.latency import MIN_BLOCKS, measure_latency
+from dsnet.models.cost import count_macs, count_params, count_train_macs, layer_costs, macs_breakdown
 from dsnet.models import create_model
 
 

@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from dsnet.models import create_model, list_models
-from dsnet.measure import count_macs, count_params
+from dsnet.models.cost import count_macs, count_params
 
 CONVS = [("standard", {}), ("dsconv", {}), ("group", {"groups": 2})]
 IMAGENET = (3, 224, 224)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dsnet.measure import layer_costs
+from dsnet.models.cost import layer_costs
 from dsnet.models import create_model
 from dsnet.profiling import TIME_TYPES, layer_type_shares, onnxruntime_layer_type_times
 

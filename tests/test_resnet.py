@@ -9,7 +9,7 @@ import torchvision
 from conftest import compose_train
 from hydra.utils import instantiate
 
-from dsnet.measure import count_macs, count_params, layer_type, macs_breakdown
+from dsnet.models.cost import count_macs, count_params, layer_type, macs_breakdown
 from dsnet.models import create_model
 from dsnet.models.resnet import DEPTHS, STAGES
 

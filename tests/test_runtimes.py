@@ -13,7 +13,6 @@ from torch import nn
 import entrypoints
 from conftest import ROOT
 from dsnet.contention import ContentionPolicy, guarded
-from dsnet.measure import time_network
 from dsnet.models import create_model
 from dsnet.runtimes import RuntimeMismatchError, RuntimeUnavailableError, create_runtime
 from dsnet.runtimes.base import check_against_eager
@@ -146,7 +145,7 @@ def test_bad_contention_policy_is_refused(field, value, message):
 
 
 def test_memory_traffic_and_activations_are_input_weights_and_output():
-    from dsnet.measure import layer_costs, model_cost
+    from dsnet.models.cost import layer_costs, model_cost
 
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(8 * 36, 5))
     conv, fc = layer_costs(net, (3, 6, 6))

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, compose_train, read_csv
 from dsnet.matching import match_width
-from dsnet.measure import count_macs, count_params
+from dsnet.models.cost import count_macs, count_params
 from dsnet.models import create_model
 from dsnet.module import ClassifierModule
 
@@ -150,7 +150,7 @@ def test_match_on_latency_records_the_thread_count_its_timings_ran_at(monkeypatc
     # The timings are stood in for by a deterministic cost (latency proportional to parameters), so
     # the match is exact; what is checked is the record: the process has 2 threads, the timings 1.
     import dsnet.allocator
-    import dsnet.measure
+    import dsnet.latency
 
     timed_at = []
 
@@ -158,7 +158,7 @@ def test_match_on_latency_records_the_thread_count_its_timings_ran_at(monkeypatc
         timed_at.append(num_threads)
         return {"latency_ms_p50": count_params(net) / 1e6}
 
-    monkeypatch.setattr(dsnet.measure, "measure_latency", latency_from_params)
+    monkeypatch.setattr(dsnet.latency, "measure_latency", latency_from_params)
     monkeypatch.setattr(dsnet.allocator, "configure", lambda mode: mode)  # process-wide: not in a test worker
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -173,13 +173,13 @@ def test_match_on_latency_records_the_thread_count_its_timings_ran_at(monkeypatc
 def test_a_latency_match_that_finds_no_width_is_a_one_line_error_and_writes_no_record(tmp_path, monkeypatch):
     # Timings stood in for by parameters, the standard network's doubled: out of dsconv's reach up to w1.0
     import dsnet.allocator
-    import dsnet.measure
+    import dsnet.latency
 
     def latency(net, input_size, num_threads, min_run_time):
         depthwise = any(m.groups > 1 for m in net.modules() if isinstance(m, torch.nn.Conv2d))
         return {"latency_ms_p50": count_params(net) / 1e6 * (1 if depthwise else 2)}
 
-    monkeypatch.setattr(dsnet.measure, "measure_latency", latency)
+    monkeypatch.setattr(dsnet.latency, "measure_latency", latency)
     monkeypatch.setattr(dsnet.allocator, "configure", lambda mode: mode)  # process-wide: not in a test worker
     study = load_study()
     monkeypatch.setattr(study, "RESULTS_DIR", study.RESULTS_DIR)  # main() reassigns it

@@ -1,4 +1,8 @@
-"""Backbones and the one way to build them: :func:`create_model`."""
+"""Backbones and the one way to build them: :func:`create_model`.
+
+Networks are plain ``nn.Module`` objects: nothing here imports Lightning or Hydra. What a network
+costs (parameters, multiply-adds, per :func:`layer_type`) is counted in :mod:`dsnet.models.cost`.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,15 @@ from torch import nn
 
 from dsnet.blocks import CONV_TYPES
 from dsnet.models import mobilenet_v1, mobilenet_v2, resnet  # noqa: F401  (registers the models)
+from dsnet.models._common import small_input
 from dsnet.models._registry import get_model_fn, list_models
 from dsnet.models.convert import create_converted, is_source
+from dsnet.models.cost import layer_type
 from dsnet.models.mobilenet_v1 import MobileNetV1
 from dsnet.models.mobilenet_v2 import MobileNetV2
 from dsnet.models.resnet import ResNet
 
-__all__ = ["create_model", "list_models", "MobileNetV1", "MobileNetV2", "ResNet"]
+__all__ = ["create_model", "layer_type", "list_models", "small_input", "MobileNetV1", "MobileNetV2", "ResNet"]
 
 
 def _positive_int(name: str, value) -> None:

@@ -1,8 +1,10 @@
-"""Pieces every backbone shares: the stem/features/head split, the classifier head, naming a layer in build errors."""
+"""Pieces every backbone shares: the stem/features/head split, the classifier head, the choice of
+the small-image stem, naming a layer in build errors."""
 
 from __future__ import annotations
 
 import math
+import numbers
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -11,6 +13,7 @@ from torch import nn
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}  # a model's ``act`` option -> the layer
+SMALL_INPUT_MAX_PX = 64  # largest image side (px) that still gets the small-image stem
 
 
 def activation(act: str):
@@ -18,6 +21,18 @@ def activation(act: str):
     if act not in ACTIVATIONS:
         raise ValueError(f"act={act!r}; expected one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[act]
+
+
+def small_input(image_size) -> bool:
+    """True when ``image_size`` (px) is small enough for the small-image stem (<= 64 px), which has
+    fewer early stride-2 steps; the configs set a backbone's ``small_input`` option with it.
+
+    Raises:
+        ValueError: ``image_size`` is not a positive integer.
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
+        raise ValueError(f"image_size={image_size!r} must be a positive integer (pixels)")
+    return image_size <= SMALL_INPUT_MAX_PX
 
 
 class Backbone(nn.Module):

@@ -24,13 +24,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import timm
 import torch
-import torchvision
 from torch import nn
 
 from dsnet.blocks import init_weights, spatial_conv
-from dsnet.measure import LAYER_TYPES, count_params, layer_costs, layer_type
+from dsnet.models.cost import LAYER_TYPES, count_params, layer_costs, layer_type
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +43,10 @@ def is_source(arch: str) -> bool:
 
 def build_source(source: str, num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     """The network ``source`` names (``timm:<name>`` or ``torchvision:<name>``), randomly initialised."""
+    # Imported here: together they take longer to import than torch, and only a conversion needs them.
+    import timm
+    import torchvision
+
     library, _, name = source.partition(":")
     if library == "timm":
         if not timm.is_model(name):
@@ -107,7 +109,7 @@ def convert_convs(model: nn.Module, conv: str, *, groups: int | None = None,
 
 @dataclasses.dataclass
 class ConversionReport:
-    """What a conversion changed: layer counts per kind (:data:`dsnet.measure.LAYER_TYPES`) and costs."""
+    """What a conversion changed: layer counts per kind (:data:`dsnet.models.cost.LAYER_TYPES`) and costs."""
 
     source: str
     conv: str

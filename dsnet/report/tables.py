@@ -46,9 +46,9 @@ THEORY_COLUMNS = (*PAIR_KEYS, "runtime_version", "macs_ratio", "params_ratio", "
                   "throughput_ratio", "saving_delivered", "top1_diff")
 
 SHARE_ID_KEYS = ("dataset", "arch", "conv", "width", "image_size")
-# The keys of dsnet.measure's macs_breakdown in the order of the MobileNet paper's Table 2 rows:
+# The keys of dsnet.models.cost's macs_breakdown in the order of the MobileNet paper's Table 2 rows:
 # 1x1 conv, depthwise, full k x k conv, (grouped), fully connected. Repeated here rather than
-# imported because dsnet.measure imports torch and the report only reads files.
+# imported because dsnet.models.cost imports torch and the report only reads files.
 LAYER_TYPES = ("pointwise", "depthwise", "standard", "grouped", "linear")
 
 _CONV_ORDER = {"standard": 0, "group": 1, "dsconv": 2}

@@ -1,6 +1,6 @@
 """Inference runtimes: one small adapter per runtime behind one interface, :class:`Runtime`.
 
-``dsnet.measure.measure_latency(runtime=...)`` times any of them the same way:
+``dsnet.latency.measure_latency(runtime=...)`` times any of them the same way:
 
 - ``eager``: PyTorch as written (``inference_mode``, autocast for bf16/fp16).
 - ``compile``: ``torch.compile`` with its default backend, inductor (compilation kept out of the timing).
