@@ -57,6 +57,7 @@ from dsnet.report.markdown import markdown_table, shares_section, theory_section
 from dsnet.report.plots import COST_AXES, pareto_front, plot_tradeoffs
 from dsnet.report.predictors import PREDICTOR_COLUMNS, plot_predictors, predictor_rows, predictors_section
 from dsnet.report.sensitivity import plot_lr_sensitivity
+from dsnet.report.tidy import read_study
 from dsnet.report.tables import (
     CONFIG_KEYS,
     CONTENTION_LIMIT,
@@ -79,11 +80,22 @@ from dsnet.report.tables import (
 
 __all__ = [
     "CONFIG_KEYS", "COST_AXES", "DEFAULT_LATENCY_TOLERANCE", "DEFAULT_TOLERANCE", "LAYER_TYPES", "PAIR_KEYS", "RUN_COLUMNS",
-    "ReportInputError", "ReportSummary", "Run", "SHARE_ID_KEYS", "SUMMARY_COLUMNS",
+    "ReportInputError", "ReportSummary", "Run", "read_runs", "read_study", "SHARE_ID_KEYS", "SUMMARY_COLUMNS",
     "THEORY_COLUMNS", "build_report", "collect_runs", "comparisons", "conv_label", "convergence", "equal_cost",
     "find_run_dirs", "latency_match_pairs", "layer_shares", "markdown_table", "missing_columns", "pareto_front",
     "plot_tradeoffs", "read_train_accuracy", "summarise", "theory_vs_measurement", "write_csv",
 ]
+
+
+def read_runs(dirs: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """The runs of ``dirs``: a study folder (one holding ``runs.csv``) through its tidy tables, any
+    other directory through the run directories below it; and the run directories without results."""
+    studies = [d for d in dirs if (Path(d) / "runs.csv").is_file()]
+    others = [d for d in dirs if d not in studies]
+    runs, missing = collect_runs(others) if others else ([], [])
+    for d in studies:
+        runs += read_study(d)
+    return runs, missing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,12 +137,23 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     for flag, value in (("--tolerance", tolerance), ("--latency-tolerance", latency_tolerance)):
         if not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise ReportInputError(f"{flag} must be a fraction in [0, 1) (0.05 = 5%), got {value!r}")
-    records = [(show_path(Path(p).resolve()), read_latency_match(p)) for p in latency_matches]
-    runs, missing = collect_runs(dirs)
+    runs, missing = read_runs(dirs)
     if not runs:
         d, reason = missing[0]
         raise ReportInputError(f"none of the {len(missing)} run directories has results "
                                f"(e.g. {d}: {reason})")
+    return write_report(runs, missing, out, tolerance=tolerance, latency_tolerance=latency_tolerance,
+                        include_contended=include_contended, latency_matches=latency_matches)
+
+
+def write_report(runs: Sequence[Run], missing: Sequence[tuple[Path, str]], out: str | os.PathLike, *,
+                 tolerance: float = DEFAULT_TOLERANCE, latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
+                 include_contended: bool = False, latency_matches: Sequence[str | os.PathLike] = (),
+                 index: str = "results.md") -> ReportSummary:
+    """Writes the tables and plots of ``runs`` into ``out`` (see :func:`build_report`); ``index``
+    names the Markdown file that holds every table."""
+    out = Path(out)
+    records = [(show_path(Path(p).resolve()), read_latency_match(p)) for p in latency_matches]
     rows = summarise(runs)
     contended = [r for r in runs if r.record is not None and is_contended(r)]
     quiet_rows = summarise(runs, [r for r in runs if include_contended or r not in contended])
@@ -171,11 +194,11 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     try:
         plots = [*plot_tradeoffs(rows, tmp), *plot_learning_curves(runs, tmp), *plot_lr_sensitivity(rows, tmp),
                  *plot_predictors(quiet_rows, tmp)]
-        files = [*write_markdown(tmp, runs, rows, sections, missing, plots, notes),
+        files = [*write_markdown(tmp, runs, rows, sections, missing, plots, notes, index),
                  *write_csvs(tmp, runs, tables), *plots]
         out.mkdir(exist_ok=True)
         for name in files:
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ReportSummary(out, files, len(runs), len(one_per_config(rows)), missing, notes)
+    return ReportSummary(out, files, len(runs), len(one_per_config(rows)), list(missing), notes)

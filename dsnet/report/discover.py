@@ -57,6 +57,7 @@ class Run:
     record: ResultsRecord | None = None
     train_dir: Path | None = None
     top1_source: str = ""  # "results.json", "metrics.json" or "" when unknown
+    curve: dict[int, float] = dataclasses.field(default_factory=dict)  # {epoch: val/acc}, from a tidy table
 
     @property
     def top1(self) -> float | None:
