@@ -10,7 +10,6 @@ study's runs dir), and one row per epoch of its CSV logs. Checkpoints and logs s
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 from pathlib import Path
@@ -30,23 +29,15 @@ def _key(path: Path, root: Path) -> str:
 
 
 def _train_extra(train_dir: Path | None) -> dict[str, Any]:
-    """How a run trained (device, precision, layout) from its config, and the wall and CPU seconds
-    its training took where a runner recorded them (``study_sessions.json``: one entry per start)."""
-    if train_dir is None:
+    """How a run trained (device, precision, memory layout), from its resolved config."""
+    config_path = train_dir / "config.yaml" if train_dir is not None else None
+    if config_path is None or not config_path.is_file():
         return {}
-    extra: dict[str, Any] = {}
-    config_path = train_dir / "config.yaml"
-    if config_path.is_file():
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        trainer, module = config.get("trainer") or {}, config.get("module") or {}
-        extra.update(train_device=trainer.get("accelerator"), train_precision=trainer.get("precision"),
-                     train_channels_last=module.get("channels_last"))
-        extra = {k: (str(v) if k == "train_precision" and v is not None else v) for k, v in extra.items()}
-    starts_path = train_dir / "study_sessions.json"
-    if starts_path.is_file():
-        starts = json.loads(starts_path.read_text(encoding="utf-8"))
-        extra.update(wall_s=round(sum(s["wall_s"] for s in starts), 1), cpu_s=round(sum(s["cpu_s"] for s in starts), 1))
-    return extra
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    trainer, module = config.get("trainer") or {}, config.get("module") or {}
+    precision = trainer.get("precision")
+    return {"train_device": trainer.get("accelerator"), "train_precision": None if precision is None else str(precision),
+            "train_channels_last": module.get("channels_last")}
 
 
 def read_curves(train_dir: Path) -> dict[int, dict[str, float]]:
@@ -58,10 +49,13 @@ def read_curves(train_dir: Path) -> dict[int, dict[str, float]]:
     for _, path in versions:
         with (path / "metrics.csv").open(newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
-                if not row.get("epoch"):
+                logged = {k: float(v) for k, v in row.items() if v and k not in _NOT_CURVES}
+                if not row.get("epoch") or not logged:
                     continue  # logged before the first epoch (the lr monitor at step 0)
-                epoch = epochs.setdefault(int(float(row["epoch"])) + 1, {})
-                epoch.update({k: float(v) for k, v in row.items() if v and k not in _NOT_CURVES})
+                number = int(float(row["epoch"])) + 1
+                if epochs and all(k.startswith("test/") for k in logged):
+                    number = max(epochs)  # the test after fitting counts on past the last epoch
+                epochs.setdefault(number, {}).update(logged)
     return epochs
 
 
