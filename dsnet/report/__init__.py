@@ -121,7 +121,7 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         latency_tolerance: the same for measured latency (wider: it carries measurement noise).
         include_contended: keep runs timed under CPU contention in the ratio tables (theory vs
             measurement, equal latency); by default only the results table shows their timings.
-        latency_matches: latency-match records (``scripts/study.py match --cost latency``) whose two
+        latency_matches: latency-match records (``python -m dsnet.study match STUDY --cost latency``) whose two
             widths the equal-cost table pairs at the latencies the record measured in one process.
 
     Everything is written to a temporary directory beside ``out`` first and moved into place

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--include-contended", action="store_true",
                         help="keep runs timed under CPU contention in the ratio tables")
     parser.add_argument("--latency-match", action="append", default=[], metavar="FILE",
-                        help="a latency-match record (scripts/study.py match --cost latency): the equal-cost "
+                        help="a latency-match record (python -m dsnet.study match STUDY --cost latency): the equal-cost "
                              "table pairs its two widths at the latencies it measured in one process; repeatable")
     args = parser.parse_args(argv)
     if not args.dirs:

@@ -13,7 +13,8 @@ train run's ``epochs``, ``lr``, ``val_acc_best``, ``hparams/*``, ...), plus:
 * ``top1_source``: ``results.json`` or ``metrics.json``, where top-1 came from;
 * ``macs_breakdown.<layer type>.<params|macs>``: the eval's counted cost per layer type;
 * ``train_device``, ``train_precision``, ``train_channels_last``: how the network was trained;
-  ``wall_s`` and ``cpu_s``: wall and CPU seconds the training took, where recorded.
+* ``wall_s`` and ``cpu_s``: wall and CPU seconds of the training processes, where a study recorded
+  them (``time_per_epoch_s`` is Lightning's own, for every run).
 
 An empty cell is unknown (None). Floats are written with Python's ``repr``, so they read back
 bit for bit. ``curves.csv`` has ``run``, ``epoch`` (epochs completed, from 1) and one column per
