@@ -10,6 +10,7 @@ tables. Each report's index of every table is ``tables.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -18,6 +19,17 @@ from dsnet.report.discover import ReportInputError, Run
 from dsnet.report.tidy import read_study
 
 INDEX = "tables.md"
+# What a published study keeps of a report: the tables and the PNG figures. The SVG twins and the
+# runs.csv copy repeat what the PNGs and results/<study>/runs.csv hold.
+DROPPED = ("*.svg", "runs.csv")
+
+
+def _prune(summary: ReportSummary) -> ReportSummary:
+    for pattern in DROPPED:
+        for path in summary.out_dir.glob(pattern):
+            path.unlink()
+    kept = [f for f in summary.files if not any(Path(f).match(p) for p in DROPPED)]
+    return dataclasses.replace(summary, files=kept)
 
 
 def stage_of(run: Run) -> str | None:
@@ -45,7 +57,7 @@ def report_study(study_dir: str | os.PathLike, out: str | os.PathLike) -> list[R
     summaries = [write_report(main or runs, [], out, latency_matches=matches, index=INDEX)]
     for stage in searches if main else ():
         summaries.append(write_report([r for r in runs if stage_of(r) == stage], [], out / stage, index=INDEX))
-    return summaries
+    return [_prune(s) for s in summaries]
 
 
 def report_studies(results: str | os.PathLike, out: str | os.PathLike) -> list[ReportSummary]:
