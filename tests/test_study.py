@@ -359,10 +359,10 @@ stages:
 """
 
 
-def start(study: Path, runs: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dsnet.study", "run", str(study), "--runs-dir", str(runs),
-                             "--workers", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, process_group=0)
+def start(study: Path, runs: Path, log: Path) -> subprocess.Popen:
+    with log.open("w") as out:  # a file, not a pipe: nothing waits on a pipe a worker holds open
+        return subprocess.Popen([sys.executable, "-m", "dsnet.study", "run", str(study), "--runs-dir", str(runs),
+                                 "--workers", "2"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.slow  # three tiny runs on two joblib workers, twice: ~40 s idle, minutes under load
@@ -371,7 +371,7 @@ def test_a_stage_killed_mid_way_resumes_with_the_same_command_and_finishes_every
     tiny = ", ".join(o for o in TINY if not o.startswith(("trainer.max_epochs", "trainer.log_every")))
     study.write_text(TINY_STUDY.format(tiny=tiny))
     names = [f"dsconv_w0.25_lr0.8_e3_seed{s}" for s in (1, 2, 3)]
-    proc = start(study, runs)
+    proc = start(study, runs, tmp_path / "first.log")
     stage = runs / "sweep"
     # kill once a job finished and another holds a checkpoint but no result
     deadline = time.monotonic() + 600
@@ -381,16 +381,18 @@ def test_a_stage_killed_mid_way_resumes_with_the_same_command_and_finishes_every
         if done and partial:
             break
         time.sleep(0.1)
-    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
     proc.send_signal(signal.SIGTERM)  # to dsnet.study alone: it passes the signal on to the stage's processes
-    out = proc.communicate(timeout=120)[0]
+    proc.wait(timeout=120)
+    out = (tmp_path / "first.log").read_text()
     assert proc.returncode == 1 and "the same command resumes it" in out.splitlines()[-1], out[-3000:]
     before = {n: (stage / n / "metrics.json").read_bytes() for n in done}
     unfinished = [n for n in names if not (stage / n / "metrics.json").is_file()]
     assert unfinished, "every job finished before the kill"
 
-    proc = start(study, runs)
-    out = proc.communicate(timeout=600)[0]
+    proc = start(study, runs, tmp_path / "second.log")
+    proc.wait(timeout=600)
+    out = (tmp_path / "second.log").read_text()
     assert proc.returncode == 0, out[-3000:]
     assert all(f"skipped: {stage / n} already holds this run, finished" in out for n in done)
     assert {n: (stage / n / "metrics.json").read_bytes() for n in done} == before

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,25 +98,37 @@ def stage_state(stage: Stage, runs_dir: Path) -> dict[str, int]:
     return counts
 
 
+# Seconds the launcher's workers get after a passed-on signal to save last.ckpt (Lightning stops after
+# the current batch) before the group is killed: joblib's workers stay alive, idle, after their task.
+STOP_GRACE_S = 15.0
+
+
 def run_stage(stage: Stage, runs_dir: Path, launcher: list[str], extra: list[str] = (), threads: int = 1) -> int:
     """Runs one stage's command to its end; returns its exit status. Each job gets ``threads``
     intra-op threads (a CPU shared by several workers).
 
     The command runs in a process group of its own, and SIGTERM or SIGINT sent to this process is
-    passed on to the whole group: the launcher's worker processes (joblib's) outlive a killed
-    ``train.py -m`` otherwise, and go on training unseen.
+    passed on to the whole group, which is killed :data:`STOP_GRACE_S` later: the launcher's worker
+    processes (joblib's) outlive a stopped ``train.py -m`` otherwise, and go on training unseen.
     """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     (runs_dir / stage.name).mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(stage_command(stage, runs_dir, launcher, extra), cwd=ROOT, env=env, process_group=0)
+    stopped = []
 
     def pass_on(signum, _frame):
+        stopped.append(time.monotonic())
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signum)
 
     previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return proc.wait()
+        status = proc.wait()
+        if stopped:
+            time.sleep(max(0.0, stopped[0] + STOP_GRACE_S - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        return status
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
