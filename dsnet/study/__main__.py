@@ -7,7 +7,9 @@
     python -m dsnet.study match fashion_mnist --cost params      # the equal-cost width (latency: timed)
     python -m dsnet.study collect fashion_mnist --runs-dir DIR   # DIR into results/<study>/{runs,curves}.csv
 
-STUDY is a file of ``configs/study/`` or a path to a study YAML. ``run`` runs each stage's
+STUDY is a file of ``configs/study/`` or a path to a study YAML; ``collect`` takes any name (the
+folder ``results/<name>/`` it writes), so a sweep run without a study config collects too, e.g.
+``python -m dsnet.study collect cifar10 --runs-dir /path/to/cifar10_runs``. ``run`` runs each stage's
 ``train.py -m`` command to its end, then the next; stopped at any point, the same command resumes
 (finished jobs are skipped, partial ones continue from their last checkpoint). It stops after the
 search stage when the search's choice is not what the experiment config holds (``choose`` says what
@@ -24,8 +26,8 @@ from pathlib import Path
 
 from dsnet.report.discover import ReportInputError
 from dsnet.study.lr import choose_lr, search_scores
-from dsnet.study.stages import (LAUNCHERS, ROOT, Study, launcher_overrides, load_study, run_stage, stage_command,
-                                stage_state)
+from dsnet.study.stages import (LAUNCHERS, ROOT, STUDY_DIR, Study, launcher_overrides, load_study, run_stage,
+                                stage_command, stage_state)
 
 PROG = "python -m dsnet.study"
 
@@ -182,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.command} needs --runs-dir DIR (where the stages' runs are)")
     args.runs_dir = args.runs_dir.resolve() if args.runs_dir else None
     try:
-        return COMMANDS[args.command](load_study(args.study), args)
+        if args.command == "collect" and not args.study.endswith(".yaml") and not (STUDY_DIR / f"{args.study}.yaml").is_file():
+            study = Study(args.study, [])  # any runs dir of <stage>/<job> directories collects, configured or not
+        else:
+            study = load_study(args.study)
+        return COMMANDS[args.command](study, args)
     except (StudyError, ReportInputError, ValueError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
