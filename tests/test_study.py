@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, TINY, compose_train, read_csv
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import ROOT, TINY, compose_train
 from dsnet.matching import match_width
 from dsnet.measure import count_macs, count_params
 from dsnet.models import create_model
@@ -31,7 +30,7 @@ from dsnet.study.collect import collect, write_study
 from dsnet.study.lr import choose_lr, search_scores
 from dsnet.study.stages import launcher_overrides, load_study, stage_command
 
-FMNIST = dict(image_size=28, num_classes=10, in_chans=1)  # Fashion-MNIST through the small-input stem
+FMNIST = {"image_size": 28, "num_classes": 10, "in_chans": 1}  # Fashion-MNIST through the small-input stem
 STANDARD_W025_PARAMS = 1771650  # model=conv at width 0.25 on Fashion-MNIST (metrics.json of the runs)
 
 
@@ -320,11 +319,11 @@ def test_the_report_of_a_tidy_table_gives_means_intervals_and_paired_differences
     write_table(tmp_path / "study" / "runs.csv",
                 [tidy_run(conv, seed, top1) for conv, t in tops.items() for seed, top1 in zip((2, 3, 4), t)])
     report_study(tmp_path / "study", tmp_path / "out")
-    results = {r["conv"]: r for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))}
+    results = {r["conv"]: r for r in read_csv(tmp_path / "out" / "results.csv")}
     # mean ± t(0.975, 2) * std / sqrt(3): std 0.01, so 4.303 * 0.01 / 1.732 = 0.0248
     assert {c: (float(r["top1_mean"]), round(float(r["top1_ci95"]), 6), r["n"]) for c, r in results.items()} == {
         "standard": (pytest.approx(0.93), 0.024841, "3"), "dsconv": (pytest.approx(0.91), 0.024841, "3")}
-    [paired] = csv.DictReader(open(tmp_path / "out" / "comparisons.csv"))
+    [paired] = read_csv(tmp_path / "out" / "comparisons.csv")
     # dsconv - standard by seed: -0.02, -0.01, -0.03
     assert (float(paired["diff_mean"]), round(float(paired["diff_ci95"]), 6), paired["n_pairs"]) == (
         pytest.approx(-0.02), 0.024841, "3")
@@ -404,3 +403,23 @@ def test_a_stage_killed_mid_way_resumes_with_the_same_command_and_finishes_every
     rows, curves, missing = collect(runs)
     assert ([r["run"] for r in rows], missing) == ([f"sweep/{n}" for n in names], [])
     assert sorted({(c["run"], c["epoch"]) for c in curves}) == [(f"sweep/{n}", e) for n in names for e in (1, 2, 3)]
+
+
+def test_plan_counts_each_stages_runs_and_prints_its_command(tmp_path, capsys):
+    trial(tmp_path / "equal_cost", "dsconv", 0.8, "finished")
+    trial(tmp_path / "equal_cost", "dsconv", 0.4, "partial")
+    trial(tmp_path / "table6", "dsconv", 0.8, "failed")
+    assert study_main(["plan", "fashion_mnist", "--runs-dir", str(tmp_path), "--workers", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[6:8] == ["equal_cost: 1 finished, 1 partial, 0 failed",
+                          f"  train.py -m experiment=converged model=dsconv model.width=0.74 "
+                          f"hydra.sweep.dir={tmp_path / 'equal_cost'} ckpt_path=last hydra/launcher=joblib "
+                          "hydra.launcher.n_jobs=3"]
+    assert lines[16] == "table6: 0 finished, 0 partial, 1 failed"
+    assert lines[18] == "table4_w1: 0 finished, 0 partial, 0 failed (needs a GPU)"
+
+
+def test_match_prints_the_equal_parameter_width_of_the_study(capsys):
+    assert study_main(["match", "fashion_mnist", "--cost", "params"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert (found["width"], found["cost"], found["target"], found["cost_name"]) == (0.74, 1769682, 1771650, "params")

@@ -20,14 +20,24 @@ to write there), and leaves out stages that need a GPU on a machine without one.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
 
 from dsnet.report.discover import ReportInputError
 from dsnet.study.lr import choose_lr, search_scores
-from dsnet.study.stages import (LAUNCHERS, ROOT, STUDY_DIR, Study, launcher_overrides, load_study, run_stage,
-                                stage_command, stage_state)
+from dsnet.study.stages import (
+    LAUNCHERS,
+    ROOT,
+    STUDY_DIR,
+    Study,
+    launcher_overrides,
+    load_study,
+    run_stage,
+    stage_command,
+    stage_state,
+)
 
 PROG = "python -m dsnet.study"
 
@@ -113,24 +123,28 @@ def cmd_choose(study: Study, args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
+def _latency_ms(net, shape: tuple[int, int, int], min_run_time: float) -> float:
+    from dsnet.measure import measure_latency
+
+    return measure_latency(net, shape, num_threads=1, min_run_time=min_run_time)["latency_ms_p50"]
+
+
 def cmd_match(study: Study, args: argparse.Namespace) -> int:
     """The width of the study's ``match`` conv at its target's cost; a latency match (timed, 1
     thread, batch 1, fp32: run it on an idle machine) is recorded in ``results/<study>/``."""
     from dsnet import allocator
     from dsnet.matching import match_width
-    from dsnet.measure import environment, measure_latency
+    from dsnet.measure import environment
 
     if not study.match:
         raise StudyError(f"study {study.name!r} has no `match:` block (conv, target_conv, target_width, input)")
     m = study.match
     net_input = {k: m[k] for k in ("arch", "image_size", "num_classes", "in_chans")}
     cost = args.cost
-    if cost == "latency":
+    if args.cost == "latency":
         allocator.configure("keep_freed")  # as eval.py times: freed memory kept, no page faults per pass
-
-        def cost(net):  # noqa: F811  (the measured cost replaces the name)
-            shape = (m["in_chans"], m["image_size"], m["image_size"])
-            return measure_latency(net, shape, num_threads=1, min_run_time=args.min_run_time)["latency_ms_p50"]
+        shape = (m["in_chans"], m["image_size"], m["image_size"])
+        cost = functools.partial(_latency_ms, shape=shape, min_run_time=args.min_run_time)
 
     found = match_width(m["conv"], m["target_conv"], m["target_width"], cost=cost,
                         tolerance=0.05 if args.cost == "latency" else 0.02, max_width=1.0, **net_input)
