@@ -411,10 +411,9 @@ def test_plan_counts_each_stages_runs_and_prints_its_command(tmp_path, capsys):
     trial(tmp_path / "table6", "dsconv", 0.8, "failed")
     assert study_main(["plan", "fashion_mnist", "--runs-dir", str(tmp_path), "--workers", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[6:8] == ["equal_cost: 1 finished, 1 partial, 0 failed",
-                          f"  train.py -m experiment=converged model=dsconv model.width=0.74 "
-                          f"hydra.sweep.dir={tmp_path / 'equal_cost'} ckpt_path=last hydra/launcher=joblib "
-                          "hydra.launcher.n_jobs=3"]
+    command = (f"  train.py -m experiment=converged model=dsconv model.width=0.74 "
+               f"hydra.sweep.dir={tmp_path / 'equal_cost'} ckpt_path=last hydra/launcher=joblib hydra.launcher.n_jobs=3")
+    assert lines[6:8] == ["equal_cost: 1 finished, 1 partial, 0 failed", command]
     assert lines[16] == "table6: 0 finished, 0 partial, 1 failed"
     assert lines[18] == "table4_w1: 0 finished, 0 partial, 0 failed (needs a GPU)"
 

@@ -57,7 +57,6 @@ from dsnet.report.markdown import markdown_table, shares_section, theory_section
 from dsnet.report.plots import COST_AXES, pareto_front, plot_tradeoffs
 from dsnet.report.predictors import PREDICTOR_COLUMNS, plot_predictors, predictor_rows, predictors_section
 from dsnet.report.sensitivity import plot_lr_sensitivity
-from dsnet.report.tidy import read_study
 from dsnet.report.tables import (
     CONFIG_KEYS,
     CONTENTION_LIMIT,
@@ -70,20 +69,21 @@ from dsnet.report.tables import (
     conv_label,
     hparam_columns,
     is_contended,
-    one_per_config,
     layer_shares,
+    one_per_config,
     summarise,
     theory_vs_measurement,
     write_csv,
     write_csvs,
 )
+from dsnet.report.tidy import read_study
 
 __all__ = [
-    "CONFIG_KEYS", "COST_AXES", "DEFAULT_LATENCY_TOLERANCE", "DEFAULT_TOLERANCE", "LAYER_TYPES", "PAIR_KEYS", "RUN_COLUMNS",
-    "ReportInputError", "ReportSummary", "Run", "read_runs", "read_study", "SHARE_ID_KEYS", "SUMMARY_COLUMNS",
-    "THEORY_COLUMNS", "build_report", "collect_runs", "comparisons", "conv_label", "convergence", "equal_cost",
-    "find_run_dirs", "latency_match_pairs", "layer_shares", "markdown_table", "missing_columns", "pareto_front",
-    "plot_tradeoffs", "read_train_accuracy", "summarise", "theory_vs_measurement", "write_csv",
+    "CONFIG_KEYS", "COST_AXES", "DEFAULT_LATENCY_TOLERANCE", "DEFAULT_TOLERANCE", "LAYER_TYPES", "PAIR_KEYS",
+    "RUN_COLUMNS", "SHARE_ID_KEYS", "SUMMARY_COLUMNS", "THEORY_COLUMNS", "ReportInputError", "ReportSummary", "Run",
+    "build_report", "collect_runs", "comparisons", "conv_label", "convergence", "equal_cost", "find_run_dirs",
+    "latency_match_pairs", "layer_shares", "markdown_table", "missing_columns", "pareto_front", "plot_tradeoffs",
+    "read_runs", "read_study", "read_train_accuracy", "summarise", "theory_vs_measurement", "write_csv",
 ]
 
 
