@@ -422,3 +422,16 @@ def test_match_prints_the_equal_parameter_width_of_the_study(capsys):
     assert study_main(["match", "fashion_mnist", "--cost", "params"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert (found["width"], found["cost"], found["target"], found["cost_name"]) == (0.74, 1769682, 1771650, "params")
+
+
+def test_the_trade_off_figure_draws_one_row_of_panels_per_protocol(tmp_path):
+    from dsnet.report.plots import COST_AXES, _figure
+    from dsnet.report.tables import summarise
+
+    rows = [tidy_run(conv, seed, 0.9) for conv in ("standard", "dsconv") for seed in (2, 3)]
+    rows += [{**r, "run": r["run"] + "_e30", "epochs": 30} for r in rows]
+    write_table(tmp_path / "runs.csv", rows)
+    fig = _figure(summarise(read_study(tmp_path)), COST_AXES[:2])
+    assert [ax.get_title() for ax in fig.axes] == ["Fashion-MNIST, 15 epochs"] * 2 + ["Fashion-MNIST, 30 epochs"] * 2
+    # each panel holds its own protocol's two configurations, labelled by width
+    assert [[t.get_text() for t in ax.texts] for ax in fig.axes] == [["0.25x", "0.25x"]] * 4
