@@ -3,8 +3,12 @@
 Usage::
 
     python -m dsnet.report outputs/train/multiruns/<time> outputs/eval --out report/
+    python -m dsnet.report results/fashion_mnist --out report/   # a study's tidy tables
+    python -m dsnet.report                                      # every study: results/ -> docs/studies/
 
-The report reads result files and never measures. :mod:`~dsnet.report.discover` finds train runs
+The report reads result files and never measures. A study folder's ``runs.csv`` and ``curves.csv``
+(:mod:`~dsnet.report.tidy`) read back into the same runs as the run directories they were collected
+from; :mod:`~dsnet.report.studies` reports every study. :mod:`~dsnet.report.discover` finds train runs
 (``metrics.json``) and eval runs (``results.json``) and joins them; :mod:`~dsnet.report.tables`
 aggregates seeds into one row per configuration and measurement environment;
 :mod:`~dsnet.report.stats` gives intervals, :mod:`~dsnet.report.compare` the paired,
