@@ -435,3 +435,26 @@ def test_the_trade_off_figure_draws_one_row_of_panels_per_protocol(tmp_path):
     assert [ax.get_title() for ax in fig.axes] == ["Fashion-MNIST, 15 epochs"] * 2 + ["Fashion-MNIST, 30 epochs"] * 2
     # each panel holds its own protocol's two configurations, labelled by width
     assert [[t.get_text() for t in ax.texts] for ax in fig.axes] == [["0.25x", "0.25x"]] * 4
+
+
+def test_a_finished_run_is_evaluated_on_its_best_checkpoint_with_evals_own_trainer(tmp_path):
+    from dsnet.study.evaluate import eval_command, to_evaluate
+
+    stage = load_study("fashion_mnist").stage("table4_w1")
+    run_dir = tmp_path / "table4_w1" / "standard_w1_lr0.8_e30_seed2"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "- seed=2\n- experiment=converged_long\n- model=conv\n- model.width=1\n- trainer=gpu\n"
+        "- trainer.precision=32-true\n- ckpt_path=last\n- hydra/launcher=joblib\n")
+    (run_dir / "checkpoints").mkdir()
+    for name in ("best-epoch010-acc0.9400.ckpt", "best-epoch020-acc0.9450.ckpt", "last.ckpt"):
+        (run_dir / "checkpoints" / name).write_bytes(b"")
+    (run_dir / "metrics.json").write_text("{}")
+    assert eval_command(stage, run_dir) == [
+        sys.executable, "eval.py", "experiment=converged_long", "seed=2", "model=conv", "model.width=1",
+        f"ckpt_path={run_dir / 'checkpoints' / 'best-epoch020-acc0.9450.ckpt'}",
+        f"hydra.run.dir={run_dir / 'eval'}", "latency.num_threads=1"]
+    assert to_evaluate(stage, tmp_path) == [run_dir]
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval" / "results.json").write_text("{}")
+    assert to_evaluate(stage, tmp_path) == []  # evaluated once: the command resumes past it

@@ -1,10 +1,11 @@
-"""``python -m dsnet.study {plan,run,choose,match,collect} STUDY``: a study's stages, run by Hydra's launchers.
+"""``python -m dsnet.study {plan,run,choose,match,evaluate,collect} STUDY``: a study's stages, run by Hydra's launchers.
 
     python -m dsnet.study plan fashion_mnist --runs-dir DIR      # each stage's command and its runs' state
     python -m dsnet.study run fashion_mnist --runs-dir DIR --workers 2   # the stages in order (joblib)
     python -m dsnet.study run fashion_mnist --runs-dir DIR --launcher slurm -- hydra.launcher.partition=cpu
     python -m dsnet.study choose fashion_mnist --runs-dir DIR    # the lr the search chose, or its next grid
     python -m dsnet.study match fashion_mnist --cost params      # the equal-cost width (latency: timed)
+    python -m dsnet.study evaluate fashion_mnist --runs-dir DIR  # eval.py on every finished run: <run>/eval
     python -m dsnet.study collect fashion_mnist --runs-dir DIR   # DIR into results/<study>/{runs,curves}.csv
 
 STUDY is a file of ``configs/study/`` or a path to a study YAML; ``collect`` takes any name (the
@@ -159,6 +160,23 @@ def cmd_match(study: Study, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(study: Study, args: argparse.Namespace) -> int:
+    from dsnet.study.evaluate import EVAL_DIR, evaluate_run, to_evaluate
+
+    failed = 0
+    for stage in [study.stage(args.stage)] if args.stage else study.stages:
+        todo = to_evaluate(stage, args.runs_dir)
+        for i, run_dir in enumerate(todo, 1):
+            status = evaluate_run(stage, run_dir)
+            failed += status != 0
+            print(f"eval {stage.name} {i}/{len(todo)} {run_dir.name}: "
+                  + ("no best checkpoint" if status == 1 and not (run_dir / f"{EVAL_DIR}.log").is_file()
+                     else f"exit {status}"), flush=True)
+    if failed:
+        raise StudyError(f"{failed} evaluations failed (see <run>/{EVAL_DIR}.log)")
+    return 0
+
+
 def cmd_collect(study: Study, args: argparse.Namespace) -> int:
     from dsnet.study.collect import write_study
 
@@ -170,7 +188,8 @@ def cmd_collect(study: Study, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "run": cmd_run, "choose": cmd_choose, "match": cmd_match, "collect": cmd_collect}
+COMMANDS = {"plan": cmd_plan, "run": cmd_run, "choose": cmd_choose, "match": cmd_match, "evaluate": cmd_evaluate,
+            "collect": cmd_collect}
 
 
 def positive_int(text: str) -> int:
@@ -187,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launcher", choices=LAUNCHERS, default="joblib")
     parser.add_argument("--workers", type=positive_int, default=1, help="joblib: jobs at once (default 1)")
     parser.add_argument("--threads", type=positive_int, default=1, help="intra-op threads per job (default 1)")
-    parser.add_argument("--stage", help="run: this stage only")
+    parser.add_argument("--stage", help="run, evaluate: this stage only")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="collect, match --cost latency: where study folders go (default: results)")
     parser.add_argument("--cost", choices=("params", "macs", "latency"), default="params", help="match: the cost")
