@@ -458,3 +458,29 @@ def test_a_finished_run_is_evaluated_on_its_best_checkpoint_with_evals_own_train
     (run_dir / "eval").mkdir()
     (run_dir / "eval" / "results.json").write_text("{}")
     assert to_evaluate(stage, tmp_path) == []  # evaluated once: the command resumes past it
+
+
+def test_choose_reads_the_search_trials_and_says_the_recipe_holds_their_choice(tmp_path, capsys):
+    for conv, scores in SEARCH.items():
+        for lr, score in scores.items():
+            trial(tmp_path / "lr_search", conv, lr, "finished", score)
+    assert study_main(["choose", "fashion_mnist", "--runs-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "tuned:",
+        '  dsconv: {lr: 0.8, lr_trials: 7, lr_grid: "0.025,0.05,0.1,0.2,0.4,0.8,1.6"}',
+        '  standard: {lr: 0.8, lr_trials: 7, lr_grid: "0.025,0.05,0.1,0.2,0.4,0.8,1.6"}',
+        "# dsconv: val/acc_best 0.9270", "# standard: val/acc_best 0.9348",
+        "the experiment config holds this choice"]
+    # a trial still running: no choice yet
+    trial(tmp_path / "lr_search", "dsconv", 3.2, "partial")
+    assert study_main(["choose", "fashion_mnist", "--runs-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("python -m dsnet.study: error: the lr_search stage has 1 unfinished trials")
+
+
+def test_overrides_after_a_double_dash_go_to_every_stage(tmp_path, capsys):
+    assert study_main(["plan", "fashion_mnist", "--runs-dir", str(tmp_path), "--launcher", "slurm", "--",
+                       "hydra.launcher.partition=cpu", "trainer.max_epochs=1"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  train.py")]
+    assert len(commands) == 10
+    assert all(c.endswith("ckpt_path=last hydra/launcher=slurm hydra.launcher.partition=cpu trainer.max_epochs=1")
+               for c in commands)

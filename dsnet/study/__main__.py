@@ -1,4 +1,4 @@
-"""``python -m dsnet.study {plan,run,choose,match,evaluate,collect} STUDY``: a study's stages, run by Hydra's launchers.
+"""``python -m dsnet.study COMMAND STUDY``: a study's stages, run by Hydra's launchers.
 
     python -m dsnet.study plan fashion_mnist --runs-dir DIR      # each stage's command and its runs' state
     python -m dsnet.study run fashion_mnist --runs-dir DIR --workers 2   # the stages in order (joblib)
@@ -199,7 +199,8 @@ def positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
+                                     epilog="Arguments after -- are Hydra overrides for every stage.")
     parser.add_argument("command", choices=list(COMMANDS))
     parser.add_argument("study", help="a study of configs/study/ (fashion_mnist) or a study YAML file")
     parser.add_argument("--runs-dir", type=Path, help="where the stages' runs go: <dir>/<stage>/<job> (all but match)")
@@ -211,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="collect, match --cost latency: where study folders go (default: results)")
     parser.add_argument("--cost", choices=("params", "macs", "latency"), default="params", help="match: the cost")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="match --cost latency: seconds per timing")
-    parser.add_argument("overrides", nargs="*", help="after --: overrides for every stage")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)  # after --: overrides for every stage
+    args = parser.parse_args(argv[:split])
+    args.overrides = argv[split + 1:]
     if args.runs_dir is None and args.command != "match":
         parser.error(f"{args.command} needs --runs-dir DIR (where the stages' runs are)")
     args.runs_dir = args.runs_dir.resolve() if args.runs_dir else None
