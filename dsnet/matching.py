@@ -4,7 +4,7 @@
     Match(width=0.74, cost=1769682, target=1771650, rel_error=-0.00111..., ...)
 
 One function, :func:`match_width`, called by the ``${dsnet.match_width:...}`` config resolver
-(``dsnet/config.py``) and by ``scripts/study.py``. Cost is parameters, multiply-adds (both from
+(``dsnet/config.py``) and by ``python -m dsnet.study match``. Cost is parameters, multiply-adds (both from
 ``dsnet.models.cost``) or any measured number a callable returns for a network (say, latency in ms).
 
 Widths round channel counts to multiples of 8 (``dsnet.blocks.make_divisible``), so cost is a step

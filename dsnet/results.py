@@ -97,14 +97,14 @@ class ResultsRecord:
     # Added after version 1 files were first written: optional on read, absent means its default.
     latency_batch_size: int = 1
     cpu_contention: float | None = None
-    # Added with issue 13 (runtimes, allocator, contention): optional on read as well.
+    # Added later still (runtimes, allocator, contention): optional on read as well.
     runtime: str = "eager"
     runtime_version: str | None = None
     allocator: str | None = None
     contention_flagged: bool = False
     activations: int | None = None
     memory_traffic_bytes: int | None = None
-    # Added with issue 12: how the checkpoint's hyperparameters were chosen (its training config's
+    # Added with the converged study: how the checkpoint's hyperparameters were chosen (its training config's
     # ``hparams`` node: the lr, the search's trial count and grid), None for a run without one.
     hparams: dict[str, float | str | None] | None = None
 

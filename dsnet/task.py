@@ -145,7 +145,9 @@ def finished_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     metrics_file, config_file = run_dir / "metrics.json", run_dir / "config.yaml"
     if not (metrics_file.is_file() and config_file.is_file()):
         return None
-    ignored = ("ckpt_path",)
+    # ckpt_path says where to resume from, not what is trained; tuned is a lookup table of per-conv
+    # settings whose entry in use is resolved into optim and hparams, which are compared.
+    ignored = ("ckpt_path", "tuned")
     saved = yaml.safe_load(config_file.read_text())
     current = OmegaConf.to_container(cfg, resolve=True)
     if {k: v for k, v in saved.items() if k not in ignored} != {k: v for k, v in current.items() if k not in ignored}:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -35,14 +34,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
+from dsnet.study.evaluate import best_checkpoint, eval_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_DIR = ROOT / "configs" / "experiment"
-# Top-level keys of a run's overrides that eval.py's config has no place for: passing them would
-# make Hydra fail ("Could not override"); none of them changes what eval measures.
-TRAIN_ONLY_ROOTS = frozenset({"callbacks", "logger", "debug", "hydra", "ckpt_path", "test", "experiment"})
-_ACC_IN_NAME = re.compile(r"acc(\d+(?:\.\d+)?)")
 
 
 def recipes() -> list[str]:
@@ -66,40 +61,6 @@ def log(message: str) -> None:
 def finished_runs(train_dir: Path) -> list[Path]:
     """Run directories under ``train_dir`` whose training finished (they hold ``metrics.json``)."""
     return sorted(p.parent for p in train_dir.rglob("metrics.json") if (p.parent / ".hydra").is_dir())
-
-
-def best_checkpoint(run_dir: Path) -> Path | None:
-    """The best checkpoint of a run: ``checkpoints/best*.ckpt``; of several, the one whose name
-    says the highest accuracy (``...acc0.9012.ckpt``), else the newest. None when there is none."""
-    found = sorted((run_dir / "checkpoints").glob("best*.ckpt"))
-    if len(found) <= 1:
-        return found[0] if found else None
-
-    def rank(path: Path) -> tuple[float, float]:
-        match = _ACC_IN_NAME.search(path.stem)
-        return (float(match.group(1).rstrip(".")) if match else -1.0, path.stat().st_mtime)
-
-    return max(found, key=rank)
-
-
-def eval_overrides(run_dir: Path) -> list[str]:
-    """The run's own command-line overrides (``.hydra/overrides.yaml``) that eval.py takes.
-
-    They include the sweep's values (``seed=2``, ``data.image_size=48``, ``table7.rho=6`` ...) and
-    the caller's extra overrides; eval needs the ones that shape the data. Overrides of keys only
-    training has (:data:`TRAIN_ONLY_ROOTS`) and additions (``+key=``) are left out.
-    """
-    path = run_dir / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else []
-    kept = []
-    for override in overrides or []:
-        key = override.split("=", 1)[0]
-        if key.startswith(("+", "~")):
-            continue
-        root = key.split("/", 1)[0].split(".", 1)[0].split("@", 1)[0]
-        if root not in TRAIN_ONLY_ROOTS:
-            kept.append(override)
-    return kept
 
 
 # --- running the stages ----------------------------------------------------------------------------

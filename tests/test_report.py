@@ -241,7 +241,7 @@ def test_training_accuracy_in_percent_is_refused_not_misread(tmp_path):
 
 
 def test_an_eval_inside_its_train_run_joins_it_after_both_were_copied_elsewhere(tmp_path):
-    """study.py evaluates into <run>/eval and copies the run's small files without checkpoints: the
+    """An eval written into <run>/eval, and the run's small files copied without checkpoints: the
     eval's ckpt_path then lies in no train run read, and the directory it sits in decides."""
     train = _run_dir(tmp_path / "copied" / "table4" / "std_seed2")
     write_json_atomic(train / "metrics.json", {

@@ -114,7 +114,7 @@ def test_latency_is_added_where_a_run_was_evaluated(sweep, capsys):
     assert math.isclose(float(runs["0"]["lr"]), 0.1)
 
 
-@pytest.mark.parametrize("case", ["no such dir", "no runs", "out is a file", "no DIR", "bad tolerance",
+@pytest.mark.parametrize("case", ["no such dir", "no runs", "out is a file", "no DIR, no study", "bad tolerance",
                                   "bad latency tolerance"])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, case):
     """In-process (the subprocess CLI's errors are tests/test_report.py's): what main() prints."""
@@ -127,7 +127,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, case
         "no runs": ([str(empty), *out], f"no run directories under {empty}"),
         "out is a file": ([str(empty), "--out", str(tmp_path / "file")],
                           f"--out exists and is not a directory: {tmp_path / 'file'}"),
-        "no DIR": (out, "the following arguments are required: DIR (see --help)"),
+        "no DIR, no study": (["--results", str(empty), "--studies-out", str(tmp_path / "out")],
+                             f"no study under {empty} (a folder with runs.csv)"),
         "bad tolerance": ([str(empty), *out, "--tolerance", "-0.1"],
                           "--tolerance must be a fraction in [0, 1) (0.05 = 5%), got -0.1"),
         "bad latency tolerance": ([str(empty), *out, "--latency-tolerance", "1.5"],

@@ -1,13 +1,12 @@
-"""The converged study's pieces: depthwise weight decay, equal-cost width matching and its resolver,
-and scripts/study.py's learning-rate choice on a search's result files."""
+"""A study's pieces: depthwise weight decay, equal-cost width matching, the learning-rate choice of a
+search, the stage commands run by Hydra's launchers, run directories collected into tidy tables, and
+the report computed from those tables."""
 
 from __future__ import annotations
 
+import csv
 import functools
-import importlib.util
 import json
-import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,15 +15,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, TINY, compose_train, read_csv
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import ROOT, TINY, compose_train, read_csv
 from dsnet.matching import match_width
 from dsnet.models.cost import count_macs, count_params
 from dsnet.models import create_model
 from dsnet.module import ClassifierModule
+from dsnet.report.studies import report_study
+from dsnet.report.tidy import read_study, read_table, write_table
+from dsnet.study.__main__ import main as study_main
+from dsnet.study.collect import collect, write_study
+from dsnet.study.lr import choose_lr, search_scores
+from dsnet.study.stages import launcher_overrides, load_study, stage_command
 
-FMNIST = dict(image_size=28, num_classes=10, in_chans=1)  # Fashion-MNIST through the small-input stem
+FMNIST = {"image_size": 28, "num_classes": 10, "in_chans": 1}  # Fashion-MNIST through the small-input stem
 STANDARD_W025_PARAMS = 1771650  # model=conv at width 0.25 on Fashion-MNIST (metrics.json of the runs)
 
 
@@ -126,145 +132,8 @@ def test_the_match_width_resolver_gives_the_width_to_a_config():
     assert cfg.width == 0.74
 
 
-# --- scripts/study.py: the learning rate chosen per arm -------------------------------------------
 
-
-def load_study():
-    spec = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["study"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def finish_trials(jobs, runs_dir, val_acc) -> None:
-    """Gives every trial not run yet a metrics.json with ``val_acc(arm, lr)``."""
-    for job in jobs:
-        if job.state(runs_dir) == "todo":
-            job.run_dir(runs_dir).mkdir(parents=True)
-            lr = float(job.config["optim"]["optimizer"]["lr"])
-            (job.run_dir(runs_dir) / "metrics.json").write_text(json.dumps({"val/acc_best": val_acc(job.arm, lr)}))
-
-
-def test_match_on_latency_records_the_thread_count_its_timings_ran_at(monkeypatch):
-    # The timings are stood in for by a deterministic cost (latency proportional to parameters), so
-    # the match is exact; what is checked is the record: the process has 2 threads, the timings 1.
-    import dsnet.allocator
-    import dsnet.latency
-
-    timed_at = []
-
-    def latency_from_params(net, input_size, num_threads, min_run_time):
-        timed_at.append(num_threads)
-        return {"latency_ms_p50": count_params(net) / 1e6}
-
-    monkeypatch.setattr(dsnet.latency, "measure_latency", latency_from_params)
-    monkeypatch.setattr(dsnet.allocator, "configure", lambda mode: mode)  # process-wide: not in a test worker
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        found = load_study().match("latency", min_run_time=0.01)
-    finally:
-        torch.set_num_threads(threads)
-    assert (found["width"], found["cost_name"], found["target"]) == (0.74, "latency", STANDARD_W025_PARAMS / 1e6)
-    assert set(timed_at) == {1} and found["environment"]["num_threads"] == 1
-
-
-def test_a_latency_match_that_finds_no_width_is_a_one_line_error_and_writes_no_record(tmp_path, monkeypatch):
-    # Timings stood in for by parameters, the standard network's doubled: out of dsconv's reach up to w1.0
-    import dsnet.allocator
-    import dsnet.latency
-
-    def latency(net, input_size, num_threads, min_run_time):
-        depthwise = any(m.groups > 1 for m in net.modules() if isinstance(m, torch.nn.Conv2d))
-        return {"latency_ms_p50": count_params(net) / 1e6 * (1 if depthwise else 2)}
-
-    monkeypatch.setattr(dsnet.latency, "measure_latency", latency)
-    monkeypatch.setattr(dsnet.allocator, "configure", lambda mode: mode)  # process-wide: not in a test worker
-    study = load_study()
-    monkeypatch.setattr(study, "RESULTS_DIR", study.RESULTS_DIR)  # main() reassigns it
-    with pytest.raises(SystemExit, match=r"^study.py: error: standard at width 0.25 costs 3.543 latency_ms, "
-                                         r"outside what dsconv reaches at widths 0.01..1 \(.*\)$"):
-        study.main(["match", "--cost", "latency", "--min-run-time", "0.01", "--results-dir", str(tmp_path),
-                    "--runs-dir", str(tmp_path / "runs")])
-    assert not (tmp_path / "match_latency.json").exists()
-
-def test_the_latency_match_record_names_the_input_and_the_report_reads_it(tmp_path, monkeypatch):
-    """What study.py match writes is what python -m dsnet.report --latency-match takes: a match of
-    params stands in for the timed one (the record's layout does not depend on the cost)."""
-    import dsnet.allocator
-    from dsnet.report.discover import read_latency_match
-
-    monkeypatch.setattr(dsnet.allocator, "configure", lambda mode: mode)  # process-wide: not in a test worker
-    found = load_study().match("params", min_run_time=0.01)
-    assert {k: found[k] for k in ("arch", "image_size", "in_chans", "num_classes")} == {
-        "arch": "mobilenet_v1", "image_size": 28, "in_chans": 1, "num_classes": 10}
-    path = tmp_path / "match.json"
-    path.write_text(json.dumps({**found, "cost_name": "latency", "environment": {"device": "cpu"}}))
-    assert read_latency_match(path)["width"] == 0.74
-
-
-def test_the_lr_choice_grows_the_grid_at_an_edge_for_both_arms(tmp_path):
-    study = load_study()
-    jobs, choice = study.choose(tmp_path)
-    assert choice is None and len(jobs) == 8  # 2 arms x the 4 lr of hparams_search/converged_lr.yaml
-    assert {j.name for j in jobs} == {f"{c}_w0.25_lr{lr}_e15_seed1" for c in ("standard", "dsconv")
-                                      for lr in ("0.05", "0.1", "0.2", "0.4")}
-
-    # standard peaks inside the grid; dsconv's best is its largest lr: both arms get lr 0.8
-    finish_trials(jobs, tmp_path, lambda arm, lr: {"conv": 0.9 - abs(lr - 0.1), "dsconv": lr}[arm])
-    jobs, choice = study.choose(tmp_path)
-    assert choice is None and len(jobs) == 10
-    finish_trials(jobs, tmp_path, lambda arm, lr: {"conv": 0.9 - abs(lr - 0.1), "dsconv": 0.3 if lr == 0.8 else lr}[arm])
-    _, choice = study.choose(tmp_path)
-    assert {arm: (c["lr"], c["trials"], c["at_edge"]) for arm, c in choice.items()} == {
-        "conv": (0.1, 5, False), "dsconv": (0.4, 5, False)}
-    assert choice["dsconv"]["grid"] == "0.05,0.1,0.2,0.4,0.8" and choice["dsconv"]["scores"]["0.8"] == 0.3
-
-
-def test_arms_at_both_edges_grow_the_grid_at_both_in_one_round(tmp_path):
-    study = load_study()
-    assert study.MAX_GROW == 3
-
-    def edges(arm, lr):  # standard flat, best at its smallest lr by the tie rule; dsconv climbing
-        return lr if arm == "dsconv" else 0.9
-
-    jobs, _ = study.choose(tmp_path)
-    finish_trials(jobs, tmp_path, edges)
-    jobs, choice = study.choose(tmp_path)
-    assert choice is None and sorted(j.name for j in jobs if j.state(tmp_path) == "todo") == [
-        f"{c}_w0.25_lr{lr}_e15_seed1" for c in ("dsconv", "standard") for lr in ("0.025", "0.8")]
-    # both at their edges again, one value left: it goes where an arm still climbs (dsconv's 1.6),
-    # not to the edge standard sits at only by the tie rule
-    finish_trials(jobs, tmp_path, edges)
-    jobs, choice = study.choose(tmp_path)
-    assert choice is None and sorted(j.name for j in jobs if j.state(tmp_path) == "todo") == [
-        f"{c}_w0.25_lr1.6_e15_seed1" for c in ("dsconv", "standard")]
-    finish_trials(jobs, tmp_path, edges)
-    jobs, choice = study.choose(tmp_path)
-    assert len(jobs) == 14
-    assert {arm: (c["lr"], c["trials"], c["at_edge"]) for arm, c in choice.items()} == {
-        "conv": (0.025, 7, True), "dsconv": (1.6, 7, True)}
-    assert choice["conv"]["grid"] == "0.025,0.05,0.1,0.2,0.4,0.8,1.6"
-
-
-def test_the_converged_recipe_trains_each_arm_at_the_lr_the_search_chose(tmp_path):
-    choice = json.loads((ROOT / "docs" / "results" / "converged" / "lr_choice.json").read_text())
-    for arm in ("conv", "dsconv"):
-        cfg = compose_train("experiment=converged", f"model={arm}", run_dir=tmp_path, tiny=False)
-        hparams = OmegaConf.to_container(cfg.hparams, resolve=True)
-        assert (cfg.optim.optimizer.lr, hparams["lr_trials"], hparams["lr_grid"]) == (
-            choice[arm]["lr"], choice[arm]["trials"], choice[arm]["grid"]), arm
-    # a conv type the search did not tune keeps the optimizer's lr, and says it was not searched
-    cfg = compose_train("experiment=converged", "model=group", run_dir=tmp_path, tiny=False)
-    assert (cfg.optim.optimizer.lr, cfg.hparams.lr_trials, cfg.hparams.lr_grid) == (0.1, None, None)
-    # nor is a trial of the search a choice
-    cfg = compose_train("experiment=converged", "hparams_search=converged_lr", "model=dsconv", run_dir=tmp_path,
-                        tiny=False)
-    assert (cfg.hparams.lr_trials, cfg.hparams.lr_grid) == (None, None)
-
-
-# --- what a converged run records -----------------------------------------------------------------
+# --- what a converged run records
 
 
 def test_a_converged_run_records_its_hyperparameters_in_metrics_json(tmp_path):
@@ -279,441 +148,339 @@ def test_a_converged_run_records_its_hyperparameters_in_metrics_json(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["hparams/lr_trials"] == 4
 
 
-# --- the stages after the search ------------------------------------------------------------------
 
 
-def later_stages(study, tmp_path, latency_width=0.5, runs_dir=None):
-    (tmp_path / "match_latency.json").write_text(json.dumps({"width": latency_width}))
-    choice = {"conv": {"lr": 0.05, "trials": 5, "grid": "0.025,0.05,0.1,0.2,0.4"},
-              "dsconv": {"lr": 0.4, "trials": 5, "grid": "0.025,0.05,0.1,0.2,0.4"}}
-    return [(name, study.resolve(jobs)) for name, jobs in study.later_stages(choice, runs_dir)]
+# --- the learning-rate choice ---------------------------------------------------------------------
+
+# val/acc_best of the Fashion-MNIST search's 14 trials (width 0.25, seed 1, 15 epochs)
+SEARCH = {"standard": {0.025: 0.9309999942779541, 0.05: 0.9344000220298767, 0.1: 0.9326000213623047,
+                       0.2: 0.9344000220298767, 0.4: 0.9332000017166138, 0.8: 0.9348000288009644,
+                       1.6: 0.9330000281333923},
+          "dsconv": {0.025: 0.8899999856948853, 0.05: 0.899399995803833, 0.1: 0.9106000065803528,
+                     0.2: 0.9169999957084656, 0.4: 0.9196000099182129, 0.8: 0.9269999861717224,
+                     1.6: 0.9193999767303467}}
+BASE = [0.05, 0.1, 0.2, 0.4]
 
 
-@pytest.mark.parametrize("latency_width, equal_cost_widths", [(0.5, ["0.74"]), (0.6, ["0.6", "0.74"])])
-def test_later_stages_run_in_priority_order_at_each_arms_lr_and_train_no_width_twice(
-        tmp_path, monkeypatch, latency_width, equal_cost_widths):
-    study = load_study()
-    monkeypatch.setattr(study, "RESULTS_DIR", tmp_path)
-    stages = later_stages(study, tmp_path, latency_width)
-    # the stages after the 30-epoch check wait for its outcome (next test)
-    assert [name for name, _ in stages] == ["table4_w0.25", "dw_decay_w0.25", "equal_cost", "long_w0.25"]
-    names = {name: [j.name for j in jobs] for name, jobs in stages}
-    assert names["table4_w0.25"] == [f"{c}_w0.25_lr{lr}_e15_seed{s}" for s in (2, 3, 4)
-                                     for c, lr in (("standard", "0.05"), ("dsconv", "0.4"))]
-    assert names["dw_decay_w0.25"] == [f"dsconv_w0.25_lr0.4_e15_seed{s}" for s in (2, 3, 4)]
-    # the params- and MACs-matched width (0.74) always; the latency-matched one unless Table 4 trains it
-    assert names["equal_cost"] == [f"dsconv_w{w}_lr0.4_e15_seed{s}" for s in (2, 3, 4) for w in equal_cost_widths]
-    assert names["long_w0.25"] == [f"{c}_w0.25_lr{lr}_e30_seed{s}" for s in (2, 3, 4)
-                                   for c, lr in (("standard", "0.05"), ("dsconv", "0.4"))]
-    # the search's trial count and grid travel with every run into its metrics.json
-    dw = stages[1][1][0]
-    assert dw.config["module"]["depthwise_weight_decay"] == 0
-    assert dw.config["hparams"]["lr_trials"] == 5 and dw.config["hparams"]["lr_grid"] == "0.025,0.05,0.1,0.2,0.4"
+def on(grid, scores):
+    return {arm: {lr: s[lr] for lr in grid} for arm, s in scores.items()}
 
 
-@pytest.mark.parametrize("dsconv_gain, met", [(0.004, True), (0.005, False)])
-def test_the_30_epoch_check_decides_the_schedule_of_the_tables_after_it(tmp_path, monkeypatch, dsconv_gain, met):
-    """Doubling 15 -> 30 epochs moves standard by +0.2 pp and dsconv by ``dsconv_gain`` on every seed
-    (float32 accuracies, as metrics.json holds them): under 0.5 pp the tables train 15 epochs, at
-    0.5 pp they train 30 and a 60-epoch check comes first."""
-    import numpy as np
-
-    study = load_study()
-    monkeypatch.setattr(study, "RESULTS_DIR", tmp_path)
-    runs_dir = tmp_path / "runs"
-    undecided = later_stages(study, tmp_path, runs_dir=runs_dir)
-    short, long = dict(undecided)["table4_w0.25"], dict(undecided)["long_w0.25"]
-    base = {"standard": 0.9310, "dsconv": 0.9140}
-    for job in (*short, *long):
-        if job is long[-1]:
-            assert study.check_met(runs_dir, short, long) is None  # one run short of the check
-        epochs = job.config["trainer"]["max_epochs"]
-        conv = "standard" if job.arm == "conv" else "dsconv"
-        gain = {"standard": 0.002, "dsconv": dsconv_gain}[conv] if epochs == 30 else 0.0
-        job.run_dir(runs_dir).mkdir(parents=True)
-        (job.run_dir(runs_dir) / "metrics.json").write_text(json.dumps({
-            "test/acc": float(np.float32(base[conv] + gain)), "val/acc_best": 0.93, "epochs": epochs,
-            "seed": job.config["seed"], "arch": "mobilenet_v1", "conv": conv, "dataset": "Fashion-MNIST",
-            "width": 0.25, "image_size": 28, "params": 1, "macs": 1}))
-    assert study.check_met(runs_dir, short, long) is met
-    stages = later_stages(study, tmp_path, runs_dir=runs_dir)
-    names = {name: [j.name for j in jobs] for name, jobs in stages}
-    epochs = 15 if met else 30
-    assert [n for n, _ in stages][4:] == (["table4_w0.5", "table6", "table4_w1"] if met else
-                                          ["long60_w0.25", "table4_w0.5", "equal_cost_e30", "table6", "table4_w1"])
-    # Table 4 at the paper's width: the standard arm only (its dsconv arm is Table 6's w1.0), on a GPU
-    # in fp32 weights; nothing else asks for one
-    assert names["table4_w1"] == [f"standard_w1_lr0.05_e{epochs}_seed{s}" for s in (2, 3, 4)]
-    assert [(j.needs_gpu, j.config["trainer"]["precision"]) for j in dict(stages)["table4_w1"]] == [(True, "32-true")] * 3
-    assert not any(j.needs_gpu for name, jobs in stages if name != "table4_w1" for j in jobs)
-    assert names["table4_w0.5"] == [f"dsconv_w0.5_lr0.4_e{epochs}_seed{s}" for s in (2, 3, 4)] + [
-        f"standard_w0.5_lr0.05_e{epochs}_seed{s}" for s in (2, 3, 4)]
-    assert names["table6"] == [f"dsconv_w{w}_lr0.4_e{epochs}_seed{s}" for s in (2, 3, 4) for w in ("1", "0.75")]
-    if not met:
-        assert names["long60_w0.25"] == [f"{c}_w0.25_lr{lr}_e60_seed{s}" for s in (2, 3, 4)
-                                         for c, lr in (("standard", "0.05"), ("dsconv", "0.4"))]
-        assert names["equal_cost_e30"] == [f"dsconv_w0.74_lr0.4_e30_seed{s}" for s in (2, 3, 4)]
+def test_the_search_grew_at_both_edges_then_at_the_high_one_and_chose_08_for_both_arms():
+    # standard's best on the first grid is 0.05 (tied with 0.2: the smaller wins), dsconv's 0.4
+    first = choose_lr(on(BASE, SEARCH), BASE)
+    assert (first.grid, first.chosen) == ([0.025, 0.05, 0.1, 0.2, 0.4, 0.8], None)
+    # both arms now best at 0.8, the high edge; one value of room left
+    second = choose_lr(on(first.grid, SEARCH), BASE)
+    assert (second.grid, second.chosen) == ([0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6], None)
+    final = choose_lr(SEARCH, BASE)
+    assert final.chosen == {
+        "standard": {"lr": 0.8, "val_acc_best": 0.9348000288009644, "trials": 7,
+                     "grid": "0.025,0.05,0.1,0.2,0.4,0.8,1.6", "at_edge": False},
+        "dsconv": {"lr": 0.8, "val_acc_best": 0.9269999861717224, "trials": 7,
+                   "grid": "0.025,0.05,0.1,0.2,0.4,0.8,1.6", "at_edge": False}}
 
 
-# --- the runner ------------------------------------------------------------------------------------
+def test_with_one_value_left_the_grid_grows_where_an_arm_still_climbs():
+    climbing = {"standard": {lr: 0.9 for lr in [0.0125, *BASE, 0.8]},  # flat: at 0.0125 by the tie rule
+                "dsconv": {lr: lr for lr in [0.0125, *BASE, 0.8]}}      # climbing at the high edge
+    assert choose_lr(climbing, BASE).grid == [0.0125, *BASE, 0.8, 1.6]
+    # no room left: the choice stands, and says the best lr is at an edge
+    done = choose_lr({arm: {**s, 1.6: s.get(1.6, 1.6 if arm == "dsconv" else 0.9)} for arm, s in climbing.items()}, BASE)
+    assert {arm: (c["lr"], c["trials"], c["at_edge"]) for arm, c in done.chosen.items()} == {
+        "standard": (0.0125, 7, True), "dsconv": (1.6, 7, True)}
 
 
-def test_the_processes_the_study_starts_find_this_checkout_first_and_keep_the_callers_pythonpath(monkeypatch):
-    study = load_study()
-    monkeypatch.setenv("PYTHONPATH", "/opt/site")
-    env = study.thread_env(2)
-    assert env["PYTHONPATH"].split(":") == [str(ROOT), "/opt/site"]
-    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == ("2", "2")
-    monkeypatch.delenv("PYTHONPATH")
-    assert study.thread_env()["PYTHONPATH"] == str(ROOT)
+def test_arms_scored_over_different_grids_are_an_error():
+    with pytest.raises(ValueError, match=r"every arm needs a score at each lr of one grid"):
+        choose_lr({"standard": {0.1: 0.9, 0.2: 0.8}, "dsconv": {0.1: 0.9}}, BASE)
 
 
-def _study_with_one_gpu_run_left(study, tmp_path):
-    """The committed study restored under tmp_path/runs, every run finished but table4_w1's seed 2,
-    and table4_w1's not evaluated yet."""
-    results = tmp_path / "results"
-    results.mkdir()
-    for name in ("lr_choice.json", "match_latency.json"):
-        (results / name).write_text((study.RESULTS_DIR / name).read_text())
-    runs_dir = tmp_path / "runs"
-    assert study.restore(runs_dir) >= 55
-    stages, _ = study.all_jobs(runs_dir)
-    for job in (j for _, jobs in stages for j in jobs if j.state(runs_dir) != "finished"):
-        job.run_dir(runs_dir).mkdir(parents=True, exist_ok=True)  # a run this test must not train
-        (job.run_dir(runs_dir) / "metrics.json").write_text("{}")
-    shutil.rmtree(runs_dir / "table4_w1" / "standard_w1_lr0.8_e30_seed2")
-    for eval_dir in (runs_dir / "table4_w1").glob(f"*/{study.EVAL_DIR}"):  # as they came from the GPU machine
-        shutil.rmtree(eval_dir)
-    return runs_dir, results
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
-def test_a_runner_without_a_gpu_starts_no_gpu_run_and_says_which_are_left(tmp_path, capsys):
-    study = load_study()
-    runs_dir, results = _study_with_one_gpu_run_left(study, tmp_path)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        assert study.main(["run", "--runs-dir", str(runs_dir), "--results-dir", str(results)]) == 0
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-    out = capsys.readouterr().out
-    assert "every stage finished, but for 1 runs that need a GPU (this machine has none): " \
-           "table4_w1/standard_w1_lr0.8_e30_seed2" in out
-    assert " start " not in out and not list(runs_dir.glob("*/*.pid"))
-    # plan lists it without a CPU estimate
-    assert study.main(["plan", "--runs-dir", str(runs_dir), "--results-dir", str(results)]) == 0
-    line = next(x for x in capsys.readouterr().out.splitlines() if "standard_w1_lr0.8_e30_seed2" in x)
-    assert line.split()[2:] == ["todo", "0/30", "epochs", "(needs", "a", "GPU)"]
-
-
-def test_a_gpu_run_without_its_checkpoint_gets_a_cost_only_eval_of_its_network_that_the_report_joins(
-        tmp_path, monkeypatch):
-    """The GPU sitting brings back no checkpoint of standard w1.0 (108 MiB): evaluate counts and
-    times the same network with random weights into <run>/eval, and the report's row for the run
-    has its eval's cost and latency with the seed, epochs and top-1 of its metrics.json."""
-    from dsnet.report.discover import collect_runs
-
-    study = load_study()
-    runs_dir, results = _study_with_one_gpu_run_left(study, tmp_path)
-    monkeypatch.setattr(study, "RESULTS_DIR", results)
-    # a quick timing: the test checks what is joined, not how fast (standard w1.0 is ~1 s a batch of 64)
-    monkeypatch.setattr(study, "EVAL_OVERRIDES", [*study.EVAL_OVERRIDES, "latency.rounds=1",
-                                                  "latency.min_run_time=0.01", "latency.throughput_batch_size=1"])
-    job = next(j for _, jobs in study.all_jobs(runs_dir)[0] for j in jobs if j.name == "standard_w1_lr0.8_e30_seed3")
-    assert job.needs_gpu and job.state(runs_dir) == "finished" and study.best_checkpoint(job.run_dir(runs_dir)) is None
-    assert study.evaluate(runs_dir, [job]) == 0
-    trained = json.loads((job.run_dir(runs_dir) / "metrics.json").read_text())
-    counted = json.loads((job.run_dir(runs_dir) / "eval" / "results.json").read_text())
-    assert (counted["params"], counted["macs"], counted["ckpt_path"]) == (28_278_762, 365_632_000, None)
-    assert counted["latency_ms_p50"] > 0 and counted["device"] == "cpu"
-    runs, _ = collect_runs([results / "runs" / "table4_w1"])
-    (run,) = runs
-    assert run.values["top1"] == trained["test/acc"] and run.top1_source == "metrics.json"
-    assert (run.values["seed"], run.values["epochs"], run.values["conv"], run.values["width"]) == (3, 30, "standard", 1.0)
-    assert run.values["latency_ms_p50"] == counted["latency_ms_p50"]
-
-
-def test_a_cost_only_eval_of_another_network_than_the_run_trained_is_a_failure_and_leaves_no_results(
-        tmp_path, monkeypatch, capsys):
-    study = load_study()
-    runs_dir, results = _study_with_one_gpu_run_left(study, tmp_path)
-    monkeypatch.setattr(study, "RESULTS_DIR", results)
-    monkeypatch.setattr(study, "EVAL_OVERRIDES", [*study.EVAL_OVERRIDES, "latency.rounds=1", "latency.min_run_time=0.01",
-                                                  "latency.throughput_batch_size=1", "model.width=0.25"])
-    job = next(j for _, jobs in study.all_jobs(runs_dir)[0] for j in jobs if j.name == "standard_w1_lr0.8_e30_seed4")
-    assert study.evaluate(runs_dir, [job]) == 1
-    assert "eval.py's network has other params or MACs than" in capsys.readouterr().out
-    assert not (job.run_dir(runs_dir) / "eval" / "results.json").exists()
-
-
-@pytest.mark.slow  # two train.py processes: ~15 s idle, ~30 s beside the study's runs
-def test_the_runner_trains_a_stage_two_at_a_time_and_records_each_sitting(tmp_path, monkeypatch):
-    """Two real train.py processes at once; each run's CPU time lands in study_sessions.json and its
-    small files in the results directory; a second pass over the finished stage starts nothing."""
-    study = load_study()
-    monkeypatch.setattr(study, "RESULTS_DIR", tmp_path / "results")
-    monkeypatch.setattr(study, "SITTING_NOTE_S", 0.5)  # running notes too: the final record replaces them
-    runs_dir = tmp_path / "runs"
-    jobs = study.resolve([study.Job("smoke", ["experiment=converged", *TINY, "test=false", f"seed={seed}"], "dsconv")
-                          for seed in (1, 2)])
-    assert [j.name for j in jobs] == ["dsconv_w0.25_lr0.8_e1_seed1", "dsconv_w0.25_lr0.8_e1_seed2"]
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        runner = study.Runner(runs_dir, workers=2)
-        start = time.time()
-        assert runner.run_stage(jobs)
-        assert runner.run_stage(jobs)  # finished: nothing starts again
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-    sittings = [json.loads((j.run_dir(runs_dir) / "study_sessions.json").read_text()) for j in jobs]
-    assert [[(x["exit"], x["cpu_s"] > 0, x["threads"]) for x in s] for s in sittings] == [[(0, True, 1)], [(0, True, 1)]]
-    # the two ran side by side: each one's wall time is over half of the stage's
-    assert all(s[0]["wall_s"] > (time.time() - start) / 2 for s in sittings)
-    assert [j.state(runs_dir) for j in jobs] == ["finished", "finished"]
-    assert not list(runs_dir.glob("smoke/*.pid")) and (runs_dir / "PIDS").read_text().startswith("pgid ")
-    for job in jobs:
-        copied = tmp_path / "results" / "runs" / "smoke" / job.name
-        assert json.loads((copied / "metrics.json").read_text())["val/acc_best"] > 0
-        assert (copied / "study_sessions.json").is_file() and list(copied.glob("csv/*/metrics.csv"))
-
-
-def test_a_running_sittings_note_is_replaced_by_its_record_and_kept_when_cut_off(tmp_path):
-    """The runner notes each running sitting every minute; a runner that dies with the machine
-    leaves the last note (exit null) instead of nothing, and the next sitting comes after it."""
-    study = load_study()
-
-    def read() -> list[dict]:
-        return json.loads((tmp_path / "study_sessions.json").read_text())
-
-    first = time.time() - 100
-    study.record_session(tmp_path, first, 50.0, None)
-    study.record_session(tmp_path, first, 95.0, None)  # a later note of the same sitting
-    assert [(x["cpu_s"], x["exit"]) for x in read()] == [(95.0, None)]
-    study.record_session(tmp_path, first, 98.5, 0)  # the run's end: wait4's CPU time
-    assert [(x["cpu_s"], x["exit"]) for x in read()] == [(98.5, 0)]
-    second, third = time.time() - 50, time.time() - 10
-    study.record_session(tmp_path, second, 20.0, None)  # cut off: no record follows
-    study.record_session(tmp_path, third, 4.0, 143)  # the next sitting (SIGTERM)
-    assert [(x["cpu_s"], x["exit"]) for x in read()] == [(98.5, 0), (20.0, None), (4.0, 143)]
-    assert not list(tmp_path.glob("*.tmp"))
-
-
-def test_process_cpu_counts_live_descendants_and_the_children_already_waited_for():
-    """0.3 CPU-s in a child the process waited for, 0.5 in a grandchild still running; the machine's
-    other processes (hours of training, say) must not count."""
-    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < {}: pass\n"
-    script = (f"import subprocess, sys, time\nsubprocess.run([sys.executable, '-c', {burn.format(0.3)!r}])\n"
-              f"subprocess.Popen([sys.executable, '-c', {burn.format(0.5) + 'print(1, flush=True)' + chr(10) + 'time.sleep(60)'!r}])\n"
-              "time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "1"  # the grandchild has burnt its 0.5 s
-        cpu = load_study().process_cpu_s(proc.pid)
-    finally:
-        for child in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split():
-            subprocess.run(["kill", child])
-        proc.kill()
-        proc.wait()
-    # + three interpreters' start-up (~0.05-0.3 s each, more on a loaded machine)
-    assert 0.8 <= cpu < 4.0, cpu
-    assert load_study().process_cpu_s(proc.pid) == 0.0  # gone: nothing
-
-
-def finished_run(run_dir, conv: str, width: float, epochs: int, walls: list[float], threads=None) -> None:
-    """The files a finished run of the study leaves that the time estimates read (``threads`` per
-    sitting; None: the key absent, as in sittings recorded before ``run --threads``)."""
+def trial(stage_dir: Path, conv: str, lr: float, state: str, val_acc: float = 0.5) -> None:
+    run_dir = stage_dir / f"{conv}_lr{lr:g}"
     run_dir.mkdir(parents=True)
-    OmegaConf.save({"model": {"conv": conv, "width": width}, "trainer": {"max_epochs": epochs}}, run_dir / "config.yaml")
-    (run_dir / "metrics.json").write_text("{}")
-    sittings = [{"start_utc": "2026-12-01T00:00:00Z", "wall_s": w, "cpu_s": w, "exit": 0} for w in walls]
-    for sitting, n in zip(sittings, threads or []):
-        sitting["threads"] = n
-    (run_dir / "study_sessions.json").write_text(json.dumps(sittings))
+    (run_dir / "config.yaml").write_text(f"model:\n  conv: {conv}\noptim:\n  optimizer:\n    lr: {lr}\n")
+    if state == "finished":
+        (run_dir / "metrics.json").write_text(json.dumps({"val/acc_best": val_acc}))
+    elif state == "failed":
+        (run_dir / "error.txt").write_text("Traceback: loss is NaN\n")
 
 
-def test_a_jobs_time_is_its_convolutions_measured_epoch_scaled_by_multiply_adds(tmp_path):
-    """Median wall per epoch over finished runs of the same convolution (sittings summed), at the
-    nearest measured width, times the job's epochs still to train, times its training MACs ratio;
-    at a thread count no run of its convolution finished at, the 1-thread time over the count."""
-    study = load_study()
-    finished_run(tmp_path / "a" / "r1", "dsconv", 0.25, 15, [600.0])  # 40 s an epoch
-    finished_run(tmp_path / "a" / "r2", "dsconv", 0.25, 30, [700.0, 800.0])  # 50 (two sittings)
-    finished_run(tmp_path / "a" / "r3", "dsconv", 0.25, 10, [1000.0], threads=[1])  # 100
-    finished_run(tmp_path / "a" / "r4", "standard", 1.0, 10, [3000.0])  # another convolution
-    finished_run(tmp_path / "a" / "r6", "dsconv", 0.25, 10, [200.0], threads=[2])  # 20 at two threads
-    finished_run(tmp_path / "a" / "r7", "dsconv", 0.25, 10, [300.0, 300.0], threads=[1, 2])  # mixed: left out
-    (tmp_path / "a" / "r5").mkdir()  # unfinished: no metrics.json
-    (tmp_path / "a" / "r5" / "study_sessions.json").write_text("[]")
-    measured = study.measured_epoch_s(tmp_path)
-    assert {key: sorted(v) for key, v in measured.items()} == {("dsconv", 0.25, 1): [40.0, 50.0, 100.0],
-                                                               ("dsconv", 0.25, 2): [20.0],
-                                                               ("standard", 1.0, 1): [300.0]}
-    w025, w05 = study.resolve([study.Job("s", ["experiment=converged", "model=dsconv", f"model.width={w}"], "dsconv")
-                               for w in (0.25, 0.5)])
-    assert study.estimate_s(w025, tmp_path, measured) == 50.0 * 15
-    ratio = study.train_macs("dsconv", 0.5) / study.train_macs("dsconv", 0.25)
-    assert 3.0 < ratio < 4.0  # width 0.5 doubles every layer's channels: ~4x, less the fixed stem and head
-    assert study.estimate_s(w05, tmp_path, measured) == pytest.approx(50.0 * 15 * ratio, rel=1e-12)
-    assert study.estimate_s(w025, tmp_path, measured, threads=2) == 20.0 * 15
-    # never measured at 4: the 1-thread median over 4 (linear scaling), until a 4-thread run finishes
-    assert study.estimate_s(w025, tmp_path, measured, threads=4) == 50.0 * 15 / 4
-    standard = study.resolve([study.Job("s", ["experiment=converged", "model=conv", "model.width=0.25"], "conv")])[0]
-    assert study.estimate_s(standard, tmp_path, measured) == pytest.approx(
-        300.0 * 15 * study.train_macs("standard", 0.25) / study.train_macs("standard", 1.0), rel=1e-12)
-    assert study.estimate_s(standard, tmp_path, {("dsconv", 0.25, 1): [1.0]}) is None  # nothing to scale from
-    assert study.estimate_s(standard, tmp_path, {("dsconv", 0.25, 2): [1.0]}, threads=2) is None
+def test_a_failed_trial_scores_zero_and_an_unfinished_one_is_named(tmp_path):
+    trial(tmp_path, "standard", 0.1, "finished", 0.91)
+    trial(tmp_path, "standard", 1.6, "failed")
+    trial(tmp_path, "dsconv", 0.1, "partial")
+    scores, unfinished = search_scores(tmp_path)
+    assert scores == {"standard": {0.1: 0.91, 1.6: 0.0}}
+    assert unfinished == [tmp_path / "dsconv_lr0.1"]
 
 
-def test_finish_by_starts_no_run_that_would_end_after_it(tmp_path, capsys):
-    """A sitting of known length (a machine lent for three hours, an allocation's time limit):
-    a run whose estimate ends after --finish-by is skipped with a line saying why, not started."""
-    study = load_study()
-    runs_dir = tmp_path / "runs"
-    finished_run(runs_dir / "done" / "ref", "dsconv", 0.25, 15, [15 * 60.0])  # a minute an epoch
-    job = study.resolve([study.Job("next", ["experiment=converged", "model=dsconv", "seed=2"], "dsconv")])[0]
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        runner = study.Runner(runs_dir, workers=1, finish_by=time.time() + 10 * 60)  # 15 min needed, 10 left
-        assert not runner.run_stage([job])
-        assert study.Runner(runs_dir, workers=1, finish_by=time.time() + 17 * 60).fits(job)  # 15 x 1.1 < 17
-        assert not study.Runner(runs_dir, workers=1, finish_by=time.time() + 16 * 60).fits(job)
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-    assert job.state(runs_dir) == "todo" and not (runs_dir / "next").exists()
-    out = capsys.readouterr().out
-    assert f"skip next/{job.name}: needs ~15 min, 10 min left before --finish-by" in out, out
-    assert out.count("skip ") == 2  # the run and the 16-min check
+def test_the_converged_recipe_holds_the_lr_the_search_chose():
+    chosen = choose_lr(SEARCH, BASE).chosen
+    for conv, arm in (("standard", "conv"), ("dsconv", "dsconv")):
+        cfg = compose_train("experiment=converged", f"model={arm}", run_dir="/tmp/unused", tiny=False)
+        assert (cfg.optim.optimizer.lr, cfg.hparams.lr_trials, cfg.hparams.lr_grid) == (
+            chosen[conv]["lr"], chosen[conv]["trials"], chosen[conv]["grid"]), arm
+    # a conv type the search did not tune keeps the optimizer's lr, and says it was not searched
+    cfg = compose_train("experiment=converged", "model=group", run_dir="/tmp/unused", tiny=False)
+    assert (cfg.optim.optimizer.lr, cfg.hparams.lr_trials, cfg.hparams.lr_grid) == (0.1, None, None)
+    # the search's own trials record no choice, and run the grid it grew to
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=converged", "hparams_search=converged_lr"], return_hydra_config=True)
+    assert (cfg.hparams.lr_trials, cfg.hparams.lr_grid) == (None, None)
+    assert cfg.hydra.sweeper.params["optim.optimizer.lr"] == "0.025,0.05,0.1,0.2,0.4,0.8,1.6"
 
 
-@pytest.mark.parametrize("flag, value, allowed", [
-    *(("--finish-by", v, "is not a time of day HH:MM (UTC), e.g. 03:45") for v in ("25:00", "3h", "03:60")),
-    *((flag, v, "is not a whole number of at least 1") for flag, v in (("--threads", "0"), ("--workers", "-1"),
-                                                                       ("--threads", "two"))),
+# --- the stages -----------------------------------------------------------------------------------
+
+
+def test_a_stage_is_a_train_py_multirun_on_the_joblib_or_the_slurm_launcher(tmp_path):
+    study = load_study("fashion_mnist")
+    assert [s.name for s in study.stages] == [
+        "lr_search", "table4_w0.25", "dw_decay_w0.25", "equal_cost", "long_w0.25", "long60_w0.25",
+        "table4_w0.5", "equal_cost_e30", "table6", "table4_w1"]
+    assert [s.name for s in study.stages if s.gpu] == ["table4_w1"]
+    command = stage_command(study.stage("table6"), tmp_path, launcher_overrides("joblib", 2))
+    assert command == [sys.executable, "train.py", "-m", "experiment=converged_long", "model=dsconv",
+                       "model.width=1,0.75", f"hydra.sweep.dir={tmp_path / 'table6'}", "ckpt_path=last",
+                       "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    assert launcher_overrides("slurm", 2) == ["hydra/launcher=slurm"]
+
+
+def job_name(*overrides: str) -> str:
+    """The run directory name (hydra.sweep.subdir) one job of a stage composes to."""
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    return str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+
+
+@pytest.mark.parametrize("stage, job, name", [
+    ("lr_search", ["model=conv", "optim.optimizer.lr=0.025", "seed=1"], "standard_w0.25_lr0.025_e15_seed1"),
+    ("equal_cost", ["seed=3"], "dsconv_w0.74_lr0.8_e15_seed3"),
+    ("long60_w0.25", ["model=conv", "seed=2"], "standard_w0.25_lr0.8_e60_seed2"),
+    ("table6", ["model.width=1", "seed=4"], "dsconv_w1_lr0.8_e30_seed4"),
 ])
-def test_a_bad_run_option_is_a_one_line_error(flag, value, allowed):
-    result = subprocess.run([sys.executable, "scripts/study.py", "run", flag, value, "--runs-dir", "/nonexistent/x"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert result.returncode == 2
-    assert result.stdout.strip().splitlines()[-1] == f"study.py: error: argument {flag}: {value!r} {allowed}"
-    assert not Path("/nonexistent/x").exists()
+def test_a_stages_jobs_land_in_the_run_directories_the_study_trained_into(stage, job, name):
+    """The names the published runs have: a stage re-run into the same runs dir finds (and skips) them."""
+    overrides = [o for o in load_study("fashion_mnist").stage(stage).overrides if "," not in o]
+    assert job_name(*overrides, *job) == name
 
 
-def test_log_lines_from_the_workers_threads_never_run_into_each_other(tmp_path):
-    """Two jobs ending together log from two threads (sitting 11's study.log had "partial[study
-    15:24:58] end ..."): into a file, as the runner's nohup log, every line stays whole."""
-    script = (
-        "import sys, threading\n"
-        "sys.path.insert(0, 'scripts')\n"
-        "import study\n"
-        "sys.setswitchinterval(1e-6)  # switch threads as often as CPython allows\n"
-        "threads = [threading.Thread(target=lambda i=i: [study.log(f'worker {i} line {n}') for n in range(2000)])\n"
-        "           for i in range(4)]\n"
-        "[thread.start() for thread in threads]\n"
-        "[thread.join() for thread in threads]\n"
-    )
-    log_file = tmp_path / "study.log"
-    with log_file.open("w") as out:
-        subprocess.run([sys.executable, "-c", script], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=True)
-    lines = log_file.read_text().splitlines()
-    broken = [line for line in lines if not re.fullmatch(r"\[study \d\d:\d\d:\d\d\] worker \d line \d+", line)]
-    assert not broken, broken[:3]  # the unlocked log(): 1,383 of 8,000 broken (2-core EPYC, 2026-12-03)
-    assert len(lines) == 4 * 2000
+def test_an_unknown_study_or_stage_is_one_line_and_exit_1(tmp_path, capsys):
+    assert study_main(["plan", "nope", "--runs-dir", str(tmp_path)]) == 1
+    assert study_main(["run", "fashion_mnist", "--runs-dir", str(tmp_path), "--stage", "table5"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("python -m dsnet.study: error: no study 'nope' (a file ")
+    assert err[0].endswith("studies: fashion_mnist, fashion_mnist_device_check")
+    assert err[1] == ("python -m dsnet.study: error: study 'fashion_mnist' has no stage 'table5'; its stages: "
+                      "lr_search, table4_w0.25, dw_decay_w0.25, equal_cost, long_w0.25, long60_w0.25, "
+                      "table4_w0.5, equal_cost_e30, table6, table4_w1")
 
 
-def test_a_signal_that_comes_while_the_main_thread_logs_is_logged_without_a_hang():
-    """The runner's SIGTERM handler logs; the signal may come while the main thread is inside log()."""
-    script = (
-        "import os, signal, sys\n"
-        "sys.path.insert(0, 'scripts')\n"
-        "import study\n"
-        "signal.signal(signal.SIGTERM, lambda *_: study.log('SIGTERM'))\n"
-        "with study._LOG_LOCK:  # as log() holds it\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, in this thread\n"
-        "study.log('after')\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, timeout=120)  # a plain Lock: hangs here
-    assert result.returncode == 0, result.stdout
-    assert [line.split("] ", 1)[1] for line in result.stdout.splitlines()] == ["SIGTERM", "after"]
+# --- tidy tables: collecting runs, reporting from them --------------------------------------------
 
 
-def test_finish_by_is_the_next_such_time_of_day():
-    study = load_study()
-    at = study.finish_by_time("00:00")
-    assert 0 < at - time.time() <= 86400 and at % 86400 == 0
+def test_the_collector_turns_a_real_run_into_one_row_and_its_epochs(tmp_path):
+    from dsnet.task import train
+
+    run_dir = tmp_path / "runs" / "stage" / "job"
+    cfg = compose_train("model=dsconv", "trainer.max_epochs=2", "seed=3", run_dir=run_dir)
+    metrics, _ = train(cfg)
+    rows, curves, missing = collect(tmp_path / "runs")
+    assert missing == []
+    [row] = rows
+    assert {k: row[k] for k in ("run", "stage", "eval", "top1_source", "conv", "width", "seed", "epochs",
+                                "params", "macs", "top1", "train_device", "lr")} == {
+        "run": "stage/job", "stage": "stage", "eval": None, "top1_source": "metrics.json", "conv": "dsconv",
+        "width": 0.25, "seed": 3, "epochs": 2, "params": metrics["params"], "macs": metrics["macs"],
+        "top1": metrics["test/acc"], "train_device": "cpu", "lr": 0.1}
+    with open(next((run_dir / "csv").glob("version_*/metrics.csv")), newline="") as f:
+        logged = [float(r["val/acc"]) for r in csv.DictReader(f) if r["val/acc"]]
+    assert [(c["run"], c["epoch"]) for c in curves] == [("stage/job", 1), ("stage/job", 2)]
+    assert [c["val/acc"] for c in curves] == logged
+    # written and read back: the same values, floats bit for bit
+    write_study(tmp_path / "runs", tmp_path / "results")
+    assert read_table(tmp_path / "results" / "runs.csv") == [{k: v for k, v in row.items()}]
+    [run] = read_study(tmp_path / "results")
+    assert (run.top1, run.values["time_per_epoch_s"], run.curve) == (
+        metrics["test/acc"], metrics["time_per_epoch_s"], dict(enumerate(logged, 1)))
 
 
-@pytest.mark.slow  # one train.py and one eval.py process: ~25 s
-def test_evaluate_pauses_the_study_measures_each_finished_run_once_and_the_copy_reports_joined(tmp_path, monkeypatch):
-    """evaluate: eval.py on the best checkpoint into <run>/eval, its top-1 the training's own, the
-    study's process group stopped meanwhile and running again after; the collected copy (no
-    checkpoints) still joins eval and run in the report."""
-    from dsnet.report import build_report
-
-    study = load_study()
-    monkeypatch.setattr(study, "RESULTS_DIR", tmp_path / "results")
-    runs_dir = tmp_path / "runs"
-    jobs = study.resolve([study.Job("smoke", ["experiment=converged", *TINY, "seed=1"], "dsconv")])
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        assert study.Runner(runs_dir, workers=1).run_stage(jobs)
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-    # a stand-in for the study's runner: its own process group, a timestamp every 50 ms
-    ticks = tmp_path / "ticks"
-    ticker = subprocess.Popen([sys.executable, "-c", "import time\nwhile True:\n"
-                               f" open({str(ticks)!r}, 'a').write(f'{{time.time()}}\\n'); time.sleep(0.05)"],
-                              start_new_session=True)
-    try:
-        while not ticks.is_file():
-            time.sleep(0.05)
-        (runs_dir / "PIDS").write_text(f"pgid {ticker.pid}\nrunner {ticker.pid}\n")
-        start = time.time()
-        assert study.evaluate(runs_dir, jobs) == 0
-        took = time.time() - start
-        time.sleep(0.5)
-        stamps = [float(t) for t in ticks.read_text().split()]
-    finally:
-        ticker.kill()
-        ticker.wait()
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    assert max(gaps) > took - 1.0 > 4.0  # stopped for all of the evaluation (eval.py takes > 5 s)
-    assert stamps[-1] > start + took  # and ticking again afterwards
-    run = jobs[0].run_dir(runs_dir)
-    result = json.loads((run / "eval" / "results.json").read_text())
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert result["top1"] == metrics["test/acc"] and result["ckpt_path"].startswith(str(run / "checkpoints" / "best"))
-    assert (result["num_threads"], result["precision"], result["conv"], result["width"]) == (1, "fp32", "dsconv", 0.25)
-    assert result["latency_ms_p50"] > 0
-    mtime = (run / "eval" / "results.json").stat().st_mtime
-    assert study.evaluate(runs_dir, jobs) == 0 and (run / "eval" / "results.json").stat().st_mtime == mtime  # once
-    copied = tmp_path / "results" / "runs" / "smoke" / jobs[0].name
-    assert json.loads((copied / "eval" / "results.json").read_text()) == result
-    summary = build_report([tmp_path / "results" / "runs"], tmp_path / "report")
-    assert (summary.n_runs, summary.missing) == (1, [])
-    (row,) = read_csv(tmp_path / "report" / "runs.csv")
-    assert (row["train_dir"], row["top1_source"]) == (str(copied.resolve()), "results.json")
-    assert float(row["val_acc_best"]) == metrics["val/acc_best"] and row["epochs"] == "1"
-    # study.py report: the same, from the collected runs into the results directory (no search: one
-    # report), with the study's latency-match record listed under its equal-cost table
-    record = {"width": 0.5, "cost": 2.777, "target": 2.897, "target_conv": "standard", "target_width": 0.25,
-              "conv": "dsconv", "cost_name": "latency", "arch": "mobilenet_v1", **study.FMNIST,
-              "environment": {"device_name": "AMD EPYC", "num_threads": 1}}
-    (tmp_path / "results" / "match_latency.json").write_text(json.dumps(record))
-    assert study.report() == 0
-    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["match_latency.json", "report", "runs"]
-    assert "- `" + str(tmp_path / "results" / "match_latency.json") + "`: standard w0.25 2.897 ms, dsconv w0.5 " \
-        "2.777 ms, timed in one process on AMD EPYC" in (tmp_path / "results" / "report" / "equal_cost.md").read_text()
-    assert read_csv(tmp_path / "results" / "report" / "runs.csv")[0]["latency_ms_p50"] == row["latency_ms_p50"]
+def tidy_run(conv: str, seed: int, top1: float) -> dict:
+    params, macs = {"standard": (1771650, 22896256), "dsconv": (215498, 2895136)}[conv]
+    return {"run": f"t4/{conv}_seed{seed}", "stage": "t4", "top1_source": "metrics.json", "arch": "mobilenet_v1",
+            "conv": conv, "dataset": "Fashion-MNIST", "width": 0.25, "image_size": 28, "in_chans": 1,
+            "num_classes": 10, "params": params, "macs": macs, "seed": seed, "epochs": 15, "lr": 0.8,
+            "weight_decay": 5e-05, "top1": top1, "val_acc_best": top1 + 0.01}
 
 
-def test_report_without_collected_runs_is_a_one_line_error(tmp_path, monkeypatch):
-    study = load_study()
-    monkeypatch.setattr(study, "RESULTS_DIR", tmp_path / "results")
-    with pytest.raises(SystemExit, match=r"^study.py: error: no collected runs under .*/results/runs \(python scripts/study.py collect\)$"):
-        study.report()
-    assert not (tmp_path / "results").exists()
+def test_the_report_of_a_tidy_table_gives_means_intervals_and_paired_differences(tmp_path):
+    tops = {"standard": (0.92, 0.93, 0.94), "dsconv": (0.90, 0.92, 0.91)}
+    write_table(tmp_path / "study" / "runs.csv",
+                [tidy_run(conv, seed, top1) for conv, t in tops.items() for seed, top1 in zip((2, 3, 4), t)])
+    report_study(tmp_path / "study", tmp_path / "out")
+    results = {r["conv"]: r for r in read_csv(tmp_path / "out" / "results.csv")}
+    # mean ± t(0.975, 2) * std / sqrt(3): std 0.01, so 4.303 * 0.01 / 1.732 = 0.0248
+    assert {c: (float(r["top1_mean"]), round(float(r["top1_ci95"]), 6), r["n"]) for c, r in results.items()} == {
+        "standard": (pytest.approx(0.93), 0.024841, "3"), "dsconv": (pytest.approx(0.91), 0.024841, "3")}
+    [paired] = read_csv(tmp_path / "out" / "comparisons.csv")
+    # dsconv - standard by seed: -0.02, -0.01, -0.03
+    assert (float(paired["diff_mean"]), round(float(paired["diff_ci95"]), 6), paired["n_pairs"]) == (
+        pytest.approx(-0.02), 0.024841, "3")
+    tables = (tmp_path / "out" / "tables.md").read_text()
+    assert "| 93.00 ± 2.48 (n=3) |" in tables and "| 91.00 ± 2.48 (n=3) |" in tables
+
+
+def test_a_search_stage_is_reported_on_its_own(tmp_path):
+    rows = [tidy_run(conv, 2, 0.9) for conv in ("standard", "dsconv")]
+    rows += [{**tidy_run(conv, 1, 0.0), "run": f"search/{conv}_lr{lr}", "stage": "search", "top1": None,
+              "top1_source": None, "lr": lr, "val_acc_best": 0.8 + lr / 10} for conv in ("standard", "dsconv")
+             for lr in (0.1, 0.2, 0.4)]
+    write_table(tmp_path / "study" / "runs.csv", rows)
+    summaries = report_study(tmp_path / "study", tmp_path / "out")
+    assert [(s.out_dir, s.n_runs) for s in summaries] == [(tmp_path / "out", 2), (tmp_path / "out" / "search", 6)]
+    assert (tmp_path / "out" / "search" / "lr_sensitivity.png").is_file()
+
+
+def test_a_bad_cell_in_a_tidy_table_is_one_line_naming_the_file_and_column(tmp_path):
+    write_table(tmp_path / "runs.csv", [{"run": "a", "channels_last": "maybe"}])
+    with pytest.raises(ValueError, match=r"runs.csv: column 'channels_last': 'maybe' is not True or False$"):
+        read_table(tmp_path / "runs.csv")
+
+
+# --- a stage on the joblib launcher, killed and resumed -------------------------------------------
+
+TINY_STUDY = """\
+name: tiny
+stages:
+  - name: sweep
+    overrides: [experiment=converged, {tiny}, trainer.max_epochs=3, "seed=1,2,3", model=dsconv, test=false]
+"""
+
+
+def start(study: Path, runs: Path, log: Path) -> subprocess.Popen:
+    with log.open("w") as out:  # a file, not a pipe: nothing waits on a pipe a worker holds open
+        return subprocess.Popen([sys.executable, "-m", "dsnet.study", "run", str(study), "--runs-dir", str(runs),
+                                 "--workers", "2"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow  # three tiny runs on two joblib workers, twice: ~40 s idle, minutes under load
+def test_a_stage_killed_mid_way_resumes_with_the_same_command_and_finishes_every_job(tmp_path):
+    study, runs = tmp_path / "study.yaml", tmp_path / "runs"
+    tiny = ", ".join(o for o in TINY if not o.startswith(("trainer.max_epochs", "trainer.log_every")))
+    study.write_text(TINY_STUDY.format(tiny=tiny))
+    names = [f"dsconv_w0.25_lr0.8_e3_seed{s}" for s in (1, 2, 3)]
+    proc = start(study, runs, tmp_path / "first.log")
+    stage = runs / "sweep"
+    # kill once a job finished and another holds a checkpoint but no result
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = [n for n in names if (stage / n / "metrics.json").is_file()]
+        partial = [n for n in names if (stage / n / "checkpoints" / "last.ckpt").is_file() and n not in done]
+        if done and partial:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    proc.send_signal(signal.SIGTERM)  # to dsnet.study alone: it passes the signal on to the stage's processes
+    proc.wait(timeout=120)
+    out = (tmp_path / "first.log").read_text()
+    assert proc.returncode == 1 and "the same command resumes it" in out.splitlines()[-1], out[-3000:]
+    before = {n: (stage / n / "metrics.json").read_bytes() for n in done}
+    unfinished = [n for n in names if not (stage / n / "metrics.json").is_file()]
+    assert unfinished, "every job finished before the kill"
+
+    proc = start(study, runs, tmp_path / "second.log")
+    proc.wait(timeout=600)
+    out = (tmp_path / "second.log").read_text()
+    assert proc.returncode == 0, out[-3000:]
+    assert all(f"skipped: {stage / n} already holds this run, finished" in out for n in done)
+    assert {n: (stage / n / "metrics.json").read_bytes() for n in done} == before
+    for n in names:
+        metrics = json.loads((stage / n / "metrics.json").read_text())
+        assert (metrics["epochs"], metrics["seed"]) == (3, int(n[-1]))
+    # the partial job continued from its last checkpoint: a second CSV log, and 3 epochs in all
+    assert any((stage / n / "csv" / "version_1").is_dir() for n in partial)
+    rows, curves, missing = collect(runs)
+    assert ([r["run"] for r in rows], missing) == ([f"sweep/{n}" for n in names], [])
+    assert sorted({(c["run"], c["epoch"]) for c in curves}) == [(f"sweep/{n}", e) for n in names for e in (1, 2, 3)]
+
+
+def test_plan_counts_each_stages_runs_and_prints_its_command(tmp_path, capsys):
+    trial(tmp_path / "equal_cost", "dsconv", 0.8, "finished")
+    trial(tmp_path / "equal_cost", "dsconv", 0.4, "partial")
+    trial(tmp_path / "table6", "dsconv", 0.8, "failed")
+    assert study_main(["plan", "fashion_mnist", "--runs-dir", str(tmp_path), "--workers", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    command = (f"  train.py -m experiment=converged model=dsconv model.width=0.74 "
+               f"hydra.sweep.dir={tmp_path / 'equal_cost'} ckpt_path=last hydra/launcher=joblib hydra.launcher.n_jobs=3")
+    assert lines[6:8] == ["equal_cost: 1 finished, 1 partial, 0 failed", command]
+    assert lines[16] == "table6: 0 finished, 0 partial, 1 failed"
+    assert lines[18] == "table4_w1: 0 finished, 0 partial, 0 failed (needs a GPU)"
+
+
+def test_match_prints_the_equal_parameter_width_of_the_study(capsys):
+    assert study_main(["match", "fashion_mnist", "--cost", "params"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert (found["width"], found["cost"], found["target"], found["cost_name"]) == (0.74, 1769682, 1771650, "params")
+
+
+def test_the_trade_off_figure_draws_one_row_of_panels_per_protocol(tmp_path):
+    from dsnet.report.plots import COST_AXES, _figure
+    from dsnet.report.tables import summarise
+
+    rows = [tidy_run(conv, seed, 0.9) for conv in ("standard", "dsconv") for seed in (2, 3)]
+    rows += [{**r, "run": r["run"] + "_e30", "epochs": 30} for r in rows]
+    write_table(tmp_path / "runs.csv", rows)
+    fig = _figure(summarise(read_study(tmp_path)), COST_AXES[:2])
+    assert [ax.get_title() for ax in fig.axes] == ["Fashion-MNIST, 15 epochs"] * 2 + ["Fashion-MNIST, 30 epochs"] * 2
+    # each panel holds its own protocol's two configurations, labelled by width
+    assert [[t.get_text() for t in ax.texts] for ax in fig.axes] == [["0.25x", "0.25x"]] * 4
+
+
+def test_a_finished_run_is_evaluated_on_its_best_checkpoint_with_evals_own_trainer(tmp_path):
+    from dsnet.study.evaluate import eval_command, to_evaluate
+
+    stage = load_study("fashion_mnist").stage("table4_w1")
+    run_dir = tmp_path / "table4_w1" / "standard_w1_lr0.8_e30_seed2"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "- seed=2\n- experiment=converged_long\n- model=conv\n- model.width=1\n- trainer=gpu\n"
+        "- trainer.precision=32-true\n- ckpt_path=last\n- hydra/launcher=joblib\n")
+    (run_dir / "checkpoints").mkdir()
+    for name in ("best-epoch010-acc0.9400.ckpt", "best-epoch020-acc0.9450.ckpt", "last.ckpt"):
+        (run_dir / "checkpoints" / name).write_bytes(b"")
+    (run_dir / "metrics.json").write_text("{}")
+    assert eval_command(stage, run_dir) == [
+        sys.executable, "eval.py", "experiment=converged_long", "seed=2", "model=conv", "model.width=1",
+        f"ckpt_path={run_dir / 'checkpoints' / 'best-epoch020-acc0.9450.ckpt'}",
+        f"hydra.run.dir={run_dir / 'eval'}", "latency.num_threads=1"]
+    assert to_evaluate(stage, tmp_path) == [run_dir]
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval" / "results.json").write_text("{}")
+    assert to_evaluate(stage, tmp_path) == []  # evaluated once: the command resumes past it
+
+
+def test_choose_reads_the_search_trials_and_says_the_recipe_holds_their_choice(tmp_path, capsys):
+    for conv, scores in SEARCH.items():
+        for lr, score in scores.items():
+            trial(tmp_path / "lr_search", conv, lr, "finished", score)
+    assert study_main(["choose", "fashion_mnist", "--runs-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "tuned:",
+        '  dsconv: {lr: 0.8, lr_trials: 7, lr_grid: "0.025,0.05,0.1,0.2,0.4,0.8,1.6"}',
+        '  standard: {lr: 0.8, lr_trials: 7, lr_grid: "0.025,0.05,0.1,0.2,0.4,0.8,1.6"}',
+        "# dsconv: val/acc_best 0.9270", "# standard: val/acc_best 0.9348",
+        "the experiment config holds this choice"]
+    # a trial still running: no choice yet
+    trial(tmp_path / "lr_search", "dsconv", 3.2, "partial")
+    assert study_main(["choose", "fashion_mnist", "--runs-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("python -m dsnet.study: error: the lr_search stage has 1 unfinished trials")
+
+
+def test_overrides_after_a_double_dash_go_to_every_stage(tmp_path, capsys):
+    assert study_main(["plan", "fashion_mnist", "--runs-dir", str(tmp_path), "--launcher", "slurm", "--",
+                       "hydra.launcher.partition=cpu", "trainer.max_epochs=1"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  train.py")]
+    assert len(commands) == 10
+    assert all(c.endswith("ckpt_path=last hydra/launcher=slurm hydra.launcher.partition=cpu trainer.max_epochs=1")
+               for c in commands)

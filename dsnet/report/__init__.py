@@ -3,8 +3,12 @@
 Usage::
 
     python -m dsnet.report outputs/train/multiruns/<time> outputs/eval --out report/
+    python -m dsnet.report results/fashion_mnist --out report/   # a study's tidy tables
+    python -m dsnet.report                                      # every study: results/ -> docs/studies/
 
-The report reads result files and never measures. :mod:`~dsnet.report.discover` finds train runs
+The report reads result files and never measures. A study folder's ``runs.csv`` and ``curves.csv``
+(:mod:`~dsnet.report.tidy`) read back into the same runs as the run directories they were collected
+from; :mod:`~dsnet.report.studies` reports every study. :mod:`~dsnet.report.discover` finds train runs
 (``metrics.json``) and eval runs (``results.json``) and joins them; :mod:`~dsnet.report.tables`
 aggregates seeds into one row per configuration and measurement environment;
 :mod:`~dsnet.report.stats` gives intervals, :mod:`~dsnet.report.compare` the paired,
@@ -69,21 +73,33 @@ from dsnet.report.tables import (
     conv_label,
     hparam_columns,
     is_contended,
-    one_per_config,
     layer_shares,
+    one_per_config,
     summarise,
     theory_vs_measurement,
     write_csv,
     write_csvs,
 )
+from dsnet.report.tidy import read_study
 
 __all__ = [
-    "CONFIG_KEYS", "COST_AXES", "DEFAULT_LATENCY_TOLERANCE", "DEFAULT_TOLERANCE", "LAYER_TYPES", "PAIR_KEYS", "RUN_COLUMNS",
-    "ReportInputError", "ReportSummary", "Run", "SHARE_ID_KEYS", "SUMMARY_COLUMNS",
-    "THEORY_COLUMNS", "build_report", "collect_runs", "comparisons", "conv_label", "convergence", "equal_cost",
-    "find_run_dirs", "latency_match_pairs", "layer_shares", "markdown_table", "missing_columns", "pareto_front",
-    "plot_tradeoffs", "read_train_accuracy", "summarise", "theory_vs_measurement", "write_csv",
+    "CONFIG_KEYS", "COST_AXES", "DEFAULT_LATENCY_TOLERANCE", "DEFAULT_TOLERANCE", "LAYER_TYPES", "PAIR_KEYS",
+    "RUN_COLUMNS", "SHARE_ID_KEYS", "SUMMARY_COLUMNS", "THEORY_COLUMNS", "ReportInputError", "ReportSummary", "Run",
+    "build_report", "collect_runs", "comparisons", "conv_label", "convergence", "equal_cost", "find_run_dirs",
+    "latency_match_pairs", "layer_shares", "markdown_table", "missing_columns", "pareto_front", "plot_tradeoffs",
+    "read_runs", "read_study", "read_train_accuracy", "summarise", "theory_vs_measurement", "write_csv",
 ]
+
+
+def read_runs(dirs: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """The runs of ``dirs``: a study folder (one holding ``runs.csv``) through its tidy tables, any
+    other directory through the run directories below it; and the run directories without results."""
+    studies = [d for d in dirs if (Path(d) / "runs.csv").is_file()]
+    others = [d for d in dirs if d not in studies]
+    runs, missing = collect_runs(others) if others else ([], [])
+    for d in studies:
+        runs += read_study(d)
+    return runs, missing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +125,7 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         latency_tolerance: the same for measured latency (wider: it carries measurement noise).
         include_contended: keep runs timed under CPU contention in the ratio tables (theory vs
             measurement, equal latency); by default only the results table shows their timings.
-        latency_matches: latency-match records (``scripts/study.py match --cost latency``) whose two
+        latency_matches: latency-match records (``python -m dsnet.study match STUDY --cost latency``) whose two
             widths the equal-cost table pairs at the latencies the record measured in one process.
 
     Everything is written to a temporary directory beside ``out`` first and moved into place
@@ -125,12 +141,23 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     for flag, value in (("--tolerance", tolerance), ("--latency-tolerance", latency_tolerance)):
         if not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise ReportInputError(f"{flag} must be a fraction in [0, 1) (0.05 = 5%), got {value!r}")
-    records = [(show_path(Path(p).resolve()), read_latency_match(p)) for p in latency_matches]
-    runs, missing = collect_runs(dirs)
+    runs, missing = read_runs(dirs)
     if not runs:
         d, reason = missing[0]
         raise ReportInputError(f"none of the {len(missing)} run directories has results "
                                f"(e.g. {d}: {reason})")
+    return write_report(runs, missing, out, tolerance=tolerance, latency_tolerance=latency_tolerance,
+                        include_contended=include_contended, latency_matches=latency_matches)
+
+
+def write_report(runs: Sequence[Run], missing: Sequence[tuple[Path, str]], out: str | os.PathLike, *,
+                 tolerance: float = DEFAULT_TOLERANCE, latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
+                 include_contended: bool = False, latency_matches: Sequence[str | os.PathLike] = (),
+                 index: str = "results.md") -> ReportSummary:
+    """Writes the tables and plots of ``runs`` into ``out`` (see :func:`build_report`); ``index``
+    names the Markdown file that holds every table."""
+    out = Path(out)
+    records = [(show_path(Path(p).resolve()), read_latency_match(p)) for p in latency_matches]
     rows = summarise(runs)
     contended = [r for r in runs if r.record is not None and is_contended(r)]
     quiet_rows = summarise(runs, [r for r in runs if include_contended or r not in contended])
@@ -171,11 +198,11 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     try:
         plots = [*plot_tradeoffs(rows, tmp), *plot_learning_curves(runs, tmp), *plot_lr_sensitivity(rows, tmp),
                  *plot_predictors(quiet_rows, tmp)]
-        files = [*write_markdown(tmp, runs, rows, sections, missing, plots, notes),
+        files = [*write_markdown(tmp, runs, rows, sections, missing, plots, notes, index),
                  *write_csvs(tmp, runs, tables), *plots]
         out.mkdir(exist_ok=True)
         for name in files:
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ReportSummary(out, files, len(runs), len(one_per_config(rows)), missing, notes)
+    return ReportSummary(out, files, len(runs), len(one_per_config(rows)), list(missing), notes)

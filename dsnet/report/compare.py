@@ -7,7 +7,7 @@ decay (the paper's detail). Its top-1 difference is taken seed by seed (``b - a`
 interval of the per-seed differences (:func:`dsnet.report.stats.paired_difference`).
 
 The *convergence check* asks whether a schedule is long enough: doubling it must move each arm's
-top-1 and the standard − other gap by less than a threshold (0.5 pp, issue 12). Both are paired by
+top-1 and the standard − other gap by less than a threshold (0.5 pp, the Fashion-MNIST study's criterion). Both are paired by
 seed: an arm's shift is its long run minus its short run, the gap's change is the long schedule's
 per-seed gap minus the short one's.
 
@@ -16,7 +16,7 @@ measured latency agree within a relative tolerance, whatever their widths: the a
 convolution type reaches for the same budget. Both sides' actual costs are in every row.
 
 A latency match measured once, by a width search that timed both networks in one process
-(``scripts/study.py match --cost latency``), pairs the runs of the two widths it names even where
+(``python -m dsnet.study match STUDY --cost latency``), pairs the runs of the two widths it names even where
 their own eval latencies come from different machines: :func:`latency_match_pairs`, whose rows take
 both costs from the search's record.
 """

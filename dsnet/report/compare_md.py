@@ -66,7 +66,7 @@ def _records_note(records: Sequence[tuple[str, dict[str, Any]]]) -> str:
                      f"{env.get('device_name', env.get('device', '?'))} ({env.get('platform', '?')}), "
                      f"{env.get('num_threads', '?')} thread(s), torch {env.get('torch', '?')}")
     return ("\n*match record* rows take both latencies from a width search that timed the two networks "
-            "side by side in one process (`scripts/study.py match --cost latency`), not from the runs' "
+            "side by side in one process (`python -m dsnet.study match STUDY --cost latency`), not from the runs' "
             "own evaluations, which may come from different machines; the pair is equal in latency "
             "where that search ran:\n\n" + "\n".join(lines) + "\n") if lines else ""
 

@@ -62,7 +62,7 @@ def learning_curves(runs: Sequence[Run]) -> list[dict[str, Any]]:
         if run.train_dir is None:
             continue
         key = tuple(run.values.get(k) for k in (*MODEL_KEYS, *TRAIN_KEYS))
-        curve = read_val_curve(run.train_dir)
+        curve = run.curve or read_val_curve(run.train_dir)
         if curve:
             arms.setdefault(key, {})[run.train_dir] = curve
             first.setdefault(key, run.values)

@@ -57,6 +57,7 @@ class Run:
     record: ResultsRecord | None = None
     train_dir: Path | None = None
     top1_source: str = ""  # "results.json", "metrics.json" or "" when unknown
+    curve: dict[int, float] = dataclasses.field(default_factory=dict)  # {epoch: val/acc}, from a tidy table
 
     @property
     def top1(self) -> float | None:
@@ -163,7 +164,7 @@ def train_values(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-# Keys newer eval.py versions write (issue 13) that this dsnet's ResultsRecord may not know yet:
+# Keys newer eval.py versions write (runtimes, contention) that this dsnet's ResultsRecord may not know yet:
 # read here, with their types, so the report works before and after the schema gains them.
 FORWARD_KEYS = {"runtime": (str, type(None)), "runtime_version": (str, type(None)),
                 "contention_flagged": (bool, type(None))}
@@ -197,8 +198,8 @@ def _eval_run(run_dir: Path, trains: dict[Path, dict[str, Any]]) -> Run:
     A relative ``ckpt_path`` is taken relative to the working directory, as eval.py would have.
     An eval of a checkpoint that lies in none of the train runs read (its run's small files were
     copied elsewhere, say into a results tree) belongs to the train run it lies in itself, as
-    ``scripts/study.py evaluate`` puts it (``<run>/eval``); so does a cost-only eval (no checkpoint)
-    put there, as study.py evaluate does for a GPU run whose checkpoint stayed on the GPU machine.
+    a study's evaluation puts it (``<run>/eval``); so does a cost-only eval (no checkpoint) put
+    there, as for a GPU run whose checkpoint stayed on the GPU machine.
     """
     record, extra = load_eval(run_dir / "results.json")
     parents = Path(record.ckpt_path).resolve().parents if record.ckpt_path is not None else ()
@@ -276,7 +277,7 @@ def collect_runs(dirs: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tup
     return runs, sorted(missing.items())
 
 
-# What a latency-match record (``scripts/study.py match --cost latency``) must hold: the two
+# What a latency-match record (``python -m dsnet.study match STUDY --cost latency``) must hold: the two
 # networks, their latencies timed in one process, the input they were built for, and where.
 LATENCY_MATCH_KEYS = ("conv", "width", "cost", "target_conv", "target_width", "target", "arch",
                       "image_size", "in_chans", "num_classes", "environment")
@@ -298,7 +299,7 @@ def read_latency_match(path: str | os.PathLike) -> dict[str, Any]:
         raise ReportInputError(f"--latency-match {path}: expected a JSON object, got {type(record).__name__}")
     if record.get("cost_name") != "latency":
         raise ReportInputError(f"--latency-match {path}: cost_name is {record.get('cost_name')!r}, not "
-                               "'latency' (a record of scripts/study.py match --cost latency)")
+                               "'latency' (a record of python -m dsnet.study match STUDY --cost latency)")
     absent = [k for k in LATENCY_MATCH_KEYS if record.get(k) is None]
     if absent:
         raise ReportInputError(f"--latency-match {path}: missing {', '.join(absent)}")

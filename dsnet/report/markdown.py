@@ -134,8 +134,8 @@ def shares_section(shares: Sequence[dict[str, Any]]) -> str:
 
 def write_markdown(out: Path, runs: Sequence[Run], rows: Sequence[dict[str, Any]],
                    sections: dict[str, str], missing: Sequence[tuple[Path, str]],
-                   plots: Sequence[str], notes: Sequence[str]) -> list[str]:
-    """Writes ``results.md`` (everything) and each of ``sections`` as a file of its own.
+                   plots: Sequence[str], notes: Sequence[str], index: str = "results.md") -> list[str]:
+    """Writes ``index`` (everything: ``results.md`` unless named) and each of ``sections`` as a file of its own.
 
     Args:
         sections: ``{file name: Markdown}`` of the analysis sections, in the order they appear.
@@ -164,7 +164,7 @@ def write_markdown(out: Path, runs: Sequence[Run], rows: Sequence[dict[str, Any]
         f"{timing}\n\n" + (notes_md + "\n" if notes_md else "") + figures
         + "## Results\n\n" + _results_md(rows) + "\n" + "\n".join(sections.values())
         + f"\n## Runs without results ({len(missing)})\n\n" + missing_md)
-    files = {"results.md": results_md, **sections}
+    files = {index: results_md, **sections}
     for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8")
     return list(files)

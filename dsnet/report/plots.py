@@ -1,5 +1,9 @@
 """Accuracy against parameters, multiply-adds and latency, with the Pareto front drawn in.
 
+One row of panels per dataset and protocol (the training schedule and regularisation of
+:data:`PROTOCOL_KEYS`): a front drawn through runs of different schedules would compare networks
+that were not trained alike, so each protocol gets its own panels, titled with it.
+
 Figures are drawn with matplotlib's Agg canvas directly (no pyplot, no display) and saved as PNG
 and as SVG without a date or random ids, so the same rows give the same SVG file.
 """
@@ -16,6 +20,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
 
 from dsnet.report.tables import conv_label, conv_rank, one_per_config
+
+# What makes two runs' accuracies comparable beyond the network (the lr is tuned per conv type, so
+# it may differ within a protocol).
+PROTOCOL_KEYS = ("train_size", "epochs", "weight_decay", "depthwise_weight_decay")
 
 # (row key, axis label, file stem) of the cost axes accuracy is plotted against.
 COST_AXES = (("params", "parameters", "top1_vs_params"),
@@ -140,18 +148,34 @@ def _shared_legend(fig: Figure, axes: Sequence[Any]) -> None:
                ncol=len(handles), frameon=False)
 
 
+def protocol(row: dict[str, Any]) -> tuple:
+    """The dataset and the :data:`PROTOCOL_KEYS` of a row: the runs one panel may hold."""
+    return (row["dataset"], *(row.get(k) for k in PROTOCOL_KEYS))
+
+
+def protocol_title(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+    """``Fashion-MNIST, 15 epochs``, with the other protocol keys where the rows differ in them."""
+    parts = [row["dataset"]]
+    if row.get("epochs") is not None:
+        parts.append(f"{row['epochs']} epochs")
+    for key, short in (("train_size", "train"), ("weight_decay", "wd"), ("depthwise_weight_decay", "dw wd")):
+        if len({r.get(key) for r in rows}) > 1:
+            parts.append(f"{short}={'default' if row.get(key) is None else f'{row[key]:g}'}")
+    return ", ".join(parts)
+
+
 def _figure(rows: Sequence[dict[str, Any]], axes: Sequence[tuple[str, str, str]]) -> Figure:
-    """One row of panels per dataset, one column per cost axis, a shared legend on top."""
-    datasets = sorted({r["dataset"] for r in rows})
+    """One row of panels per dataset and protocol, one column per cost axis, a shared legend on top."""
+    protocols = sorted({protocol(r) for r in rows}, key=lambda p: tuple(str(v) for v in p))
     styles = series_styles(rows)
-    fig = Figure(figsize=(5.4 * len(axes), 4.3 * len(datasets) + 0.6), layout="constrained")
+    fig = Figure(figsize=(5.4 * len(axes), 4.3 * len(protocols) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)  # Agg explicitly: no display, no pyplot global state
-    grid = fig.subplots(len(datasets), len(axes), squeeze=False)
-    for i, dataset in enumerate(datasets):
-        subset = [r for r in rows if r["dataset"] == dataset]
+    grid = fig.subplots(len(protocols), len(axes), squeeze=False)
+    for i, key in enumerate(protocols):
+        subset = [r for r in rows if protocol(r) == key]
         for j, (x_key, x_label, _) in enumerate(axes):
             _draw_panel(grid[i][j], subset, x_key, x_label, styles)
-            title = dataset
+            title = protocol_title(subset[0], rows)
             if x_key.startswith("latency"):
                 title += " — " + ", ".join(sorted({f"{r['device_name']}, {r['runtime']}"
                                                    for r in subset if r["device_name"]}))

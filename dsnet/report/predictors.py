@@ -27,7 +27,8 @@ from dsnet.report.markdown import fmt, markdown_table
 from dsnet.report.plots import save_figure, series_styles
 from dsnet.report.tables import ENV_KEYS, conv_label
 
-# (row key, axis label): the costs dsnet counts per image (results.json), in the order.
+# (row key, axis label): the costs dsnet counts per image (results.json), from the cheapest to
+# count to the closest to the hardware.
 PREDICTORS = (("params", "parameters"), ("macs", "multiply-adds"),
               ("activations", "activations (conv and linear outputs)"),
               ("memory_traffic_bytes", "memory traffic (bytes, fp32)"))

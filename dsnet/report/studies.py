@@ -1,0 +1,72 @@
+"""Every study's report from its tidy tables: ``results/<study>/`` into ``docs/studies/<study>/``.
+
+A study folder holds ``runs.csv`` and ``curves.csv`` (:mod:`dsnet.report.tidy`) and, where the
+study matched a width by measured latency, ``latency_match*.json`` records (the equal-cost table
+pairs those two widths at the latencies the record timed in one process). A stage of a study whose
+runs all lack test top-1 but have validation accuracy is a search (its trials ran with
+``test=false``): it is reported on its own, in ``<study>/<stage>/``, and left out of the study's
+tables. Each report's index of every table is ``tables.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from dsnet.report import ReportSummary, write_report
+from dsnet.report.discover import ReportInputError, Run
+from dsnet.report.tidy import read_study
+
+INDEX = "tables.md"
+# What a published study keeps of a report: the tables and the PNG figures. The SVG twins and the
+# runs.csv copy repeat what the PNGs and results/<study>/runs.csv hold.
+DROPPED = ("*.svg", "runs.csv")
+
+
+def _prune(summary: ReportSummary) -> ReportSummary:
+    for pattern in DROPPED:
+        for path in summary.out_dir.glob(pattern):
+            path.unlink()
+    kept = [f for f in summary.files if not any(Path(f).match(p) for p in DROPPED)]
+    return dataclasses.replace(summary, files=kept)
+
+
+def stage_of(run: Run) -> str | None:
+    """The stage a study's run belongs to (its ``stage`` column), None outside staged studies."""
+    return run.values.get("stage")
+
+
+def search_stages(runs: list[Run]) -> list[str]:
+    """The stages whose runs were all trained without a test split but validated (searches)."""
+    stages: dict[str, list[Run]] = {}
+    for run in runs:
+        if stage_of(run) is not None:
+            stages.setdefault(stage_of(run), []).append(run)
+    return sorted(s for s, members in stages.items()
+                  if all(r.top1 is None and r.values.get("val_acc_best") is not None for r in members))
+
+
+def report_study(study_dir: str | os.PathLike, out: str | os.PathLike) -> list[ReportSummary]:
+    """Writes the report of one study folder into ``out`` (and its searches below it)."""
+    study_dir, out = Path(study_dir), Path(out)
+    runs = read_study(study_dir)
+    matches = sorted(study_dir.glob("latency_match*.json"))
+    searches = search_stages(runs)
+    main = [r for r in runs if stage_of(r) not in searches]
+    summaries = [write_report(main or runs, [], out, latency_matches=matches, index=INDEX)]
+    for stage in searches if main else ():
+        summaries.append(write_report([r for r in runs if stage_of(r) == stage], [], out / stage, index=INDEX))
+    return [_prune(s) for s in summaries]
+
+
+def report_studies(results: str | os.PathLike, out: str | os.PathLike) -> list[ReportSummary]:
+    """Writes the report of every study folder under ``results`` into ``out/<study>/``.
+
+    Raises:
+        ReportInputError: ``results`` holds no study folder (none with a ``runs.csv``).
+    """
+    studies = sorted(p.parent for p in Path(results).glob("*/runs.csv"))
+    if not studies:
+        raise ReportInputError(f"no study under {results} (a folder with runs.csv)")
+    return [s for study in studies for s in report_study(study, Path(out) / study.name)]

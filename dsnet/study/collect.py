@@ -1,0 +1,98 @@
+"""Run directories to a study's tidy tables: ``runs.csv`` and ``curves.csv`` (:mod:`dsnet.report.tidy`).
+
+A run directory is what ``train.py`` leaves (``metrics.json``, the resolved ``config.yaml``,
+Lightning's ``csv/version_N/metrics.csv``) and what ``eval.py`` leaves beside it or inside it
+(``eval/results.json``); :func:`dsnet.report.discover.collect_runs` finds and joins them. Each run
+becomes one row keyed by its directory relative to the root collected (``<stage>/<job>`` for a
+study's runs dir), and one row per epoch of its CSV logs. Checkpoints and logs stay where they are.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dsnet.report.discover import ReportInputError, Run, collect_runs
+from dsnet.report.tidy import run_row, write_table
+
+_VERSION = re.compile(r"version_(\d+)$")
+_NOT_CURVES = {"epoch", "step"}  # the index columns of Lightning's CSV, not metrics
+
+
+def _key(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+
+
+def _train_extra(train_dir: Path | None) -> dict[str, Any]:
+    """How a run trained (device, precision, memory layout), from its resolved config."""
+    config_path = train_dir / "config.yaml" if train_dir is not None else None
+    if config_path is None or not config_path.is_file():
+        return {}
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    trainer, module = config.get("trainer") or {}, config.get("module") or {}
+    precision = trainer.get("precision")
+    return {"train_device": trainer.get("accelerator"), "train_precision": None if precision is None else str(precision),
+            "train_channels_last": module.get("channels_last")}
+
+
+def read_curves(train_dir: Path) -> dict[int, dict[str, float]]:
+    """``{epoch: {metric: value}}`` from a train run's CSV logs: per epoch (completed, from 1) the
+    last value each metric logged in it; a resumed run's later ``version_N`` replaces what it repeats."""
+    versions = sorted((int(m.group(1)), p) for p in (train_dir / "csv").glob("version_*")
+                      if (m := _VERSION.search(p.name)) and (p / "metrics.csv").is_file())
+    epochs: dict[int, dict[str, float]] = {}
+    for _, path in versions:
+        with (path / "metrics.csv").open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                logged = {k: float(v) for k, v in row.items() if v and k not in _NOT_CURVES}
+                if not row.get("epoch") or not logged:
+                    continue  # logged before the first epoch (the lr monitor at step 0)
+                number = int(float(row["epoch"])) + 1
+                if epochs and all(k.startswith("test/") for k in logged):
+                    number = max(epochs)  # the test after fitting counts on past the last epoch
+                epochs.setdefault(number, {}).update(logged)
+    return epochs
+
+
+def collect(root: str | os.PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple[Path, str]]]:
+    """The rows of ``runs.csv`` and ``curves.csv`` for every run under ``root``.
+
+    Returns:
+        ``(runs, curves, missing)``: ``missing`` lists the run directories that gave no run
+        (unfinished, failed, unreadable) with the reason.
+
+    Raises:
+        ReportInputError: ``root`` is not a directory or holds no run directory.
+    """
+    root = Path(root).resolve()
+    runs, missing = collect_runs([root])
+    rows, curves = [], []
+    for run in sorted(runs, key=lambda r: _key(r.identity, root)):
+        key = _key(run.identity, root)
+        stage = {"stage": key.split("/")[0]} if "/" in key else {}
+        rows.append(run_row(run, key, _key(run.run_dir, root) if run.record is not None else None,
+                            {**stage, **_train_extra(run.train_dir)}))
+        if run.train_dir is not None:
+            curves += [{"run": key, "epoch": e, **m} for e, m in sorted(read_curves(run.train_dir).items())]
+    return rows, curves, missing
+
+
+def write_study(root: str | os.PathLike, out: str | os.PathLike) -> tuple[int, int, list[tuple[Path, str]]]:
+    """Collects ``root`` into ``out/runs.csv`` and ``out/curves.csv``; returns the row counts and
+    what gave no run. Nothing is written when no run has results."""
+    rows, curves, missing = collect(root)
+    if not rows:
+        d, reason = missing[0]
+        raise ReportInputError(f"none of the {len(missing)} run directories under {root} has results (e.g. {d}: {reason})")
+    out = Path(out)
+    write_table(out / "runs.csv", rows, first=("run", "stage", "eval", "top1_source"))
+    write_table(out / "curves.csv", curves, first=("run", "epoch"))
+    return len(rows), len(curves), missing
+
+
+__all__ = ["Run", "collect", "read_curves", "write_study"]
