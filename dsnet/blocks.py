@@ -7,8 +7,8 @@ The convolution types a user can switch between:
 * ``group``:    grouped k×k with ``groups`` groups then pointwise 1×1; groups = C_in is exactly ``dsconv``.
 * ``repdsconv``: MobileOne's re-parameterisable separable block (Vasu et al. 2023, "MobileOne: An
   Improved One millisecond Mobile Backbone", arXiv:2206.04040): while training, the depthwise step is
-  ``num_branches`` parallel depthwise k×k conv-BN branches plus a 1×1 depthwise scale branch and, at
-  stride 1, a BN identity branch; the pointwise step ``num_branches`` 1×1 conv-BN branches plus a BN
+  ``rep_branches`` parallel depthwise k×k conv-BN branches plus a 1×1 depthwise scale branch and, at
+  stride 1, a BN identity branch; the pointwise step ``rep_branches`` 1×1 conv-BN branches plus a BN
   identity branch when C_in = C_out. :func:`dsnet.models.deploy.deploy_form` fuses it into exactly the
   depthwise + pointwise pair of ``dsconv``. Built from timm's ``MobileOneBlock``.
 * ``pconv``:    FasterNet's partial convolution (Chen et al. 2023, "Run, Don't Walk", arXiv:2303.03667):

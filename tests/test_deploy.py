@@ -183,9 +183,11 @@ def test_folding_needs_eval_mode_and_a_known_memory_format():
 def test_deploy_module_imports_neither_lightning_nor_hydra():
     """The deploy form is for runtimes and exports: its own imports are torch, timm and the standard library."""
     import ast
-    import dsnet.models.deploy as deploy
+    from pathlib import Path
 
-    tree = ast.parse(open(deploy.__file__).read())
+    from dsnet.models import deploy
+
+    tree = ast.parse(Path(deploy.__file__).read_text())
     roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert roots == {"__future__", "copy", "collections", "torch", "timm"}

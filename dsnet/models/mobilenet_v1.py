@@ -26,8 +26,14 @@ from typing import NamedTuple
 from torch import nn
 
 from dsnet.blocks import LAYER_CONV_TYPES, ConvNormAct, create_conv_block, init_weights, make_divisible
-from dsnet.models._common import Backbone, ClassifierHead, activation, check_kernel_size, naming_layer, \
-    stage_convs
+from dsnet.models._common import (
+    Backbone,
+    ClassifierHead,
+    activation,
+    check_kernel_size,
+    naming_layer,
+    stage_convs,
+)
 from dsnet.models._registry import register_model
 
 

@@ -8,8 +8,10 @@ convolution on the expanded channels (``pconv``, ``pconv_ratio`` of them); ``con
 every block a fused MBConv (EfficientNetV2: one full k×k in place of the expansion 1×1 and the
 depthwise k×k). ``stage_conv`` gives one type per stage, a stage being a row of Table 2 (seven), e.g.
 ``[fused, fused, fused, dsconv, dsconv, dsconv, dsconv]``, EfficientNetV2's "fused early" choice;
-``dw_kernel_size`` (3, 5 or 7) is the kernel of every block's spatial step. ``small_input=True`` follows the CIFAR ports (kuangliu/pytorch-cifar): stem stride 1
-and the first 24-channel stage at stride 1, a total stride of 8 instead of 32.
+``dw_kernel_size`` (3, 5 or 7) is the kernel of every block's spatial step.
+
+``small_input=True`` follows the CIFAR ports (kuangliu/pytorch-cifar): stem stride 1 and the first
+24-channel stage at stride 1, a total stride of 8 instead of 32.
 """
 
 from __future__ import annotations
@@ -19,8 +21,14 @@ from typing import NamedTuple
 from torch import nn
 
 from dsnet.blocks import CONV_TYPES, ConvNormAct, init_weights, inverted_residual, make_divisible
-from dsnet.models._common import Backbone, ClassifierHead, activation, check_kernel_size, naming_layer, \
-    stage_convs
+from dsnet.models._common import (
+    Backbone,
+    ClassifierHead,
+    activation,
+    check_kernel_size,
+    naming_layer,
+    stage_convs,
+)
 from dsnet.models._registry import register_model
 
 

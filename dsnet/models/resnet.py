@@ -36,8 +36,14 @@ import torch
 from torch import nn
 
 from dsnet.blocks import LAYER_CONV_TYPES, conv2d, init_weights, make_divisible, spatial_conv
-from dsnet.models._common import Backbone, ClassifierHead, activation, check_kernel_size, naming_layer, \
-    stage_convs
+from dsnet.models._common import (
+    Backbone,
+    ClassifierHead,
+    activation,
+    check_kernel_size,
+    naming_layer,
+    stage_convs,
+)
 from dsnet.models._registry import register_model
 
 STEM_CHS = 64  # Table 1, conv1: 7×7, 64, stride 2, then a 3×3 max pool, stride 2
