@@ -12,8 +12,8 @@ from dsnet.models.deploy import deploy_form, fold_batch_norms
 # Folding multiplies a convolution by gamma / sqrt(running_var + eps), up to ~300x for the channels a
 # ReLU left dead (running_var ~ 0, as in trained networks and in calibrated() below), so float32
 # rounding grows with it. Measured max |deploy - training| / max(1, max |logit|) over every case below
-# (torch 2.14.1, CPU): 2.2e-5 (ResNet-50), at most 9.3e-6 for MobileNetV1/V2, ResNet-18 and the
-# converted networks; the bound leaves a factor of about 4.5.
+# (torch 2.14.1, CPU): 2.2e-5 (ResNet-50), 1.8e-5 (torchvision's MobileNetV2), at most 9.3e-6 for
+# MobileNetV1/V2, ResNet-18 and the other converted networks; the bound leaves a factor of about 4.5.
 RTOL = 1e-4
 SIZE = 16  # px; every small-input backbone downsamples by 16 at most
 
@@ -88,6 +88,20 @@ def test_deploy_form_of_converted_networks(source, conv):
     net = deploy_form(model)
     assert batch_norms(net) == 0
     assert max_error(model, net) < RTOL
+
+
+def test_deploy_form_is_exact_in_float64():
+    """EfficientNet-B0 as built here (random weights, calibrated norms, 16 px) changes its logits by 3e-2
+    for a 1e-6 relative change of its stem weights: float32 rounding cannot be compared there. In
+    float64 the folded network agrees to 4e-12 (measured): the folding itself is exact."""
+    torch.manual_seed(0)
+    model = calibrated(create_model("timm:efficientnet_b0", conv="standard", num_classes=10, image_size=SIZE))
+    model = model.double()
+    net = deploy_form(model)
+    assert batch_norms(net) == 0
+    x = torch.randn(2, 3, SIZE, SIZE, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model(x) - net(x)).abs().max().item() < 1e-9 * max(1.0, model(x).abs().max().item())
 
 
 def test_channels_last_deploy_form():
