@@ -12,8 +12,9 @@ from dsnet.models.deploy import deploy_form, fold_batch_norms
 # Folding multiplies a convolution by gamma / sqrt(running_var + eps), up to ~300x for the channels a
 # ReLU left dead (running_var ~ 0, as in trained networks and in calibrated() below), so float32
 # rounding grows with it. Measured max |deploy - training| / max(1, max |logit|) over every case below
-# (torch 2.14.1, CPU): 2.2e-5 (ResNet-50), 1.8e-5 (torchvision's MobileNetV2), at most 9.3e-6 for
-# MobileNetV1/V2, ResNet-18 and the other converted networks; the bound leaves a factor of about 4.5.
+# (torch 2.14.1, CPU): 2.7e-5 (timm's MobileOne-S0), 2.2e-5 (ResNet-50), 1.8e-5 (torchvision's
+# MobileNetV2), at most 9.3e-6 for MobileNetV1/V2, ResNet-18 and the other converted networks; the
+# bound leaves a factor of 3.7.
 RTOL = 1e-4
 SIZE = 16  # px; every small-input backbone downsamples by 16 at most
 
@@ -80,9 +81,11 @@ def test_deploy_form_of_a_stage_mix():
 
 @pytest.mark.parametrize("source,conv", [("timm:resnet18", "dsconv"), ("timm:resnet18", "repdsconv"),
                                          ("torchvision:mobilenet_v2", "standard"),
-                                         ("timm:mobilenetv3_small_050", "standard")])
+                                         ("timm:mobilenetv3_small_050", "standard"),
+                                         ("timm:mobileone_s0", "standard"), ("timm:repvgg_a0", "standard")])
 def test_deploy_form_of_converted_networks(source, conv):
-    """torchvision's Conv2dNormActivation and timm's BatchNormAct2d (whose activation stays) fold too."""
+    """torchvision's Conv2dNormActivation and timm's BatchNormAct2d (whose activation stays) fold too,
+    and timm's own re-parameterisable networks are fused by their blocks' reparameterize()."""
     torch.manual_seed(0)
     model = calibrated(create_model(source, conv=conv, num_classes=10, image_size=SIZE))
     net = deploy_form(model)

@@ -7,7 +7,7 @@ Three steps, each exact up to float rounding in eval mode:
 
 1. Re-parameterised branches are fused (timm's ``reparameterize_model``, which calls each block's
    ``fuse()``/``reparameterize()``): dsnet's ``repdsconv`` becomes exactly the depthwise + pointwise
-   pair of ``dsconv``, and timm's MobileOne, RepVGG and FastViT blocks their single convolutions.
+   pair of ``dsconv``, and timm's MobileOne and RepVGG blocks their single convolutions.
 2. Batch norm is folded into the convolution before it (``torch.nn.utils.fusion.fuse_conv_bn_eval``)
    wherever the traced graph (``torch.fx``) shows a ``Conv2d`` whose only use is a ``BatchNorm2d``
    (or timm's ``BatchNormAct2d``, whose activation stays), each called once; the norm becomes an
