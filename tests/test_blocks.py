@@ -8,12 +8,16 @@ from dsnet.blocks import (
     ConvNormAct,
     DepthwiseSeparableConv,
     InvertedResidual,
+    PartialConv,
+    RepSeparableConv,
     SeparableConv,
     create_conv_block,
     depthwise_conv,
     grouped_conv,
+    inverted_residual,
     make_divisible,
     pointwise_conv,
+    spatial_conv,
 )
 from dsnet.models.cost import count_macs, count_params
 
@@ -110,7 +114,7 @@ def test_non_positive_groups_rejected():
 
 
 def test_unknown_conv_type_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown conv type 'sepconv'; expected one of standard, dsconv, group"):
+    with pytest.raises(ValueError, match="unknown conv type 'sepconv'; expected one of standard, dsconv, group, repdsconv, pconv, fused"):
         create_conv_block("sepconv", 4, 4)
 
 
@@ -182,3 +186,100 @@ def test_separable_conv_rejects_bad_depth_multiplier():
 @pytest.mark.parametrize("value,expected", [(32 * 0.75, 24), (32 * 0.25, 8), (1280 * 1.0, 1280), (16 * 0.35, 8), (96 * 1.4, 136)])
 def test_make_divisible_matches_reference_rounding(value, expected):
     assert make_divisible(value) == expected
+
+
+# The newer convolution types. Batch norm counts 2 parameters per channel (scale and shift), as above;
+# torch.utils.flop_counter counts no multiply-adds for it.
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_dsconv_with_a_larger_kernel_has_k_k_cin_plus_cin_cout_weights(k):
+    block = create_conv_block("dsconv", 16, 24, k, norm_layer=None, act_layer=None)
+    assert block.conv_dw.kernel_size == (k, k) and block.conv_dw.padding == ((k - 1) // 2,) * 2
+    assert count_params(block) == k * k * 16 + 16 * 24
+    assert count_macs(block, (16, H, W)) == (k * k * 16 + 16 * 24) * H * W
+
+
+@pytest.mark.parametrize("in_chs,out_chs,stride,branches", [(8, 16, 1, 1), (16, 16, 1, 3), (8, 8, 2, 2)])
+def test_repdsconv_branches_follow_the_mobileone_formula(in_chs, out_chs, stride, branches):
+    """Depthwise step: b·(k²C + 2C) conv-BN branches + (C + 2C) 1×1 scale branch + 2C BN identity at
+    stride 1; pointwise step: b·(C·C' + 2C') + 2C' BN identity when C = C'."""
+    block = create_conv_block("repdsconv", in_chs, out_chs, 3, stride, rep_branches=branches)
+    assert isinstance(block, RepSeparableConv)
+    c, c_out, k = in_chs, out_chs, 3
+    dw = branches * (k * k * c + 2 * c) + 3 * c + (2 * c if stride == 1 else 0)
+    pw = branches * (c * c_out + 2 * c_out) + (2 * c_out if c == c_out else 0)
+    assert count_params(block) == dw + pw
+    h_out = (H - 1) // stride + 1
+    macs = (branches * k * k * c + c) * h_out * h_out + branches * c * c_out * h_out * h_out
+    assert count_macs(block, (in_chs, H, W)) == macs
+    assert block(torch.randn(2, in_chs, H, W)).shape == (2, out_chs, h_out, h_out)
+
+
+@pytest.mark.parametrize("in_chs,ratio,dim_conv", [(16, 0.25, 4), (24, 0.25, 6), (16, 0.5, 8), (6, 0.25, 1)])
+def test_pconv_has_k_k_dim_squared_plus_cin_cout_weights(in_chs, ratio, dim_conv):
+    block = create_conv_block("pconv", in_chs, 32, 3, pconv_ratio=ratio)
+    assert block.conv_partial.dim_conv == dim_conv
+    assert count_params(block) == 9 * dim_conv**2 + in_chs * 32 + 2 * 32
+    assert count_macs(block, (in_chs, H, W)) == (9 * dim_conv**2 + in_chs * 32) * H * W
+
+
+def test_partial_conv_leaves_the_other_channels_untouched_and_samples_them_at_stride_2():
+    x = torch.randn(2, 16, 7, 7)
+    same, strided = PartialConv(16), PartialConv(16, stride=2)
+    assert torch.equal(same(x)[:, 4:], x[:, 4:])
+    assert torch.equal(same(x)[:, :4], same.conv(x[:, :4]))
+    y = strided(x)
+    assert y.shape == (2, 16, 4, 4)
+    assert torch.equal(y[:, 4:], x[:, 4:, ::2, ::2])
+    assert torch.equal(y[:, :4], strided.conv(x[:, :4]))
+
+
+@pytest.mark.parametrize("ratio", [0, 1.5, "a", True])
+def test_pconv_ratio_out_of_range_is_refused(ratio):
+    with pytest.raises(ValueError, match=rf"pconv_ratio={ratio!r} must be a number in \(0, 1\]"):
+        create_conv_block("pconv", 16, 16, pconv_ratio=ratio)
+
+
+@pytest.mark.parametrize("branches", [0, 1.5])
+def test_rep_branches_must_be_a_positive_integer(branches):
+    with pytest.raises(ValueError, match=f"rep_branches={branches!r} must be a positive integer"):
+        create_conv_block("repdsconv", 16, 16, rep_branches=branches)
+
+
+@pytest.mark.parametrize("in_chs,out_chs,stride,k", [(16, 16, 1, 3), (16, 24, 2, 3), (16, 16, 1, 5)])
+def test_fused_mbconv_has_k_k_cin_hidden_plus_hidden_cout_weights(in_chs, out_chs, stride, k):
+    block = inverted_residual("fused", in_chs, out_chs, stride, expand_ratio=6, kernel_size=k)
+    hidden = 6 * in_chs
+    assert block.has_skip == (stride == 1 and in_chs == out_chs)
+    assert count_params(block) == k * k * in_chs * hidden + 2 * hidden + hidden * out_chs + 2 * out_chs
+    h_out = (H - 1) // stride + 1
+    assert count_macs(block, (in_chs, H, W)) == (k * k * in_chs * hidden + hidden * out_chs) * h_out * h_out
+    assert block(torch.randn(2, in_chs, H, W)).shape == (2, out_chs, h_out, h_out)
+
+
+@pytest.mark.parametrize("conv", ["repdsconv", "pconv"])
+def test_inverted_residual_spatial_step_of_the_new_types(conv):
+    """repdsconv: depthwise k×k conv-BN branch + 1×1 depthwise scale conv-BN + BN identity on the hidden
+    width; pconv: a bare 3×3 on a quarter of the hidden channels."""
+    block = inverted_residual(conv, 16, 16, 1, expand_ratio=6)
+    hidden = 96
+    outer = 16 * hidden + 2 * hidden + hidden * 16 + 2 * 16
+    spatial = 9 * hidden + 2 * hidden + 3 * hidden + 2 * hidden if conv == "repdsconv" else 9 * (hidden // 4) ** 2
+    assert count_params(block) == outer + spatial
+    spatial_macs = (9 * hidden + hidden) if conv == "repdsconv" else 9 * (hidden // 4) ** 2
+    assert count_macs(block, (16, H, W)) == (16 * hidden + hidden * 16 + spatial_macs) * H * W
+
+
+def test_fused_is_a_block_not_a_layer():
+    with pytest.raises(ValueError, match=r"^conv='fused' \(fused MBConv\) replaces an inverted residual's "
+                                         r"expansion and depthwise steps: a block, not a layer; expected one of "
+                                         r"standard, dsconv, group, repdsconv, pconv$"):
+        create_conv_block("fused", 16, 16)
+
+
+@pytest.mark.parametrize("conv", ["repdsconv", "pconv"])
+def test_spatial_conv_of_the_new_types_takes_only_same_padding(conv):
+    assert spatial_conv(conv, 8, 16, (3, 3), (2, 2), (1, 1), (1, 1))(torch.randn(1, 8, 9, 9)).shape == (1, 16, 5, 5)
+    with pytest.raises(ValueError, match=rf"^conv='{conv}' takes only 'same' padding and no dilation "
+                                         r"\(got padding=\(2, 2\), dilation=\(2, 2\)\)$"):
+        spatial_conv(conv, 8, 16, (3, 3), 1, (2, 2), (2, 2))

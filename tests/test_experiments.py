@@ -121,6 +121,21 @@ def test_table7_uses_the_paper_resolutions_on_an_imagenet_subset(tmp_path):
     assert sizes == [(224, False), (192, False), (160, False), (128, False)]
 
 
+def test_conv_mix_sweeps_six_stage_mixes_from_separable_to_full(tmp_path):
+    base = compose_job("train", "experiment=conv_mix", tmp_path=tmp_path)
+    full_stages, seeds = [], []
+    for job in sweep_jobs(base):
+        cfg = compose_job("train", "experiment=conv_mix", *job, tmp_path=tmp_path)
+        net = instantiate(cfg.model)
+        assert cfg.model.width == 0.5 and len(cfg.model.stage_conv) == 5
+        n = sum(conv == "standard" for conv in cfg.model.stage_conv)
+        assert list(cfg.model.stage_conv) == ["standard"] * n + ["dsconv"] * (5 - n)  # full early, separable late
+        assert type(net.features[-1]).__name__ == ("ConvNormAct" if n == 5 else "SeparableConv")
+        full_stages.append(n)
+        seeds.append(cfg.seed)
+    assert full_stages == [0, 1, 2, 3, 4, 5] * 2 and seeds == [1] * 6 + [2] * 6
+
+
 @pytest.mark.parametrize("variant", ["g1", "g2", "g4", "g8", "depthwise"])
 def test_group_sweep_variants_build_the_grouped_network_they_name(variant, tmp_path):
     cfg = compose_job("train", "experiment=group_sweep", f"group_sweep.variant={variant}", tmp_path=tmp_path)

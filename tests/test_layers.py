@@ -11,6 +11,7 @@ from pathlib import Path
 from conftest import CONFIG_DIR, ROOT
 from dsnet.models import create_model
 from dsnet.models.cost import count_params
+from dsnet.models.deploy import deploy_form
 
 PACKAGE = ROOT / "dsnet"
 
@@ -22,17 +23,18 @@ def run_python(code: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_building_counting_and_timing_a_network_import_neither_lightning_nor_hydra():
+def test_building_counting_deploying_and_timing_a_network_import_neither_lightning_nor_hydra():
     out = run_python(
         "import sys\n"
         "import dsnet.models\n"
         "import dsnet.latency\n"
         "from dsnet.models.cost import model_cost\n"
+        "from dsnet.models.deploy import deploy_form\n"
         "net = dsnet.models.create_model('mobilenet_v1', width=0.25, num_classes=10, small_input=True)\n"
-        "print(model_cost(net, (3, 16, 16))['params'])\n"
+        "print(model_cost(deploy_form(net), (3, 16, 16))['params'])\n"
         "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'hydra', 'omegaconf') if m in sys.modules))\n"
     )
-    net = create_model("mobilenet_v1", width=0.25, num_classes=10, small_input=True)
+    net = deploy_form(create_model("mobilenet_v1", width=0.25, num_classes=10, small_input=True))
     assert out.splitlines()[-2:] == [str(count_params(net)), "[]"]
 
 

@@ -119,22 +119,93 @@ def test_in_chans_and_num_classes():
 @pytest.mark.parametrize("kwargs,message", [
     ({"arch": "resnet19"}, "unknown arch 'resnet19'; expected one of mobilenet_v1, mobilenet_v2, resnet18, resnet34, resnet50, "
                          "or timm:<name> / torchvision:<name> to convert"),
-    ({"arch": "mobilenet_v1", "conv": "separable"}, "unknown conv type 'separable'; expected one of standard, dsconv, group"),
+    ({"arch": "mobilenet_v1", "conv": "separable"}, "unknown conv type 'separable'; expected one of standard, dsconv, group, repdsconv, pconv, fused"),
     ({"arch": "mobilenet_v1", "width": 0}, "width=0 must be a finite positive number"),
     ({"arch": "mobilenet_v1", "width": -0.5}, "width=-0.5 must be a finite positive number"),
     ({"arch": "mobilenet_v1", "width": "wide"}, "width='wide' must be a finite positive number"),
     ({"arch": "mobilenet_v1", "num_classes": 0}, "num_classes=0 must be a positive integer"),
     ({"arch": "mobilenet_v1", "in_chans": 2.5}, "in_chans=2.5 must be a positive integer"),
-    ({"arch": "mobilenet_v1", "depth": 3}, "unknown option(s) depth for arch 'mobilenet_v1'; expected any of act, depth_multiplier, dropout, groups, small_input"),
+    ({"arch": "mobilenet_v1", "depth": 3}, "unknown option(s) depth for arch 'mobilenet_v1'; expected any of act, depth_multiplier, dropout, dw_kernel_size, groups, pconv_ratio, rep_branches, small_input, stage_conv"),
     ({"arch": "mobilenet_v2", "depth_multiplier": 2}, "unknown option(s) depth_multiplier for arch 'mobilenet_v2'"),
     ({"arch": "mobilenet_v1", "conv": "group"}, "groups=None must be a positive integer"),
     ({"arch": "mobilenet_v1", "conv": "dsconv", "groups": 2}, "groups=2 is only used with conv='group'"),
+    ({"arch": "mobilenet_v1", "conv": "fused"},
+     "conv='fused' is not available in MobileNetV1; expected one of standard, dsconv, group, repdsconv, pconv"),
+    ({"arch": "resnet18", "conv": "fused"},
+     "conv='fused' is not available in ResNet (resnet18); expected one of standard, dsconv, group, repdsconv, pconv"),
+    ({"arch": "mobilenet_v1", "stage_conv": ["standard", "dsconv"]},
+     "stage_conv=['standard', 'dsconv'] has 2 entries; MobileNetV1 has 5 stages: give one conv type per stage"),
+    ({"arch": "mobilenet_v2", "stage_conv": ["dsconv"] * 5},
+     "stage_conv=['dsconv', 'dsconv', 'dsconv', 'dsconv', 'dsconv'] has 5 entries; MobileNetV2 has 7 stages"),
+    ({"arch": "resnet50", "stage_conv": ["standard", "sep", "dsconv", "dsconv"]},
+     "stage_conv[1]='sep' is not available in ResNet (resnet50); expected one of standard, dsconv, group, "
+     "repdsconv, pconv"),
+    ({"arch": "mobilenet_v1", "stage_conv": ["standard"] * 4 + ["fused"]},
+     "stage_conv[4]='fused' is not available in MobileNetV1"),
+    ({"arch": "mobilenet_v1", "stage_conv": "dsconv"},
+     "stage_conv='dsconv' must be a list of 5 conv types, one per stage of MobileNetV1"),
+    ({"arch": "mobilenet_v1", "stage_conv": ["dsconv", "group", "dsconv", "dsconv", "dsconv"]},
+     "groups=None must be a positive integer"),
+    ({"arch": "mobilenet_v2", "dw_kernel_size": 4}, "dw_kernel_size=4; expected one of 3, 5, 7"),
+    ({"arch": "resnet18", "dw_kernel_size": 5.0}, "dw_kernel_size=5.0; expected one of 3, 5, 7"),
+    ({"arch": "mobilenet_v1", "conv": "pconv", "pconv_ratio": 0}, "features.0 (32 -> 64 channels): pconv_ratio=0 must be a number in (0, 1]"),
 ])
 def test_create_model_rejects_bad_input(kwargs, message):
     arch = kwargs.pop("arch")
     with pytest.raises(ValueError) as err:
         create_model(arch, **kwargs)
     assert message in str(err.value)
+
+
+NEW_CONVS = [(arch, conv) for arch in list_models() for conv in ("repdsconv", "pconv", "fused")
+             if conv != "fused" or arch == "mobilenet_v2"]
+
+
+@pytest.mark.parametrize("arch,conv", NEW_CONVS)
+def test_new_conv_types_train_every_parameter(arch, conv):
+    torch.manual_seed(0)
+    model = create_model(arch, conv=conv, width=0.25, num_classes=7, in_chans=1, small_input=True)
+    torch.nn.functional.cross_entropy(model(torch.randn(2, 1, 16, 16)), torch.arange(2)).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("arch,stage_conv,expected", [
+    # MobileNetV1's stages are its feature-map sizes: 1, 2, 2, 6, 2 layers after the stem.
+    ("mobilenet_v1", ["standard", "standard", "dsconv", "dsconv", "pconv"],
+     ["ConvNormAct"] * 3 + ["SeparableConv"] * 8 + ["PartialSeparableConv"] * 2),
+    # MobileNetV2's are the 7 rows of Table 2 (1, 2, 3, 4, 3, 3, 1 blocks), then the last 1×1 conv.
+    ("mobilenet_v2", ["fused", "fused", "fused", "dsconv", "dsconv", "repdsconv", "dsconv"],
+     ["EdgeResidual"] * 6 + ["InvertedResidual"] * 11 + ["ConvNormAct"]),
+])
+def test_stage_conv_sets_the_conv_type_of_each_stage(arch, stage_conv, expected):
+    model = create_model(arch, stage_conv=stage_conv, width=0.25).eval()
+    assert [type(block).__name__ for block in model.features] == expected
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+
+
+def test_stage_conv_of_a_resnet_switches_its_four_stages():
+    model = create_model("resnet18", stage_conv=["standard", "dsconv", "repdsconv", "pconv"], width=0.25)
+    assert [type(stage[0].conv1).__name__ for stage in model.features] == [
+        "Conv2d", "SeparableConv", "RepSeparableConv", "PartialSeparableConv"]
+    assert type(model.stem.conv).__name__ == "Conv2d"
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v1", "resnet18"])
+def test_stage_conv_of_pure_types_is_the_pure_network(arch):
+    stages = 5 if arch == "mobilenet_v1" else 4
+    for conv in ("standard", "dsconv"):
+        mixed = create_model(arch, stage_conv=[conv] * stages, width=0.5)
+        assert count_params(mixed) == count_params(create_model(arch, conv=conv, width=0.5))
+
+
+def test_dw_kernel_size_widens_every_depthwise_step_by_formula():
+    """MobileNetV1 dsconv at k×k: k²·C_in + C_in·C_out per layer, so k=5 adds 16·ΣC_in over the 13 layers."""
+    chans = [8, 16, 32, 32, 64, 64, 128, 128, 128, 128, 128, 128, 256, 256]  # width 0.25
+    k3, k5 = (create_model("mobilenet_v1", width=0.25, dw_kernel_size=k) for k in (3, 5))
+    assert k5.features[3].conv_dw.kernel_size == (5, 5)
+    assert count_params(k5) - count_params(k3) == (25 - 9) * sum(chans[:-1])
+    assert count_macs(k5, (3, 32, 32)) > count_macs(k3, (3, 32, 32))
 
 
 def test_groups_that_do_not_divide_name_the_layer():
@@ -152,11 +223,12 @@ def test_depth_multiplier_widens_the_depthwise_step():
     assert first.conv_dw.groups == first.conv_dw.in_channels
 
 
-@pytest.mark.parametrize("arch, small_input, reduction", [
-    ("mobilenet_v1", False, 32), ("mobilenet_v1", True, 16), ("mobilenet_v2", False, 32), ("mobilenet_v2", True, 8),
+@pytest.mark.parametrize("arch, small_input, reduction, conv", [
+    ("mobilenet_v1", False, 32, "dsconv"), ("mobilenet_v1", True, 16, "dsconv"), ("mobilenet_v2", False, 32, "dsconv"),
+    ("mobilenet_v2", True, 8, "dsconv"), ("mobilenet_v1", False, 32, "repdsconv"), ("mobilenet_v2", True, 8, "fused"),
 ])
-def test_reduction_is_the_total_stride_and_smaller_inputs_are_refused(arch, small_input, reduction):
-    model = create_model(arch, width=0.25, num_classes=10, small_input=small_input).eval()
+def test_reduction_is_the_total_stride_and_smaller_inputs_are_refused(arch, small_input, reduction, conv):
+    model = create_model(arch, conv=conv, width=0.25, num_classes=10, small_input=small_input).eval()
     assert model.reduction == reduction
     model.check_input_size(reduction)  # the smallest allowed: a 1x1 last feature map
     assert model.forward_features(torch.zeros(1, 3, reduction, reduction)).shape[-2:] == (1, 1)

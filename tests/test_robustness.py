@@ -113,6 +113,11 @@ BAD_TRAIN_INPUT = [
     (("model.width=inf",), None, r"model\.width=inf must be a finite positive number"),
     (("model.conv=nope",), None, r"model: unknown conv type 'nope'; expected one of standard, dsconv, group.*"),
     (("model.arch=nope",), None, r"model: unknown arch 'nope'; expected one of .*mobilenet_v1.*"),
+    (("model.stage_conv=[standard,dsconv]",), None, r"model\.stage_conv=\['standard', 'dsconv'\] has 2 entries; "
+                                                    r"MobileNetV1 has 5 stages: give one conv type per stage"),
+    (("model.stage_conv=[standard,standard,sep,dsconv,dsconv]",), None,
+     r"model: stage_conv\[2\]='sep' is not available in MobileNetV1; expected one of standard, dsconv, group, "
+     r"repdsconv, pconv"),
     (("+model.widht=0.5",), None, r"model: unknown option\(s\) widht for arch 'mobilenet_v1'; expected any of .*"),
     (("model=group", "model.groups=3"), None,
      r"model: features\.0 \(8 -> 16 channels\): groups=3 must divide both in_chs=8 and out_chs=8"),

@@ -45,11 +45,13 @@ def create_model(
     Args:
         arch: one of :func:`list_models`, or a network to convert, ``timm:<name>`` or
             ``torchvision:<name>`` (:mod:`dsnet.models.convert`; options ``convert_stem``, ``image_size``).
-        conv: ``standard``, ``dsconv`` or ``group`` (the latter needs ``groups=...``).
+        conv: ``standard``, ``dsconv``, ``group`` (needs ``groups=...``), ``repdsconv``, ``pconv`` or
+            ``fused`` (MobileNetV2 only); see :mod:`dsnet.blocks`. ``stage_conv=[...]`` sets one per stage.
         width: width multiplier α, any positive number; channel counts are rounded to multiples of 8.
         num_classes: size of the classifier output.
         in_chans: input channels (1 for grayscale data).
-        **arch_options: the architecture's own options, e.g. ``small_input``, ``groups``, ``dropout``.
+        **arch_options: the architecture's own options, e.g. ``small_input``, ``groups``, ``dropout``,
+            ``stage_conv``, ``dw_kernel_size``, ``pconv_ratio``, ``rep_branches``.
 
     Raises:
         ValueError: an unknown arch, conv type or option, or a value out of range, named in the message.
@@ -76,7 +78,10 @@ def create_model(
             f"unknown option(s) {', '.join(unknown)} for arch {arch!r}; expected any of {', '.join(allowed)}"
         )
     groups = arch_options.get("groups")
-    if conv == "group":
+    stage_conv = arch_options.get("stage_conv")
+    stage_types = set() if stage_conv is None or isinstance(stage_conv, str) else {
+        c for c in stage_conv if isinstance(c, str)}  # the backbone refuses a bad stage_conv in one line
+    if "group" in {conv} | stage_types:
         _positive_int("groups", groups)
     elif groups is not None:
         raise ValueError(f"groups={groups!r} is only used with conv='group' (got conv={conv!r})")

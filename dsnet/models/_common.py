@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 from torch import nn
 
+from dsnet.blocks import DW_KERNEL_SIZES
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}  # a model's ``act`` option -> the layer
 SMALL_INPUT_MAX_PX = 64  # largest image side (px) that still gets the small-image stem
@@ -35,6 +37,38 @@ def small_input(image_size) -> bool:
     return image_size <= SMALL_INPUT_MAX_PX
 
 
+def stage_convs(model: str, conv: str, stage_conv: Sequence[str] | None, num_stages: int,
+                allowed: Sequence[str]) -> tuple[str, ...]:
+    """The convolution type of each of a backbone's ``num_stages`` stages.
+
+    ``stage_conv`` (one type per stage) when given, else ``conv`` in every stage. ValueError, naming the
+    value and what ``model`` allows, for a type it does not offer or a list of the wrong length.
+    """
+    if conv not in allowed:
+        raise ValueError(f"conv={conv!r} is not available in {model}; expected one of {', '.join(allowed)}")
+    if stage_conv is None:
+        return (conv,) * num_stages
+    if isinstance(stage_conv, str) or not isinstance(stage_conv, Sequence):
+        raise ValueError(f"stage_conv={stage_conv!r} must be a list of {num_stages} conv types, one per stage "
+                         f"of {model}")
+    convs = list(stage_conv)
+    if len(convs) != num_stages:
+        raise ValueError(f"stage_conv={convs!r} has {len(convs)} entries; {model} has {num_stages} stages: "
+                         "give one conv type per stage")
+    for i, stage in enumerate(convs):
+        if stage not in allowed:
+            raise ValueError(f"stage_conv[{i}]={stage!r} is not available in {model}; expected one of "
+                             f"{', '.join(allowed)}")
+    return tuple(convs)
+
+
+def check_kernel_size(dw_kernel_size: int) -> None:
+    """ValueError unless ``dw_kernel_size`` is one of :data:`dsnet.blocks.DW_KERNEL_SIZES`."""
+    if type(dw_kernel_size) is not int or dw_kernel_size not in DW_KERNEL_SIZES:
+        raise ValueError(f"dw_kernel_size={dw_kernel_size!r}; expected one of "
+                         f"{', '.join(map(str, DW_KERNEL_SIZES))}")
+
+
 class Backbone(nn.Module):
     """A classifier in three parts, as in timm: ``stem`` and ``features`` (``forward_features``),
     then ``head`` (``forward_head``). Subclasses build the three modules and set ``num_classes`` and
@@ -49,10 +83,13 @@ class Backbone(nn.Module):
         """Total stride from the input to the last feature map (timm's ``feature_info`` "reduction").
 
         The smallest sensible input side: below it the last layers would see a map that is mostly
-        zero padding. Every downsampling step of these backbones is a strided convolution.
+        zero padding. Every downsampling step of these backbones is a strided convolution; a block's
+        stride is its largest convolution stride (parallel branches, as in ``repdsconv``, stride alike).
         """
-        convs = (m for part in (self.stem, self.features) for m in part.modules() if isinstance(m, nn.Conv2d))
-        return math.prod(conv.stride[0] for conv in convs)
+        def stride(block: nn.Module) -> int:
+            return max((m.stride[0] for m in block.modules() if isinstance(m, nn.Conv2d)), default=1)
+
+        return math.prod(stride(block) for block in (self.stem, *self.features.children()))
 
     def check_input_size(self, image_size: int) -> None:
         """Raises a ValueError naming ``image_size`` when it is below :attr:`reduction`."""

@@ -3,8 +3,15 @@ arXiv:1801.04381), built from dsnet's block library with the same ``conv`` switc
 
 ``conv`` picks the spatial step of every inverted residual: depthwise (``dsconv``, the paper's
 network; parameters equal torchvision's ``mobilenet_v2``), full 3×3 (``standard``) or grouped
-(``group``). ``small_input=True`` follows the CIFAR ports (kuangliu/pytorch-cifar): stem stride 1
-and the first 24-channel stage at stride 1, a total stride of 8 instead of 32.
+(``group``), MobileOne's re-parameterisable depthwise step (``repdsconv``) or FasterNet's partial
+convolution on the expanded channels (``pconv``, ``pconv_ratio`` of them); ``conv="fused"`` makes
+every block a fused MBConv (EfficientNetV2: one full k×k in place of the expansion 1×1 and the
+depthwise k×k). ``stage_conv`` gives one type per stage, a stage being a row of Table 2 (seven), e.g.
+``[fused, fused, fused, dsconv, dsconv, dsconv, dsconv]``, EfficientNetV2's "fused early" choice;
+``dw_kernel_size`` (3, 5 or 7) is the kernel of every block's spatial step.
+
+``small_input=True`` follows the CIFAR ports (kuangliu/pytorch-cifar): stem stride 1 and the first
+24-channel stage at stride 1, a total stride of 8 instead of 32.
 """
 
 from __future__ import annotations
@@ -13,8 +20,15 @@ from typing import NamedTuple
 
 from torch import nn
 
-from dsnet.blocks import ConvNormAct, InvertedResidual, init_weights, make_divisible
-from dsnet.models._common import Backbone, ClassifierHead, activation, naming_layer
+from dsnet.blocks import CONV_TYPES, ConvNormAct, init_weights, inverted_residual, make_divisible
+from dsnet.models._common import (
+    Backbone,
+    ClassifierHead,
+    activation,
+    check_kernel_size,
+    naming_layer,
+    stage_convs,
+)
 from dsnet.models._registry import register_model
 
 
@@ -28,7 +42,7 @@ class Stage(NamedTuple):
 STEM_CHS = 32
 LAST_CHS = 1280
 
-# Sandler et al. 2018, Table 2.
+# Sandler et al. 2018, Table 2. A row is a stage: stage_conv[i] is the conv type of row i's blocks.
 #      t    c   n  s
 STAGES = (
     Stage(1, 16, 1, 1),
@@ -55,10 +69,16 @@ class MobileNetV2(Backbone):
         groups: int | None = None,
         dropout: float = 0.2,
         act: str = "relu6",
+        stage_conv: list[str] | None = None,
+        dw_kernel_size: int = 3,
+        pconv_ratio: float = 0.25,
+        rep_branches: int = 1,
     ):
         super().__init__()
         self.num_classes = num_classes
         act = activation(act)
+        convs = stage_convs("MobileNetV2", conv, stage_conv, len(STAGES), CONV_TYPES)
+        check_kernel_size(dw_kernel_size)
         in_chs = make_divisible(STEM_CHS * width)
         with naming_layer("stem"):
             self.stem = ConvNormAct(in_chans, in_chs, 3, stride=1 if small_input else 2, act_layer=act)
@@ -69,9 +89,9 @@ class MobileNetV2(Backbone):
             for block_idx in range(stage.num_blocks):
                 name = f"features.{len(blocks)} ({in_chs} -> {out_chs} channels)"
                 with naming_layer(name):
-                    blocks.append(InvertedResidual(
-                        in_chs, out_chs, stride if block_idx == 0 else 1, stage.expand_ratio,
-                        conv=conv, groups=groups, act_layer=act,
+                    blocks.append(inverted_residual(
+                        convs[stage_idx], in_chs, out_chs, stride if block_idx == 0 else 1, stage.expand_ratio,
+                        dw_kernel_size, act, groups=groups, pconv_ratio=pconv_ratio, rep_branches=rep_branches,
                     ))
                 in_chs = out_chs
         # The last 1×1 conv widens with the multiplier but never narrows (as in the paper).

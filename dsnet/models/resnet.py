@@ -11,6 +11,12 @@ pointwise 1×1, ``conv="group"`` by ``groups``-way grouped 3×3 + pointwise 1×1
 section 4.7; MobileNet puts BN + ReLU there), so the BN and ReLU of the full convolution follow
 the pointwise step and the block keeps its layout. 1×1 convolutions are left as they are.
 
+``conv`` may also be ``repdsconv`` (MobileOne's re-parameterisable depthwise + pointwise, bare) or
+``pconv`` (FasterNet's partial convolution, ``pconv_ratio`` of the channels, then pointwise); fused
+MBConv belongs to inverted residuals and is not offered. ``stage_conv`` gives one type per stage
+(the four rows of the table below), e.g. ``[standard, standard, dsconv, dsconv]``;
+``dw_kernel_size`` (3, 5 or 7) is the kernel of the residual branches' spatial convolutions.
+
 The stem stays a full convolution unless ``convert_stem=True``, as MobileNet's and Xception's first
 layers do: it sees the 1 or 3 image channels, and a depthwise step on so few channels followed by a
 pointwise one gives every stem output the same few filtered maps.
@@ -24,13 +30,20 @@ from __future__ import annotations
 import functools
 import math
 from collections import OrderedDict
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
-from dsnet.blocks import conv2d, init_weights, make_divisible, spatial_conv
-from dsnet.models._common import Backbone, ClassifierHead, activation, naming_layer
+from dsnet.blocks import LAYER_CONV_TYPES, conv2d, init_weights, make_divisible, spatial_conv
+from dsnet.models._common import (
+    Backbone,
+    ClassifierHead,
+    activation,
+    check_kernel_size,
+    naming_layer,
+    stage_convs,
+)
 from dsnet.models._registry import register_model
 
 STEM_CHS = 64  # Table 1, conv1: 7×7, 64, stride 2, then a 3×3 max pool, stride 2
@@ -41,7 +54,8 @@ class Stage(NamedTuple):
     stride: int  # of the stage's first block
 
 
-# He et al. 2016, Table 1: the four stages after the stem, the same for every depth.
+# He et al. 2016, Table 1: the four stages after the stem, the same for every depth; stage_conv[i] is
+# the conv type of row i's residual branches.
 #      chs  stride    # Table 1 row: output size at 224 px
 STAGES = (
     Stage(64, 1),     # conv2_x: 56×56 (the stem's max pool did the downsampling)
@@ -59,6 +73,10 @@ DEPTHS = {
 }
 
 
+CONV_TYPES = LAYER_CONV_TYPES  # fused MBConv is an inverted-residual block: not offered here
+SpatialConv = Callable[..., nn.Module]  # spatial_conv with the model's conv options bound
+
+
 def _shortcut(in_chs: int, out_chs: int, stride: int) -> nn.Module | None:
     """Projection shortcut (option B: 1×1 conv + BN) where the shape changes, else the identity (None)."""
     if stride == 1 and in_chs == out_chs:
@@ -72,12 +90,12 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, in_chs: int, chs: int, stride: int = 1, conv: str = "standard", groups: int | None = None,
-                 act_layer: type[nn.Module] = nn.ReLU):
+                 act_layer: type[nn.Module] = nn.ReLU, kernel_size: int = 3, spatial: SpatialConv = spatial_conv):
         super().__init__()
-        self.conv1 = spatial_conv(conv, in_chs, chs, 3, stride, groups=groups)
+        self.conv1 = spatial(conv, in_chs, chs, kernel_size, stride, groups=groups)
         self.bn1 = nn.BatchNorm2d(chs)
         self.act1 = act_layer(inplace=True)
-        self.conv2 = spatial_conv(conv, chs, chs, 3, groups=groups)
+        self.conv2 = spatial(conv, chs, chs, kernel_size, groups=groups)
         self.bn2 = nn.BatchNorm2d(chs)
         self.downsample = _shortcut(in_chs, chs, stride)
         self.act2 = act_layer(inplace=True)
@@ -94,13 +112,13 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, in_chs: int, chs: int, stride: int = 1, conv: str = "standard", groups: int | None = None,
-                 act_layer: type[nn.Module] = nn.ReLU):
+                 act_layer: type[nn.Module] = nn.ReLU, kernel_size: int = 3, spatial: SpatialConv = spatial_conv):
         super().__init__()
         out_chs = chs * self.expansion
         self.conv1 = conv2d(in_chs, chs, 1)
         self.bn1 = nn.BatchNorm2d(chs)
         self.act1 = act_layer(inplace=True)
-        self.conv2 = spatial_conv(conv, chs, chs, 3, stride, groups=groups)
+        self.conv2 = spatial(conv, chs, chs, kernel_size, stride, groups=groups)
         self.bn2 = nn.BatchNorm2d(chs)
         self.act2 = act_layer(inplace=True)
         self.conv3 = conv2d(chs, out_chs, 1)
@@ -133,16 +151,23 @@ class ResNet(Backbone):
         convert_stem: bool = False,
         dropout: float = 0.0,
         act: str = "relu",
+        stage_conv: list[str] | None = None,
+        dw_kernel_size: int = 3,
+        pconv_ratio: float = 0.25,
+        rep_branches: int = 1,
     ):
         super().__init__()
         act_layer = activation(act)
+        convs = stage_convs(f"ResNet ({depth})", conv, stage_conv, len(STAGES), CONV_TYPES)
+        check_kernel_size(dw_kernel_size)
+        spatial = functools.partial(spatial_conv, pconv_ratio=pconv_ratio, rep_branches=rep_branches)
         block_name, depths = DEPTHS[depth]
         block_cls = BLOCKS[block_name]
         self.num_classes = num_classes
         in_chs = make_divisible(STEM_CHS * width)
         with naming_layer(f"stem ({in_chans} -> {in_chs} channels)"):
             self.stem = self._stem(in_chans, in_chs, small_input, conv if convert_stem else "standard", groups,
-                                   act_layer)
+                                   act_layer, spatial)
         stem_stride = 1 if small_input else 4
         stages = []
         for stage_idx, (stage, num_blocks) in enumerate(zip(STAGES, depths)):
@@ -151,7 +176,8 @@ class ResNet(Backbone):
             for block_idx in range(num_blocks):
                 name = f"features.{stage_idx}.{block_idx} ({in_chs} -> {chs * block_cls.expansion} channels)"
                 with naming_layer(name):
-                    blocks.append(block_cls(in_chs, chs, stage.stride if block_idx == 0 else 1, conv, groups, act_layer))
+                    blocks.append(block_cls(in_chs, chs, stage.stride if block_idx == 0 else 1, convs[stage_idx],
+                                            groups, act_layer, dw_kernel_size, spatial))
                 in_chs = chs * block_cls.expansion
             stages.append(nn.Sequential(*blocks))
         self.features = nn.Sequential(*stages)
@@ -164,11 +190,11 @@ class ResNet(Backbone):
 
     @staticmethod
     def _stem(in_chans: int, out_chs: int, small_input: bool, conv: str, groups: int | None,
-              act_layer: type[nn.Module]) -> nn.Sequential:
+              act_layer: type[nn.Module], spatial: SpatialConv) -> nn.Sequential:
         if small_input:  # the CIFAR ResNets' stem: 3×3 at stride 1, no pool
-            layers = [("conv", spatial_conv(conv, in_chans, out_chs, 3, 1, groups=groups))]
+            layers = [("conv", spatial(conv, in_chans, out_chs, 3, 1, groups=groups))]
         else:
-            layers = [("conv", spatial_conv(conv, in_chans, out_chs, 7, 2, groups=groups))]
+            layers = [("conv", spatial(conv, in_chans, out_chs, 7, 2, groups=groups))]
         layers += [("bn", nn.BatchNorm2d(out_chs)), ("act", act_layer(inplace=True))]
         if not small_input:
             layers.append(("pool", nn.MaxPool2d(3, stride=2, padding=1)))
