@@ -38,6 +38,7 @@ from rich.table import Table
 from torch import nn
 
 import dsnet.config  # noqa: F401  (registers the ${dsnet.*} resolvers)
+from dsnet.checkpoint_io import check_model_target, ignored_model_overrides
 from dsnet.guards import InputError, first_line
 from dsnet.measure import model_cost, time_network
 from dsnet.results import ResultsRecord, write_results
@@ -75,6 +76,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     else:
         net, train_cfg, ckpt = load_trained_net(cfg.ckpt_path, cfg.data)
         model_cfg = train_cfg.model
+        if note := ignored_model_overrides(model_cfg):  # the user asked for a network; say it was not this one
+            log.warning(note)
     objects: dict[str, Any] = dict(cfg=cfg, net=net, model_cfg=model_cfg, train_cfg=train_cfg)
     try:
         net.check_input_size(int(cfg.data.image_size))
@@ -236,9 +239,13 @@ def load_train_config(ckpt: Path) -> tuple[DictConfig, Path]:
             f"{ckpt}: no training config found to rebuild its network; looked for "
             + " and ".join(map(str, candidates))
         )
-    train_cfg = OmegaConf.load(source)
+    try:
+        train_cfg = OmegaConf.load(source)
+    except Exception as err:  # noqa: BLE001  (yaml's and OmegaConf's errors on a garbled file)
+        raise EvalInputError(f"{source}: not readable YAML ({type(err).__name__}: {first_line(err)})") from None
     if not isinstance(train_cfg, DictConfig) or "model" not in train_cfg or "data" not in train_cfg:
         raise EvalInputError(f"{source}: not a dsnet training config (needs 'model' and 'data' sections)")
+    check_model_target(train_cfg.model, source)
     return train_cfg, source
 
 

@@ -41,6 +41,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
 
+from dsnet.guards import InputError, first_line
+
 log = logging.getLogger(__name__)
 
 # Bump when decode_transform (or the decoder behind it) changes: old caches then stop matching.
@@ -65,7 +67,12 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path, label = self.samples[index]
-        return self.transform(default_loader(path)), label
+        try:
+            image = default_loader(path)
+        except OSError as err:  # PIL: truncated, damaged or not an image (UnidentifiedImageError is an OSError)
+            raise InputError(f"{path}: not a readable image ({first_line(err, type(err).__name__)}); "
+                             f"remove or replace it") from None
+        return self.transform(image), label
 
 
 # --- decoding ----------------------------------------------------------------------------------
