@@ -197,10 +197,12 @@ def _damaged(label: str, file: Path, err: BaseException) -> TrainInputError:
     others = sorted((p for p in file.parent.glob("best*.ckpt") if p != file), key=lambda p: p.stat().st_mtime_ns)
     instead = f"resume from ckpt_path={others[-1]}, or start again without ckpt_path" if others else \
         "start again without ckpt_path (no best checkpoint beside it)"
-    return TrainInputError(
-        f"{label}: {file} is damaged, truncated or not a PyTorch checkpoint "
-        f"({type(err).__name__}: {first_line(err)[:120]}); {instead}"
-    )
+    reason = f"{type(err).__name__}: {first_line(err).split('. ')[0]}"  # torch's first sentence says it
+    if file.stat().st_size == 0:
+        reason = "an empty file"
+    elif "mmap can only be used" in reason:  # torch's words for "not a zip archive", which checkpoints are
+        reason = "not a zip archive"
+    return TrainInputError(f"{label}: {file} is damaged, truncated or not a PyTorch checkpoint ({reason}); {instead}")
 
 
 def check_writable(cfg: DictConfig) -> None:
