@@ -228,8 +228,8 @@ def test_a_full_disk_while_checkpointing_ends_in_one_line_and_keeps_the_last_che
     with tmpfs(tmp_path / "disk", "size=8m") as disk:
         first = run_entry("train.py", *TINY, "test=false", run_dir=disk)
         assert first.returncode == 0, first.output[-3000:]
-        last = disk / "out" / "checkpoints" / "last.ckpt"
-        before = last.read_bytes()
+        last, metrics = disk / "out" / "checkpoints" / "last.ckpt", disk / "out" / "metrics.json"
+        before, metrics_before = last.read_bytes(), metrics.read_bytes()  # the first run's
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
         (disk / "filler").write_bytes(b"\0" * (free - 64 * 1024))
         result = run_entry("train.py", *TINY, "test=false", "trainer.max_epochs=2", "ckpt_path=last", run_dir=disk)
@@ -238,7 +238,7 @@ def test_a_full_disk_while_checkpointing_ends_in_one_line_and_keeps_the_last_che
                             line), line
         assert last.read_bytes() == before
         assert torch.load(last, weights_only=True)["epoch"] == 0
-        assert not list(disk.rglob("*.tmp")) and not (disk / "out" / "metrics.json").exists()
+        assert not list(disk.rglob("*.tmp")) and metrics.read_bytes() == metrics_before
 
 
 @as_root
