@@ -402,7 +402,7 @@ def test_sigkill_at_random_moments_then_resume_ends_as_the_uninterrupted_run(tmp
         process, out = start_train(run_dir, "ckpt_path=last")
         stale = temp_files(run_dir)  # left by the writer killed before
         writing = lambda: bool(temp_files(run_dir) - stale)  # noqa: E731
-        deadline = time.monotonic() + (30.0 if attempt == 0 else rng.uniform(0.3, 0.8) * duration)
+        deadline = time.monotonic() + (30.0 if attempt == 0 else rng.uniform(0.15, 0.6) * duration)
         caught = False
         while process.is_alive() and time.monotonic() < deadline and not caught:
             caught = attempt == 0 and writing()
