@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from PIL import UnidentifiedImageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
@@ -70,8 +71,9 @@ class ImageFileDataset(Dataset):
         try:
             image = default_loader(path)
         except OSError as err:  # PIL: truncated, damaged or not an image (UnidentifiedImageError is an OSError)
-            raise InputError(f"{path}: not a readable image ({first_line(err, type(err).__name__)}); "
-                             f"remove or replace it") from None
+            reason = "no image format PIL knows" if isinstance(err, UnidentifiedImageError) else \
+                first_line(err, type(err).__name__)  # UnidentifiedImageError's message is the file object's repr
+            raise InputError(f"{path}: not a readable image ({reason}); remove or replace it") from None
         return self.transform(image), label
 
 
