@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from dsnet.checkpoint_io import check_model_target, ignored_model_overrides
 from dsnet.errors import InputError
 from dsnet.guards import first_line
 from dsnet.latency import time_network
@@ -76,6 +77,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     else:
         net, train_cfg, ckpt = load_trained_net(cfg.ckpt_path, cfg.data)
         model_cfg = train_cfg.model
+        if note := ignored_model_overrides(model_cfg):  # the user asked for a network; say it was not this one
+            log.warning(note)
     objects: dict[str, Any] = dict(cfg=cfg, net=net, model_cfg=model_cfg, train_cfg=train_cfg)
     try:
         net.check_input_size(int(cfg.data.image_size))
@@ -237,9 +240,13 @@ def load_train_config(ckpt: Path) -> tuple[DictConfig, Path]:
             f"{ckpt}: no training config found to rebuild its network; looked for "
             + " and ".join(map(str, candidates))
         )
-    train_cfg = OmegaConf.load(source)
+    try:
+        train_cfg = OmegaConf.load(source)
+    except Exception as err:  # noqa: BLE001  (yaml's and OmegaConf's errors on a garbled file)
+        raise EvalInputError(f"{source}: not readable YAML ({type(err).__name__}: {first_line(err)})") from None
     if not isinstance(train_cfg, DictConfig) or "model" not in train_cfg or "data" not in train_cfg:
         raise EvalInputError(f"{source}: not a dsnet training config (needs 'model' and 'data' sections)")
+    check_model_target(train_cfg.model, source)
     return train_cfg, source
 
 

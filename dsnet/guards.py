@@ -13,9 +13,12 @@ the last checkpoint written before it, the one to resume from with a smaller lea
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import pickle
 import re
+import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -29,6 +32,7 @@ from omegaconf.errors import InterpolationResolutionError
 from torch import Tensor
 
 from dsnet.errors import InputError
+from dsnet.results import NoSpaceError
 
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
@@ -66,6 +70,8 @@ def validate(cfg: DictConfig) -> None:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path not in (None, "last", "best", "hpc", "registry"):  # Lightning resolves those names itself
         check_checkpoint(ckpt_path)
+    check_loggers(cfg)
+    check_writable(cfg)
 
 
 def first_line(err: BaseException, default: str = "") -> str:
@@ -80,6 +86,10 @@ def first_line(err: BaseException, default: str = "") -> str:
 INSTANTIATION_USER_ERRORS = (ValueError, TypeError, ImportError, MisconfigurationException)
 
 
+# errno values that say the file system refused a write, whatever the code was doing
+FILE_SYSTEM_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR)
+
+
 def user_error(err: BaseException) -> str | None:
     r"""The one-line message of an error that is the user's to fix, or None for anything else (a bug).
 
@@ -88,8 +98,12 @@ def user_error(err: BaseException) -> str | None:
     and Hydra's own errors about the command line (an unknown config group option, a key that is
     not in the config, bad override syntax).
     """
-    if isinstance(err, InputError):
-        return first_line(err)
+    if isinstance(err, (InputError, NoSpaceError)):
+        return _worker_message(err) or first_line(err)
+    if isinstance(err, OSError) and err.errno in FILE_SYSTEM_ERRNOS and err.filename:
+        # The machine's, not the code's: a read-only or full file system, a missing permission, a
+        # file where a directory should be. Hydra's own output files hit these before our checks run.
+        return f"cannot write {err.filename}: {err.strerror}; give a writable directory (hydra.run.dir, paths.log_dir)"
     if isinstance(err, InstantiationException) and isinstance(err.__cause__, INSTANTIATION_USER_ERRORS):
         return _instantiation_message(err)
     if isinstance(err, MissingConfigException) and err.options:
@@ -98,6 +112,16 @@ def user_error(err: BaseException) -> str | None:
     if isinstance(err, (ConfigCompositionException, OverrideParseException)):
         return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return None
+
+
+def _worker_message(err: BaseException) -> str | None:
+    """The message of an error raised in a DataLoader worker: torch re-raises it in the main process as
+    ``Caught <Error> in DataLoader worker process 0.`` + the worker's traceback, whose last line is
+    ``<module>.<Error>: <message>``."""
+    text = str(err).strip()
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return None
+    return re.sub(r"^[\w.]+: ", "", text.splitlines()[-1])
 
 
 def _instantiation_message(err: InstantiationException) -> str:
@@ -126,25 +150,108 @@ def _check_resolves(cfg: DictConfig) -> None:
         raise TrainInputError(f"{err.full_key}: {message}") from None
 
 
-def check_checkpoint(path) -> None:
-    """Refuses a resume checkpoint that is missing or holds more than tensors and plain values.
+def check_checkpoint(path, label: str | None = None) -> dict:
+    """Refuses a checkpoint that is missing, damaged or holds more than tensors and plain values.
 
     Read as ``Trainer.fit`` will read it, ``torch.load(weights_only=True)``, but memory-mapped, so
     checking a large file costs little; a pickle that would run code is refused before anything runs.
+    A file that does not load (cut short by a copy or a node that died mid-transfer, or not a
+    checkpoint at all) is named with what to do: resume from the run's best checkpoint, or start again.
+
+    Args:
+        path: the checkpoint file.
+        label: how the message names the setting (default ``ckpt_path='<path>'``).
+
+    Returns:
+        The loaded checkpoint (its tensors memory-mapped).
 
     Raises:
-        TrainInputError: ``ckpt_path`` is not a file, or not a weights-only loadable checkpoint.
+        TrainInputError: ``path`` is not a file, refused by the weights-only unpickler, or damaged.
     """
     file = Path(str(path)).expanduser()
+    label = label or f"ckpt_path={str(path)!r}"
     if not file.is_file():
-        raise TrainInputError(f"ckpt_path={str(path)!r}: no such file")
+        raise TrainInputError(f"{label}: no such file")
     try:
-        torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001  (the unpickler raises many types; all mean "refused")
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" not in str(err).lower():
+            raise _damaged(label, file, err) from None
         raise TrainInputError(
-            f"ckpt_path={str(path)!r}: refused by torch.load(weights_only=True), not loaded: "
+            f"{label}: refused by torch.load(weights_only=True), not loaded: "
             f"{type(err).__name__}: {first_line(err)}"
         ) from None
+    except Exception as err:  # noqa: BLE001  (a damaged archive fails with RuntimeError, EOFError, ...)
+        raise _damaged(label, file, err) from None
+
+
+def _damaged(label: str, file: Path, err: BaseException) -> TrainInputError:
+    """``<file> is damaged (...)``, and what to resume from instead: a best checkpoint beside it, if any."""
+    others = sorted((p for p in file.parent.glob("best*.ckpt") if p != file), key=lambda p: p.stat().st_mtime_ns)
+    instead = f"resume from ckpt_path={others[-1]}, or start again without ckpt_path" if others else \
+        "start again without ckpt_path (no best checkpoint beside it)"
+    reason = f"{type(err).__name__}: {first_line(err).split('. ')[0]}"  # torch's first sentence says it
+    if file.stat().st_size == 0:
+        reason = "an empty file"
+    elif "mmap can only be used" in reason:  # torch's words for "not a zip archive", which checkpoints are
+        reason = "not a zip archive"
+    return TrainInputError(f"{label}: {file} is damaged, truncated or not a PyTorch checkpoint ({reason}); {instead}")
+
+
+def check_writable(cfg: DictConfig) -> None:
+    """The run directory, the checkpoint directories and every logger's directory can be written.
+
+    Probed by creating (and removing) a temporary file in each, before anything is built: a read-only
+    run directory, a missing permission or a file where a directory should be would otherwise fail
+    at the end of the first epoch, or inside a logger, with a traceback.
+    """
+    if rank_zero_only.rank != 0:
+        return
+    dirs = {"paths.output_dir": cfg.paths.output_dir}
+    for group, key in (("callbacks", "dirpath"), ("logger", "save_dir")):
+        for name, node in (cfg.get(group) or {}).items():
+            if isinstance(node, DictConfig) and node.get(key):
+                dirs[f"{group}.{name}.{key}"] = node[key]
+    for key, directory in dirs.items():
+        try:
+            Path(directory).expanduser().mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=Path(directory).expanduser()):
+                pass
+        except OSError as err:
+            raise TrainInputError(f"{key}={str(directory)!r} cannot be written: {err.strerror or err}; "
+                                  f"give a writable directory") from None
+
+
+def check_loggers(cfg: DictConfig) -> None:
+    """A Weights & Biases logger has credentials, or logs offline: found out before the run starts.
+
+    Without either, ``wandb.init`` stops the run inside ``Trainer.fit`` with a ``UsageError`` (and
+    waits for a key on a terminal). The credentials looked for are wandb's own: ``WANDB_API_KEY``,
+    ``WANDB_IDENTITY_TOKEN_FILE``, or the ``.netrc`` entry ``wandb login`` writes for ``WANDB_BASE_URL``.
+    """
+    for key, node in (cfg.get("logger") or {}).items():
+        if not isinstance(node, DictConfig) or not str(node.get("_target_", "")).endswith("WandbLogger"):
+            continue
+        if node.get("offline") or node.get("mode") in ("offline", "disabled") or \
+                os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+            continue
+        if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or _wandb_netrc_key():
+            continue
+        raise TrainInputError(
+            f"logger.{key}: no Weights & Biases credentials (WANDB_API_KEY is not set and `wandb login` has not "
+            f"been run); run `wandb login`, or log locally with WANDB_MODE=offline (sync later with `wandb sync`)"
+        )
+
+
+def _wandb_netrc_key() -> str | None:
+    try:
+        from wandb.sdk.lib.wbauth import read_netrc_auth
+    except ImportError:  # no wandb: Hydra's instantiate says so in one line
+        return "no wandb"
+    try:
+        return read_netrc_auth(host=os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    except Exception:  # noqa: BLE001  (a malformed .netrc: wandb.init will say what is wrong with it)
+        return "unreadable .netrc"
 
 
 def check_input_size(net, image_size: int) -> None:

@@ -41,6 +41,7 @@ Files are JSON only (never pickle) and are replaced atomically, so a reader neve
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -245,22 +246,54 @@ def _check_values(record: ResultsRecord) -> None:
 # ----------------------------------------------------------------------------- files
 
 
+class NoSpaceError(OSError):
+    """A file could not be written because its file system is full (or the user's quota is spent).
+
+    The message is one line, ``no space left on <dir> while writing <file>``; the file was not
+    written at all (its previous version, if any, is still in place).
+    """
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def raise_if_no_space(err: BaseException, path: str | os.PathLike) -> None:
+    """Raises :class:`NoSpaceError` for ``path`` when ``err`` (or an error it arose from) is a full disk.
+
+    torch's archive writer reports a failed write as a ``RuntimeError`` whose context is the
+    ``OSError``, so the whole chain is searched.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in NO_SPACE:
+            path = Path(path)
+            raise NoSpaceError(f"no space left on {path.parent} while writing {path.name}") from err
+        err = err.__cause__ or err.__context__
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Writes ``text`` so that ``path`` holds either the old file or the whole new one.
 
     The text goes to a temporary file in the same directory, is synced, and is moved over
     ``path`` with ``os.replace`` (atomic within one filesystem).
+
+    Raises:
+        NoSpaceError: the file system is full; no temporary file is left and ``path`` is unchanged.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise_if_no_space(err, path)
         raise
 
 

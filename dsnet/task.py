@@ -16,6 +16,7 @@ one after the batch, so ``train.py -m`` exits non-zero, with every job's outcome
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -34,8 +35,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from dsnet.checkpoint_io import check_resume
 from dsnet.config import in_multirun
-from dsnet.guards import check_data, check_input_size, user_error, validate
+from dsnet.guards import check_data, check_input_size, first_line, user_error, validate
 from dsnet.models.cost import model_cost
 from dsnet.results import write_json_atomic, write_text_atomic
 
@@ -72,8 +74,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         raise SystemExit(128 + signal.SIGTERM) from err
     except Exception as err:
         if rank_zero_only.rank == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run_dir / "error.txt", traceback.format_exc())
+            with contextlib.suppress(OSError):  # a full or read-only disk: the terminal still gets the error
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(run_dir / "error.txt", traceback.format_exc())
             if (message := user_error(err)) is None:
                 log.exception("training failed; traceback in %s", run_dir / "error.txt")
             elif in_multirun():  # the sweep goes on with the next job: say now which one failed
@@ -89,6 +92,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, An
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     net = instantiate(cfg.model)
     check_input_size(net, cfg.data.image_size)
+    check_resume(cfg, net)  # a damaged checkpoint, or another network's, before load_state_dict
     check_data(datamodule, None if cfg.get("test", True) else "fit")
     module = instantiate(cfg.module, net=net)
     callbacks = instantiate_group(cfg, "callbacks")
@@ -106,6 +110,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, An
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     fit_metrics = dict(trainer.callback_metrics)  # test() replaces callback_metrics
+    # A resume of a finished fit (killed while testing) runs no epoch and logs nothing: its state has them.
+    fit_metrics.setdefault("epochs", trainer.current_epoch)
+    if "val/acc_best" not in fit_metrics and torch.isfinite(best := module.val_acc_best.max_value):
+        fit_metrics["val/acc_best"] = best
     if cfg.get("test", True):
         _sync_csv_columns(trainer.loggers)
         load_best_weights(module, _best_checkpoint(trainer))
@@ -148,11 +156,16 @@ def finished_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     # ckpt_path says where to resume from, not what is trained; tuned is a lookup table of per-conv
     # settings whose entry in use is resolved into optim and hparams, which are compared.
     ignored = ("ckpt_path", "tuned")
-    saved = yaml.safe_load(config_file.read_text())
-    current = OmegaConf.to_container(cfg, resolve=True)
-    if {k: v for k, v in saved.items() if k not in ignored} != {k: v for k, v in current.items() if k not in ignored}:
+    try:  # empty or garbled (a copy cut short, an editor's crash): not a finished run, so train again
+        saved, metrics = yaml.safe_load(config_file.read_text()), json.loads(metrics_file.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        log.warning("%s: cannot read its config.yaml/metrics.json (%s); training again", run_dir, first_line(err))
         return None
-    return json.loads(metrics_file.read_text())
+    current = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(saved, dict) or not isinstance(metrics, dict) or \
+            {k: v for k, v in saved.items() if k not in ignored} != {k: v for k, v in current.items() if k not in ignored}:
+        return None
+    return metrics
 
 
 def _input_size(data_cfg: DictConfig) -> tuple[int, int, int]:

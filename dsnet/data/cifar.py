@@ -4,14 +4,15 @@
 ``data_dir/cifar-10-batches-py/`` (data_batch_1..5, test_batch) or ``data_dir/cifar-100-python/``
 (train, test), each a dict with ``data`` (N, 3072) uint8 in CHW order and ``labels`` (CIFAR-10) or
 ``fine_labels`` (CIFAR-100). File names, folders and the download come from
-``torchvision.datasets``; the batches are read here (the same ``pickle.load(..., encoding="latin1")``
-torchvision does) so that any copy in the real layout loads, not only the md5-exact official files.
-Unpickling is the format of this dataset; only load batches from a source you trust.
+``torchvision.datasets``; the batches are read here so that any copy in the real layout loads, not
+only the md5-exact official files. Pickle is the format of this dataset, and ``pickle.load`` (what
+torchvision does) runs whatever code a file holds: the batches go through
+:func:`dsnet.data.safe_pickle.load_data_pickle` instead, which builds dicts, lists, strings, numbers
+and numpy arrays and refuses anything else, in one line naming the file and the object, before it runs.
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +20,25 @@ from torchvision.datasets import CIFAR10, CIFAR100
 
 from dsnet.data.base import ImageDataModule, match_dataset
 from dsnet.data.datasets import ArraySource
+from dsnet.data.safe_pickle import UnsafePickleError, load_data_pickle
 
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Reads one pickled CIFAR batch into uint8 images (N, 3, 32, 32) and int64 labels (N,).
 
     Raises:
-        ValueError: the file is not a CIFAR python batch.
+        ValueError: the file is not a CIFAR python batch, or asks to build an object that is not data.
     """
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")  # the batches were pickled by Python 2
+        entry = load_data_pickle(path, encoding="latin1")  # the batches were pickled by Python 2
+    except UnsafePickleError as err:
+        raise ValueError(f"{path}: {err}") from None
+    except Exception as err:  # noqa: BLE001  (unpickling arbitrary bytes fails in many ways; all mean "wrong format")
+        raise ValueError(f"{path} is not a CIFAR python batch ({type(err).__name__}: {err})") from err
+    try:
         data = np.asarray(entry["data"], dtype=np.uint8)
         labels = np.asarray(entry["labels"] if "labels" in entry else entry["fine_labels"], dtype=np.int64)
-    except Exception as err:  # unpickling arbitrary bytes can fail in many ways; all mean "wrong format"
+    except Exception as err:  # noqa: BLE001  (not a dict, no labels, data not numbers: all "wrong format")
         raise ValueError(f"{path} is not a CIFAR python batch ({type(err).__name__}: {err})") from err
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:
         raise ValueError(f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {labels.shape}")

@@ -34,12 +34,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from PIL import UnidentifiedImageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
+
+from dsnet.errors import InputError
+from dsnet.guards import first_line
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,13 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path, label = self.samples[index]
-        return self.transform(default_loader(path)), label
+        try:
+            image = default_loader(path)
+        except OSError as err:  # PIL: truncated, damaged or not an image (UnidentifiedImageError is an OSError)
+            reason = "no image format PIL knows" if isinstance(err, UnidentifiedImageError) else \
+                first_line(err, type(err).__name__)  # UnidentifiedImageError's message is the file object's repr
+            raise InputError(f"{path}: not a readable image ({reason}); remove or replace it") from None
+        return self.transform(image), label
 
 
 # --- decoding ----------------------------------------------------------------------------------
