@@ -213,7 +213,8 @@ def test_eval_says_which_model_settings_the_checkpoint_overruled(finished_run, t
     assert len(notes) == 1, result.output
     assert notes[0].endswith("ignored model.width=0.5 model=conv: the checkpoint decides the network "
                              "(model.arch=mobilenet_v1, model.conv=dsconv, model.width=0.25, model.num_classes=10, "
-                             "model.in_chans=3, model.small_input=True, model.act=relu)"), notes[0]
+                             "model.in_chans=3, model.small_input=True, model.act=relu, model.stage_conv=None, "
+                             "model.dw_kernel_size=3, model.pconv_ratio=0.25, model.rep_branches=1)"), notes[0]
     assert yaml.safe_load((tmp_path / "out" / "results.json").read_text())["width"] == 0.25
 
 
