@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dsnet import allocator
 from dsnet.contention import ContentionPolicy, guarded
+from dsnet.intervals import p50_interval
 from dsnet.runtimes import Runtime, create_runtime
 from dsnet.runtimes.base import PRECISIONS
 
@@ -376,8 +377,9 @@ def time_network(net: nn.Module, input_size: tuple[int, int, int], *, rounds: in
 
     Returns:
         The last round's dict (settings, environment, throughput) with :data:`ROUND_KEYS` from the
-        best round, ``latency_repeats`` summed over rounds, ``round_p50s_ms`` (each round's p50)
-        and :func:`dsnet.contention.guarded`'s keys (``cpu_busy_other``, ``contention_flagged``, ...).
+        best round, ``latency_repeats`` summed over rounds, ``round_p50s_ms`` (each round's p50),
+        :func:`dsnet.intervals.p50_interval`'s keys (their median and its interval) and
+        :func:`dsnet.contention.guarded`'s keys (``cpu_busy_other``, ``contention_flagged``, ...).
     """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds={rounds!r} must be a positive integer")
@@ -399,6 +401,7 @@ def time_network(net: nn.Module, input_size: tuple[int, int, int], *, rounds: in
         merged = {**results[-1], **{key: best[key] for key in ROUND_KEYS}}
         merged["latency_repeats"] = sum(r["latency_repeats"] for r in results)
         merged["round_p50s_ms"] = [r["latency_ms_p50"] for r in results]
+        merged.update(p50_interval(merged["round_p50s_ms"]))  # the median of rounds, and how well it is known
         return merged
 
     try:
