@@ -31,6 +31,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -40,25 +41,27 @@ from dsnet.measure import environment
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 
+CLOCK = time.perf_counter  # --timer cpu: time.thread_time, this thread's CPU seconds
 LEVELS = {"L2": 256 * 2**10, "L3": 32 * 2**20, "DRAM": 2**30}  # bytes per array
 BYTES_PER_ELEMENT = {"copy": 8, "triad": 12}  # fp32: copy reads 1 and writes 1, triad reads 2 and writes 1
 FP32_LANES_AVX512 = 16
-CSV_FIELDS = ("machine", "date", "quantity", "threads", "size", "value", "unit", "median_s", "iqr_s")
+CSV_FIELDS = ("machine", "date", "timer", "quantity", "threads", "size", "value", "unit", "median_s", "iqr_s")
 
 # A chain of dependent 64-bit multiplies, 100 per loop trip so the loop's own branch hides behind
 # them. imul r64, r64 has a latency of 3 cycles on every Intel big core since Nehalem (Agner Fog's
 # tables); a chain of `add $1` would not do: Golden Cove's renamer folds immediate adds, several per cycle.
+# Timed in the thread's CPU seconds, so time the core spent on other processes does not count.
 CLOCK_PROBE_C = r"""
 #include <stdio.h>
 #include <time.h>
 int main(void) {
     long x = 3, y = 1, trips = 2000000;
     struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
     for (long i = 0; i < trips; i++) {
         __asm__ volatile(".rept 100\n\timul %1, %0\n\t.endr" : "+r"(x) : "r"(y));
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
     printf("%ld %.9f\n", 100 * trips, (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec));
     return 0;
 }
@@ -94,7 +97,7 @@ def measured_clock_ghz(repeats: int = 5) -> float | None:
 
 
 def timed(stmt: str, globals_: dict, threads: int, min_run_time: float) -> benchmark.Measurement:
-    timer = benchmark.Timer(stmt=stmt, globals=globals_, num_threads=threads)
+    timer = benchmark.Timer(stmt=stmt, globals=globals_, num_threads=threads, timer=CLOCK)
     timer.timeit(2)  # warm-up: first-touch page faults, MKL's buffers, thread pool start
     return timer.blocked_autorange(min_run_time=min_run_time)
 
@@ -126,6 +129,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds timed per number")
     parser.add_argument("--fma-units", type=int, default=2, help="512-bit FMA units per core, for the theoretical peak")
+    parser.add_argument("--timer", choices=["wall", "cpu"], default="wall",
+                        help="cpu: time this thread's CPU seconds, not wall time (one thread only): on a shared "
+                             "machine the time other processes hold the core is left out, their cache traffic is not")
     parser.add_argument("--tag", default=None, help="machine tag of the CSV's name (default: from the CPU model)")
     parser.add_argument("--csv", default=None, help="default: results/roofline/<tag>.csv")
     args = parser.parse_args(argv)
@@ -133,12 +139,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if any(v < 1 for v in getattr(args, name)):
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: every value must be a positive integer")
 
+    if args.timer == "cpu" and args.threads != [1]:
+        parser.error(f"--timer cpu times the calling thread only; it needs --threads 1, not {args.threads}")
+    global CLOCK
+    CLOCK = time.thread_time if args.timer == "cpu" else time.perf_counter
     tag = args.tag or machine_tag()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     flags = cpu_flags()
     clock = measured_clock_ghz()
     per_cycle = (FP32_LANES_AVX512 if "avx512f" in flags else 8) * 2 * args.fma_units
-    print(f"# bench_roofline  {tag}  {date}  load {os.getloadavg()[0]:.2f}")
+    print(f"# bench_roofline  {tag}  {date}  load {os.getloadavg()[0]:.2f}  timer {args.timer}")
     print("# " + "  ".join(f"{k}={v}" for k, v in environment().items() if k != "num_threads"))
     print(f"# flags: {' '.join(sorted(f for f in flags if f.startswith(('avx512f', 'avx2', 'fma', 'amx'))))}")
     print(f"# clock: /proc/cpuinfo {cpuinfo_mhz()} MHz; dependent-multiply chain "
@@ -149,7 +159,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows: list[dict] = []
 
     def add(quantity, threads, size, value, unit, m=None):
-        rows.append(dict(machine=tag, date=date, quantity=quantity, threads=threads, size=size, value=round(value, 3),
+        rows.append(dict(machine=tag, date=date, timer=args.timer, quantity=quantity, threads=threads, size=size, value=round(value, 3),
                          unit=unit, median_s="" if m is None else f"{m.median:.6g}",
                          iqr_s="" if m is None else f"{m.iqr:.3g}"))
         spread = "" if m is None else f"  (median {m.median * 1e3:.3f} ms, IQR {m.iqr / m.median:.1%}, {len(m.times)} blocks)"
