@@ -80,6 +80,13 @@ def read_ceilings(path: str | Path, threads: int, level: str = "DRAM") -> Ceilin
     return Ceilings(max(peaks), max(bandwidths), level)
 
 
+def theoretical_peak(path: str | Path, threads: int) -> float | None:
+    """The ``peak_theoretical (measured clock)`` row of a ceilings file at ``threads``, None without one."""
+    with Path(path).open(newline="") as f:
+        return next((float(r["value"]) for r in csv.DictReader(f) if r.get("quantity") == "peak_theoretical "
+                     "(measured clock)" and int(r["threads"]) == threads), None)
+
+
 @dataclass
 class LayerPoint:
     """One counted layer: its work and traffic (:class:`LayerCost`) and its measured times."""

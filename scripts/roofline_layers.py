@@ -29,7 +29,7 @@ from dsnet import allocator
 from dsnet.measure import environment
 from dsnet.models import create_model
 from dsnet.roofline import (RUNTIMES, by_kind, layer_points, profile_eager, profile_onnxruntime, read_ceilings,
-                            roof_time_ms)
+                            roof_time_ms, theoretical_peak)
 
 KIND_LABEL = {"stem": "stem", "depthwise": "depthwise 3x3", "pointwise": "pointwise 1x1", "full": "full 3x3",
               "grouped": "grouped", "classifier": "classifier"}
@@ -47,7 +47,7 @@ def measure(conv: str, args) -> dict:
     return dict(points=points, forward_ms=forward)
 
 
-def plot(path: Path, tables: dict, ceilings, others) -> None:
+def plot(path: Path, tables: dict, ceilings, others, peak_theory: float | None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -58,7 +58,8 @@ def plot(path: Path, tables: dict, ceilings, others) -> None:
         ridge = roof.ridge
         ax.plot([xs[0], ridge, xs[1]], [roof.bandwidth_gbs * xs[0], roof.peak_gflops, roof.peak_gflops], "k" + style,
                 lw=1.2, label=f"{roof.level}: {roof.bandwidth_gbs:.0f} GB/s, ridge {ridge:.1f} FLOP/B")
-    ax.axhline(ceilings.peak_gflops, color="k", lw=0)
+    if peak_theory:
+        ax.axhline(peak_theory, color="tab:gray", lw=1, ls="-.", label=f"theoretical fp32 peak {peak_theory:.0f} GFLOP/s")
     ax.text(xs[1], ceilings.peak_gflops * 1.08, f"fp32 GEMM {ceilings.peak_gflops:.0f} GFLOP/s", ha="right", fontsize=8)
     colours = {"stem": "tab:gray", "depthwise": "tab:red", "pointwise": "tab:blue", "full": "tab:green",
                "grouped": "tab:purple", "classifier": "tab:orange"}
@@ -73,7 +74,7 @@ def plot(path: Path, tables: dict, ceilings, others) -> None:
     ax.scatter([], [], marker="s", color="k", label="standard (square)")
     ax.scatter([], [], marker="o", color="k", facecolors="none", label="dsconv (circle); hollow: onnxruntime")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte, fp32 traffic model)",
-           ylabel="achieved GFLOP/s", xlim=xs, ylim=(0.05, ceilings.peak_gflops * 2))
+           ylabel="achieved GFLOP/s", xlim=xs, ylim=(0.5, max(peak_theory or 0, ceilings.peak_gflops) * 2))
     ax.grid(True, which="both", alpha=0.2)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -115,16 +116,22 @@ def main(argv: list[str] | None = None) -> dict:
         measured = measure(conv, args)
         for runtime in RUNTIMES:
             tables[conv, runtime] = by_kind(measured["points"], ceilings, runtime)
+            for roof in others:  # the share of each other measured roof: where the data may have come from
+                for kind, row in by_kind(measured["points"], roof, runtime).items():
+                    tables[conv, runtime][kind][f"roof_share_{roof.level}"] = row["roof_share"]
             totals[conv, runtime] = dict(roof_ms=roof_time_ms(measured["points"], ceilings),
                                          forward_ms=measured["forward_ms"][runtime],
                                          layers_ms=sum(p.times_ms[runtime] for p in measured["points"]))
-    print("\n| network | runtime | layer type | MACs | time | GFLOP/s | FLOP/byte | roof bound GFLOP/s | share of roof |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    extra = [f"roof_share_{roof.level}" for roof in others]
+    print("\n| network | runtime | layer type | MACs | time | GFLOP/s | FLOP/byte | roof bound GFLOP/s | share of roof | "
+          + " | ".join(f"share of {roof.level} roof" for roof in others) + " |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(others))
     for (network, runtime), rows in tables.items():
         for kind, r in rows.items():
             print(f"| {network} | {runtime} | {KIND_LABEL[kind]} | {100 * r['macs_share']:.1f} % | "
                   f"{100 * r['time_share']:.1f} % | {r['gflops']:.1f} | {r['intensity']:.2f} | "
-                  f"{r['bound_gflops']:.1f} | {100 * r['roof_share']:.1f} % |")
+                  f"{r['bound_gflops']:.1f} | {100 * r['roof_share']:.1f} % | "
+                  + " | ".join(f"{100 * r[key]:.1f} %" for key in extra) + " |")
     print("\n| network | runtime | roof allows (ms) | layers measured (ms) | forward measured (ms) | measured / roof |")
     print("|---|---|---:|---:|---:|---:|")
     for (network, runtime), t in totals.items():
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out or f"results/roofline/mobilenet_v1-w{args.width:g}-{args.size}px-{args.threads}t")
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.with_suffix(".csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=FIELDS + tuple(extra))
         writer.writeheader()
         for (network, runtime), rows in tables.items():
             for kind, r in rows.items():
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
                   tables={f"{n}/{r}": rows for (n, r), rows in tables.items()},
                   totals={f"{n}/{r}": t for (n, r), t in totals.items()})
     out.with_suffix(".json").write_text(json.dumps(record, indent=2))
-    plot(out.with_suffix(".png"), tables, ceilings, others)
+    plot(out.with_suffix(".png"), tables, ceilings, others, theoretical_peak(args.ceilings, args.threads))
     print(f"# wrote {out}.csv, .json, .png")
     return record
 
