@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
                                          forward_ms=measured["forward_ms"][runtime],
                                          layers_ms=sum(p.times_ms[runtime] for p in measured["points"]))
     extra = [f"roof_share_{roof.level}" for roof in others]
-    print("\n| network | runtime | layer type | MACs | time | GFLOP/s | FLOP/byte | roof bound GFLOP/s | share of roof | "
+    print(f"\n| network | runtime | layer type | MACs | time | GFLOP/s | FLOP/byte | roof bound GFLOP/s | share of {args.level} roof | "
           + " | ".join(f"share of {roof.level} roof" for roof in others) + " |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(others))
     for (network, runtime), rows in tables.items():
