@@ -4,7 +4,8 @@
     python scripts/bench_roofline.py --threads 1 --gemm-sizes 256 --levels L2 --min-run-time 0.05 --csv /tmp/r.csv
 
 Compute ceiling: ``torch.mm`` of two n x n fp32 matrices into a preallocated output (2 n^3 FLOP;
-MKL's AVX-512 kernels on this build; AMX does no fp32). Memory ceilings: ``copy`` (``dst.copy_(src)``,
+MKL's AVX-512 kernels on this build; AMX does no fp32), the best over ``--gemm-sizes`` (n = 512
+fits in L2 and is not the slowest: the peak is a property of the core, not of DRAM). Memory ceilings: ``copy`` (``dst.copy_(src)``,
 8 bytes per element: one read, one write) and STREAM's ``triad`` (``a = b + 3 c`` as
 ``torch.add(b, c, alpha=3, out=a)``, 12 bytes per element), each at a working set sized for a level
 of the memory hierarchy: ``L2`` (arrays of 256 KiB, inside one core's L2), ``L3`` (32 MiB) and
@@ -125,7 +126,7 @@ def machine_tag() -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--gemm-sizes", type=int, nargs="+", default=[2048, 4096], help="n of the n x n GEMMs")
+    parser.add_argument("--gemm-sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096], help="n of the n x n GEMMs")
     parser.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds timed per number")
     parser.add_argument("--fma-units", type=int, default=2, help="512-bit FMA units per core, for the theoretical peak")
