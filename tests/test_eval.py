@@ -3,6 +3,7 @@ and bad checkpoints refused before anything is written."""
 
 import json
 import re
+import time
 import shutil
 import sys
 from pathlib import Path
@@ -110,11 +111,20 @@ def test_results_keys_added_by_eval_are_optional_on_read_and_range_checked(tmp_p
 @pytest.mark.parametrize("override, message", [
     ("latency.precision=fp16", "precision='fp16' is only supported on cuda"),
     ("latency.rounds=0", "latency.rounds=0 must be a positive integer"),
+    ("latency.round_gap_s=-1", "latency.round_gap_s=-1 must be a finite number of seconds >= 0"),
 ])
 def test_bad_latency_setting_is_refused_before_writing(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         evaluate(eval_cfg(tmp_path, override))
     assert not (tmp_path / "results.json").exists()
+
+
+def test_rounds_are_spread_by_the_gap_asked():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())
+    start = time.perf_counter()
+    timing = time_network(net, (1, 8, 8), rounds=3, round_gap_s=0.25, min_run_time=0.01, throughput_batch_size=2,
+                          contention={"retries": 0, "probe_s": 0.01})
+    assert time.perf_counter() - start >= 0.5 and len(timing["round_p50s_ms"]) == 3  # two gaps between three rounds
 
 
 def test_rounds_report_the_best_round():
