@@ -159,7 +159,8 @@ def timing(latency: dict[str, Any]) -> dict[str, Any]:
     """The results keys of a :func:`dsnet.latency.measure_latency` measurement."""
     keys = ("latency_ms_p50", "latency_ms_p90", "latency_ms_iqr", "throughput_img_s", "device",
             "device_name", "precision", "channels_last", "num_threads", "torch", "git_rev", "runtime",
-            "runtime_version", "allocator", "contention_flagged")
+            "runtime_version", "allocator", "contention_flagged", "latency_ms_p50_median", "latency_ms_p50_low",
+            "latency_ms_p50_high", "latency_ms_p50_coverage")
     return dict(
         {key: latency[key] for key in keys},
         batch_size=latency["throughput_batch_size"],  # results.json: batch_size is throughput's
@@ -305,6 +306,8 @@ def print_summary(record: ResultsRecord, latency: dict[str, Any]) -> None:
         (f"latency p50 / p90 (batch {r.latency_batch_size})",
          f"{r.latency_ms_p50:.3f} / {r.latency_ms_p90:.3f} ms (IQR {r.latency_ms_iqr:.3f})"),
         ("latency p50 per round", " ".join(f"{t:.2f}" for t in latency["round_p50s_ms"]) + " ms"),
+        ("p50 median of rounds [CI]", f"{r.latency_ms_p50_median:.2f} [{r.latency_ms_p50_low:.2f}, "
+         f"{r.latency_ms_p50_high:.2f}] ms ({100 * r.latency_ms_p50_coverage:.1f} %)"),
         ("other load while timing", "-" if r.cpu_contention is None
          else f"{100 * r.cpu_contention:.0f} % of {os.cpu_count()} CPUs" + (" (flagged)" * r.contention_flagged)),
         (f"throughput (batch {r.batch_size})", f"{r.throughput_img_s:.1f} img/s"),

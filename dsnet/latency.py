@@ -17,6 +17,7 @@ from torch import nn
 
 from dsnet.contention import ContentionPolicy, guarded
 from dsnet.environment import environment
+from dsnet.intervals import p50_interval
 from dsnet.runtimes import Runtime, create_runtime
 from dsnet.runtimes.base import PRECISIONS
 
@@ -157,7 +158,7 @@ def prepare_runtime(name: str, model: nn.Module, *, device: str = "cpu", precisi
 ROUND_KEYS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_iqr")  # taken from the best round
 
 
-def time_network(net: nn.Module, input_size: tuple[int, int, int], *, rounds: int = 5,
+def time_network(net: nn.Module, input_size: tuple[int, int, int], *, rounds: int = 5, round_gap_s: float = 0.0,
                  contention: ContentionPolicy | dict | None = None, **settings) -> dict:
     """Latency: the best of ``rounds`` :func:`measure_latency` rounds; throughput: the last.
 
@@ -175,17 +176,22 @@ def time_network(net: nn.Module, input_size: tuple[int, int, int], *, rounds: in
 
     Args:
         rounds: number of latency measurements, >= 1.
+        round_gap_s: seconds of sleep between rounds, >= 0: spreads the rounds over the time scale of
+            the machine's slow changes (load, clock), so their interval covers what a rerun sees.
         contention: a :class:`~dsnet.contention.ContentionPolicy` or its fields as a dict
             (default: the policy's defaults).
         **settings: measure_latency's keyword arguments (device, precision, runtime, min_run_time, ...).
 
     Returns:
         The last round's dict (settings, environment, throughput) with :data:`ROUND_KEYS` from the
-        best round, ``latency_repeats`` summed over rounds, ``round_p50s_ms`` (each round's p50)
-        and :func:`dsnet.contention.guarded`'s keys (``cpu_busy_other``, ``contention_flagged``, ...).
+        best round, ``latency_repeats`` summed over rounds, ``round_p50s_ms`` (each round's p50),
+        :func:`dsnet.intervals.p50_interval`'s keys (their median and its interval) and
+        :func:`dsnet.contention.guarded`'s keys (``cpu_busy_other``, ``contention_flagged``, ...).
     """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds={rounds!r} must be a positive integer")
+    if isinstance(round_gap_s, bool) or not isinstance(round_gap_s, (int, float)) or not 0 <= round_gap_s < math.inf:
+        raise ValueError(f"round_gap_s={round_gap_s!r} must be a finite number of seconds >= 0")
     policy = contention if isinstance(contention, ContentionPolicy) else ContentionPolicy(**(contention or {}))
     _check_latency_args(settings.get("device", "cpu"), settings.get("precision", "fp32"),
                         settings.get("batch_size", 1), settings.get("throughput_batch_size", 64),
@@ -198,12 +204,16 @@ def time_network(net: nn.Module, input_size: tuple[int, int, int], *, rounds: in
     latency_only = {**settings, "throughput_batch_size": settings.get("batch_size", 1)}
 
     def all_rounds() -> dict:
-        results = [measure_latency(net, input_size, **latency_only) for _ in range(rounds - 1)]
+        results = []
+        for _ in range(rounds - 1):
+            results.append(measure_latency(net, input_size, **latency_only))
+            time.sleep(round_gap_s)
         results.append(measure_latency(net, input_size, **settings))
         best = min(results, key=lambda r: r["latency_ms_p50"])
         merged = {**results[-1], **{key: best[key] for key in ROUND_KEYS}}
         merged["latency_repeats"] = sum(r["latency_repeats"] for r in results)
         merged["round_p50s_ms"] = [r["latency_ms_p50"] for r in results]
+        merged.update(p50_interval(merged["round_p50s_ms"]))  # the median of rounds, and how well it is known
         return merged
 
     try:

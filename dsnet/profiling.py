@@ -127,6 +127,20 @@ def onnxruntime_layer_type_times(model: nn.Module, input_size: tuple[int, int, i
     session options, full graph optimisation) with profiling on; two untimed runs, then ``passes``.
     ``other`` is the rest of each run: layout conversions and the session's own overhead.
     """
+    runs = onnxruntime_kernel_events(model, input_size, batch_size=batch_size, passes=passes, num_threads=num_threads)
+    times = dict.fromkeys(TIME_TYPES, 0.0)
+    for run, kernels in runs:
+        convs = [k for k in kernels if k["args"].get("op_name") in _ORT_CONV_OPS]
+        for kernel in kernels:
+            times[_ort_kernel_type(kernel, kernel is convs[0])] += kernel["dur"]
+        times["other"] += run["dur"] - sum(k["dur"] for k in kernels)
+    return {kind: t / len(runs) / 1e3 for kind, t in times.items()}  # µs summed over runs -> ms per pass
+
+
+def onnxruntime_kernel_events(model: nn.Module, input_size: tuple[int, int, int], *, batch_size: int = 1,
+                              passes: int = 5, num_threads: int = 1) -> list[tuple[dict, list[dict]]]:
+    """ONNX Runtime's profile of ``passes`` forward passes (after two untimed ones): per pass, its
+    ``model_run`` event and its kernel events in execution order (Chrome-trace dicts, times in µs)."""
     from dsnet.runtimes.onnx_export import INPUT_NAME, export_onnx
     from dsnet.runtimes.ort import session as ort_session  # here: the eager profile needs no ONNX stack
 
@@ -141,11 +155,4 @@ def onnxruntime_layer_type_times(model: nn.Module, input_size: tuple[int, int, i
     runs = sorted((e for e in trace if e.get("name") == "model_run"), key=lambda e: e["ts"])[2:]
     kernels = sorted((e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
                      key=lambda e: e["ts"])
-    times = dict.fromkeys(TIME_TYPES, 0.0)
-    for run in runs:
-        inside = [k for k in kernels if run["ts"] <= k["ts"] <= run["ts"] + run["dur"]]
-        convs = [k for k in inside if k["args"].get("op_name") in _ORT_CONV_OPS]
-        for kernel in inside:
-            times[_ort_kernel_type(kernel, kernel is convs[0])] += kernel["dur"]
-        times["other"] += run["dur"] - sum(k["dur"] for k in inside)
-    return {kind: t / len(runs) / 1e3 for kind, t in times.items()}  # µs summed over runs -> ms per pass
+    return [(run, [k for k in kernels if run["ts"] <= k["ts"] <= run["ts"] + run["dur"]]) for run in runs]

@@ -13,7 +13,9 @@ Units and conventions (they are in the key names where a unit applies):
   ``train_macs``: the same for forward + backward.
 * ``latency_ms_*``: milliseconds per forward pass at batch size ``latency_batch_size`` (1 unless
   set otherwise); ``latency_ms_iqr`` is the interquartile range (p75 - p25), the spread beside the
-  median ``latency_ms_p50``.
+  median ``latency_ms_p50``. ``latency_ms_p50_median`` is the median of the timing rounds' p50s and
+  [``latency_ms_p50_low``, ``latency_ms_p50_high``] its distribution-free interval, holding the
+  true median with probability ``latency_ms_p50_coverage`` (``dsnet.intervals``); None in older files.
 * ``throughput_img_s``: images per second at batch size ``batch_size``.
 * ``cpu_contention``: the fraction in [0, 1] of all CPUs that *other* processes (and VM neighbours,
   as steal time) used while latency was timed; ``None`` when unknown. Above a few percent the
@@ -108,6 +110,11 @@ class ResultsRecord:
     # Added with the converged study: how the checkpoint's hyperparameters were chosen (its training config's
     # ``hparams`` node: the lr, the search's trial count and grid), None for a run without one.
     hparams: dict[str, float | str | None] | None = None
+    # The rounds' median p50 and its interval (dsnet.intervals): optional on read.
+    latency_ms_p50_median: float | None = None
+    latency_ms_p50_low: float | None = None
+    latency_ms_p50_high: float | None = None
+    latency_ms_p50_coverage: float | None = None
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -200,7 +207,8 @@ def _type_name(hint: Any) -> str:
 RESULT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ResultsRecord))
 _OPTIONAL_KEYS = frozenset({  # see the fields: older files lack them
     "latency_batch_size", "cpu_contention", "runtime", "runtime_version", "allocator", "contention_flagged",
-    "activations", "memory_traffic_bytes", "hparams",
+    "activations", "memory_traffic_bytes", "hparams", "latency_ms_p50_median", "latency_ms_p50_low",
+    "latency_ms_p50_high", "latency_ms_p50_coverage",
 })
 _FLOAT_KEYS = frozenset(  # keys whose values are stored as float even when JSON wrote an int
     name for name, hint in typing.get_type_hints(ResultsRecord).items() if float in _args(hint)

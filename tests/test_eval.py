@@ -2,6 +2,8 @@
 and bad checkpoints refused before anything is written."""
 
 import json
+import re
+import time
 import shutil
 import sys
 from pathlib import Path
@@ -82,17 +84,19 @@ def test_results_keys_added_by_eval_are_optional_on_read_and_range_checked(tmp_p
         latency_batch_size=1, cpu_contention=0.02, runtime="onnxruntime", runtime_version="1.32.0",
         allocator="keep_freed", contention_flagged=True, activations=1_000, memory_traffic_bytes=9_000,
         hparams={"lr": 0.4, "lr_trials": 6, "lr_grid": "0.025,0.8", "depthwise_weight_decay": None},
+        latency_ms_p50_median=7.8, latency_ms_p50_low=7.5, latency_ms_p50_high=8.4, latency_ms_p50_coverage=0.9375,
     )
     assert tuple(results) == RESULT_KEYS
     added = ("latency_batch_size", "cpu_contention", "runtime", "runtime_version", "allocator",
-             "contention_flagged", "activations", "memory_traffic_bytes", "hparams")
+             "contention_flagged", "activations", "memory_traffic_bytes", "hparams", "latency_ms_p50_median",
+             "latency_ms_p50_low", "latency_ms_p50_high", "latency_ms_p50_coverage")
     older = {k: v for k, v in results.items() if k not in added}
     (tmp_path / "old.json").write_text(json.dumps(older))
     record = load_results(tmp_path / "old.json")  # a file written before these keys existed
     assert (record.latency_batch_size, record.cpu_contention) == (1, None)
     assert (record.runtime, record.runtime_version, record.allocator, record.contention_flagged) == (
         "eager", None, None, False)
-    assert record.hparams is None
+    assert record.hparams is None and record.latency_ms_p50_low is record.latency_ms_p50_coverage is None
     assert load_results_from(tmp_path, results).runtime == "onnxruntime"
     assert load_results_from(tmp_path, results).hparams["lr_trials"] == 6
     with pytest.raises(TypeError, match="key 'hparams': expected dict"):
@@ -107,11 +111,20 @@ def test_results_keys_added_by_eval_are_optional_on_read_and_range_checked(tmp_p
 @pytest.mark.parametrize("override, message", [
     ("latency.precision=fp16", "precision='fp16' is only supported on cuda"),
     ("latency.rounds=0", "latency.rounds=0 must be a positive integer"),
+    ("latency.round_gap_s=-1", "latency.round_gap_s=-1 must be a finite number of seconds >= 0"),
 ])
 def test_bad_latency_setting_is_refused_before_writing(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         evaluate(eval_cfg(tmp_path, override))
     assert not (tmp_path / "results.json").exists()
+
+
+def test_rounds_are_spread_by_the_gap_asked():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())
+    start = time.perf_counter()
+    timing = time_network(net, (1, 8, 8), rounds=3, round_gap_s=0.25, min_run_time=0.01, throughput_batch_size=2,
+                          contention={"retries": 0, "probe_s": 0.01})
+    assert time.perf_counter() - start >= 0.5 and len(timing["round_p50s_ms"]) == 3  # two gaps between three rounds
 
 
 def test_rounds_report_the_best_round():
@@ -124,6 +137,9 @@ def test_rounds_report_the_best_round():
     assert timing["throughput_batch_size"] == 2 and timing["throughput_img_s"] > 0  # the last round's
     assert timing["cpu_busy_other"] is None or 0.0 <= timing["cpu_busy_other"] <= 1.0
     assert timing["runtime"] == "eager" and timing["contention_retries"] <= 2
+    # The median of the 3 rounds and its order-statistic interval: [min, max] at 75 % coverage.
+    assert (timing["latency_ms_p50_median"], timing["latency_ms_p50_low"], timing["latency_ms_p50_high"],
+            timing["latency_ms_p50_coverage"]) == (sorted(p50s)[1], min(p50s), max(p50s), 0.75)
 
 
 # --- with a checkpoint -----------------------------------------------------------------------------
@@ -248,6 +264,9 @@ def test_cli_cost_only_run_writes_results(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["image_size"] == 16 and results["macs"] > 0 and results["top1"] is None
     assert "params" in proc.output and "latency p50" in proc.output  # the human summary
+    # One round: its p50 is the median, and an interval of no width holds the true one with probability 0.
+    assert re.search(r"p50 median of rounds \[CI\] +│ +([0-9.]+) \[\1, \1\] ms \(0.0 %\)", proc.output)
+    assert results["latency_ms_p50_low"] == results["latency_ms_p50_median"] == results["latency_ms_p50_high"]
     # eval.py sets the allocator for its process (configs/eval.yaml: keep_freed) and records it.
     assert (results["allocator"], results["runtime"]) == ("keep_freed", "eager")
     assert results["runtime_version"] == torch.__version__ and isinstance(results["contention_flagged"], bool)
