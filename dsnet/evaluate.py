@@ -158,7 +158,7 @@ def describe(model_cfg: DictConfig, data_cfg: DictConfig) -> dict[str, Any]:
 def timing(latency: dict[str, Any]) -> dict[str, Any]:
     """The results keys of a :func:`dsnet.latency.measure_latency` measurement."""
     keys = ("latency_ms_p50", "latency_ms_p90", "latency_ms_iqr", "throughput_img_s", "device",
-            "device_name", "precision", "channels_last", "num_threads", "torch", "git_rev", "runtime",
+            "device_name", "precision", "channels_last", "deploy", "num_threads", "torch", "git_rev", "runtime",
             "runtime_version", "allocator", "contention_flagged", "latency_ms_p50_median", "latency_ms_p50_low",
             "latency_ms_p50_high", "latency_ms_p50_coverage")
     return dict(
@@ -313,7 +313,8 @@ def print_summary(record: ResultsRecord, latency: dict[str, Any]) -> None:
         (f"throughput (batch {r.batch_size})", f"{r.throughput_img_s:.1f} img/s"),
         ("runtime", f"{r.runtime} {r.runtime_version}, allocator {r.allocator}"),
         ("device", f"{r.device_name}, threads={r.num_threads}, {r.precision}"
-         + (", channels_last" if r.channels_last else "")),
+         + (", channels_last" if r.channels_last else "")
+         + (", deploy form (batch norm folded)" if r.deploy else ", training graph")),
         ("results", f"{r.run_dir}/results.json"),
     ]
     for row in rows:

@@ -18,6 +18,7 @@ from torch import nn
 from dsnet.contention import ContentionPolicy, guarded
 from dsnet.environment import environment
 from dsnet.intervals import p50_interval
+from dsnet.models.deploy import deploy_form
 from dsnet.runtimes import Runtime, create_runtime
 from dsnet.runtimes.base import PRECISIONS
 
@@ -93,6 +94,7 @@ def measure_latency(
     batch_size: int = 1,
     throughput_batch_size: int = 64,
     min_run_time: float = 1.0,
+    deploy: bool = True,
 ) -> dict:
     """Inference latency at ``batch_size`` and throughput at ``throughput_batch_size``.
 
@@ -105,6 +107,9 @@ def measure_latency(
         runtime: one of :data:`dsnet.runtimes.RUNTIMES`, or a :class:`dsnet.runtimes.Runtime` already
             built around ``model`` (so that repeated calls export or compile once). Its output is
             checked against eager PyTorch on each timing input before that input is timed.
+        deploy: time the network's deploy form (:func:`dsnet.models.deploy.deploy_form`: batch norm
+            folded, re-parameterised branches fused), as inference would run it; False times the
+            training graph. Ignored when ``runtime`` is already built.
 
     Returns:
         ``latency_ms_p50``, ``latency_ms_p90``, ``latency_ms_iqr``, ``throughput_img_s``, ``runtime``,
@@ -120,7 +125,7 @@ def measure_latency(
     try:
         if not isinstance(runtime, Runtime):
             runtime = prepare_runtime(runtime, model, device=device, precision=precision,
-                                      channels_last=channels_last, num_threads=num_threads)
+                                      channels_last=channels_last, num_threads=num_threads, deploy=deploy)
         latency = _time_forward(runtime.forward_for(torch.randn(batch_size, *input_size, device=device)),
                                 num_threads, min_run_time, MIN_BLOCKS)
         throughput = _time_forward(runtime.forward_for(torch.randn(throughput_batch_size, *input_size, device=device)),
@@ -140,6 +145,7 @@ def measure_latency(
         "input_size": list(input_size),
         "precision": precision,
         "channels_last": channels_last,
+        "deploy": runtime.deploy,
         "runtime": runtime.name,
         "runtime_version": runtime.version(),
         **env,
@@ -147,12 +153,22 @@ def measure_latency(
 
 
 def prepare_runtime(name: str, model: nn.Module, *, device: str = "cpu", precision: str = "fp32",
-                    channels_last: bool = False, num_threads: int | None = None) -> Runtime:
-    """``model`` on ``device`` in ``eval()`` (channels-last if asked), wrapped in runtime ``name``."""
+                    channels_last: bool = False, num_threads: int | None = None, deploy: bool = True) -> Runtime:
+    """``model`` on ``device`` in ``eval()`` (channels-last if asked), wrapped in runtime ``name``.
+
+    ``deploy``: wrap a copy in its deploy form instead (:func:`dsnet.models.deploy.deploy_form`), for
+    every runtime alike: eager and torch.compile do not fold batch norm, and no runtime fuses
+    re-parameterised branches; ONNX Runtime and OpenVINO fold batch norm themselves, so the deploy form
+    changes little there.
+    """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if deploy:
+        model = deploy_form(model, memory_format=memory_format)
     model = model.to(device, memory_format=memory_format).eval()
-    return create_runtime(name, model, device=device, precision=precision, channels_last=channels_last,
-                          num_threads=num_threads or torch.get_num_threads())
+    runtime = create_runtime(name, model, device=device, precision=precision, channels_last=channels_last,
+                             num_threads=num_threads or torch.get_num_threads())
+    runtime.deploy = deploy
+    return runtime
 
 
 ROUND_KEYS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_iqr")  # taken from the best round
@@ -196,7 +212,7 @@ def time_network(net: nn.Module, input_size: tuple[int, int, int], *, rounds: in
     _check_latency_args(settings.get("device", "cpu"), settings.get("precision", "fp32"),
                         settings.get("batch_size", 1), settings.get("throughput_batch_size", 64),
                         settings.get("num_threads"), settings.get("min_run_time", 1.0))
-    build = {k: settings[k] for k in ("device", "precision", "channels_last", "num_threads") if k in settings}
+    build = {k: settings[k] for k in ("device", "precision", "channels_last", "num_threads", "deploy") if k in settings}
     was_training = net.training
     settings["runtime"] = prepare_runtime(settings.get("runtime", "eager"), net, **build)
     # measure_latency always times two batch sizes: giving it the latency batch size (default 1)

@@ -115,6 +115,8 @@ class ResultsRecord:
     latency_ms_p50_low: float | None = None
     latency_ms_p50_high: float | None = None
     latency_ms_p50_coverage: float | None = None
+    # Whether latency timed the deploy form (batch norm folded, branches fused): optional on read.
+    deploy: bool | None = None
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -208,7 +210,7 @@ RESULT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ResultsR
 _OPTIONAL_KEYS = frozenset({  # see the fields: older files lack them
     "latency_batch_size", "cpu_contention", "runtime", "runtime_version", "allocator", "contention_flagged",
     "activations", "memory_traffic_bytes", "hparams", "latency_ms_p50_median", "latency_ms_p50_low",
-    "latency_ms_p50_high", "latency_ms_p50_coverage",
+    "latency_ms_p50_high", "latency_ms_p50_coverage", "deploy",
 })
 _FLOAT_KEYS = frozenset(  # keys whose values are stored as float even when JSON wrote an int
     name for name, hint in typing.get_type_hints(ResultsRecord).items() if float in _args(hint)

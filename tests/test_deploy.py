@@ -189,3 +189,21 @@ def test_folding_needs_eval_mode_and_a_known_memory_format():
                                          r"torch.contiguous_format, torch.channels_last$"):
         deploy_form(SharedConvOutput(), memory_format=torch.preserve_format)
 
+
+
+@pytest.mark.parametrize("runtime", ["eager", "onnxruntime"])
+def test_latency_times_the_deploy_form_unless_told_to_time_the_training_graph(runtime):
+    from dsnet.latency import prepare_runtime
+
+    net = create_model("mobilenet_v1", conv="repdsconv", width=0.25, num_classes=10, small_input=True).eval()
+    x = torch.randn(2, 3, 16, 16)
+    deployed = prepare_runtime(runtime, net, num_threads=1)
+    training = prepare_runtime(runtime, net, num_threads=1, deploy=False)
+    norms = [sum(isinstance(m, nn.BatchNorm2d) for m in r.model.modules()) for r in (deployed, training)]
+    assert (deployed.deploy, training.deploy) == (True, False)
+    assert norms[0] == 0 and norms[1] == sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) > 0
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules()), "the caller's network is left as it was"
+    with torch.inference_mode():
+        expected = net(x)
+        for r in (deployed, training):  # each runtime's own output, checked against eager of its model
+            assert torch.allclose(r.forward_for(x)(), expected, atol=1e-4, rtol=1e-4)

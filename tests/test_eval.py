@@ -85,11 +85,12 @@ def test_results_keys_added_by_eval_are_optional_on_read_and_range_checked(tmp_p
         allocator="keep_freed", contention_flagged=True, activations=1_000, memory_traffic_bytes=9_000,
         hparams={"lr": 0.4, "lr_trials": 6, "lr_grid": "0.025,0.8", "depthwise_weight_decay": None},
         latency_ms_p50_median=7.8, latency_ms_p50_low=7.5, latency_ms_p50_high=8.4, latency_ms_p50_coverage=0.9375,
+        deploy=True,
     )
     assert tuple(results) == RESULT_KEYS
     added = ("latency_batch_size", "cpu_contention", "runtime", "runtime_version", "allocator",
              "contention_flagged", "activations", "memory_traffic_bytes", "hparams", "latency_ms_p50_median",
-             "latency_ms_p50_low", "latency_ms_p50_high", "latency_ms_p50_coverage")
+             "latency_ms_p50_low", "latency_ms_p50_high", "latency_ms_p50_coverage", "deploy")
     older = {k: v for k, v in results.items() if k not in added}
     (tmp_path / "old.json").write_text(json.dumps(older))
     record = load_results(tmp_path / "old.json")  # a file written before these keys existed
@@ -97,6 +98,7 @@ def test_results_keys_added_by_eval_are_optional_on_read_and_range_checked(tmp_p
     assert (record.runtime, record.runtime_version, record.allocator, record.contention_flagged) == (
         "eager", None, None, False)
     assert record.hparams is None and record.latency_ms_p50_low is record.latency_ms_p50_coverage is None
+    assert record.deploy is None  # older files do not say which form was timed
     assert load_results_from(tmp_path, results).runtime == "onnxruntime"
     assert load_results_from(tmp_path, results).hparams["lr_trials"] == 6
     with pytest.raises(TypeError, match="key 'hparams': expected dict"):
@@ -270,6 +272,8 @@ def test_cli_cost_only_run_writes_results(tmp_path):
     # eval.py sets the allocator for its process (configs/eval.yaml: keep_freed) and records it.
     assert (results["allocator"], results["runtime"]) == ("keep_freed", "eager")
     assert results["runtime_version"] == torch.__version__ and isinstance(results["contention_flagged"], bool)
+    # The deploy form is timed by default (configs/eval.yaml: latency.deploy), and the table says so.
+    assert results["deploy"] is True and "deploy form (batch norm folded)" in proc.output
 
 
 def test_cli_bad_checkpoint_exits_nonzero_with_one_line(tmp_path):

@@ -42,6 +42,7 @@ class Runtime:
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     precisions: ClassVar[tuple[str, ...]] = tuple(PRECISIONS)
     takes_channels_last: ClassVar[bool] = True  # False: the runtime chooses its own layouts
+    deploy: bool = False  # whether ``model`` is a deploy form (dsnet.latency.prepare_runtime sets it)
 
     def __init__(self, model: nn.Module, *, device: str = "cpu", precision: str = "fp32",
                  channels_last: bool = False, num_threads: int = 1):
