@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Every latency table of docs/results/latency/ in one go, about 90 minutes on 2 CPU cores.
-#   bash scripts/latency_tables.sh [OUT_DIR]            # default docs/results/latency
+# Every CPU latency table of docs/studies/latency.md in one go, about 90 minutes on 2 CPU cores.
+#   bash scripts/latency_tables.sh [OUT_DIR]            # default outputs/latency
+# OUT_DIR gets each benchmark's JSON record and printed table, the eval sweep's run directories and
+# its report. The JSON records are the study's data: results/latency/ keeps them under these names.
 # Run it on a quiet machine: nothing else may train or test meanwhile (pause training with
 # kill -STOP). Each script measures other processes' CPU share, waits for a quiet moment and flags
 # what it timed under contention, but a flagged table is a table to take again, not to quote.
 set -euo pipefail
-out=${1:-docs/results/latency}
+out=${1:-outputs/latency}
 mkdir -p "$out"
 step() { echo "[latency_tables $(date -u +%H:%M:%S)] $* (load $(cut -d' ' -f1 /proc/loadavg))" >&2; }
 

@@ -50,7 +50,7 @@ EQUAL_COST_COLUMNS = ("metric", "dataset", "arch", "image_size", "epochs", "a_co
                       "diff_mean", "diff_ci95", "n_pairs", "tolerance", "source")
 DEFAULT_TOLERANCE = 0.05
 # Measured latency wobbles from process to process: on an idle 2-core EPYC the median batch-1 p50
-# of one network timed in two processes differed by 6-10% (docs/results/converged/latency), so a
+# of one network timed in two processes differed by 6-10% (docs/studies/latency.md), so a
 # 5% match would be decided by the noise; 10% is that noise, not less. Counted costs are exact and
 # keep DEFAULT_TOLERANCE.
 DEFAULT_LATENCY_TOLERANCE = 0.10
