@@ -61,10 +61,11 @@ def main() -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5, help="rounds per form (default 5)")
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timed calls per round")
+    parser.add_argument("--retries", type=int, default=2, help="timings after a contended one (0: flag only)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
 
-    policy = ContentionPolicy()
+    policy = ContentionPolicy(retries=args.retries)
     print(json.dumps(environment("cpu", max(args.threads)), default=str))
     print(f"{'network':<22} {'runtime':<12} {'thr':>3} {'training ms':>12} {'deploy ms':>10} "
           f"{'speed-up [range]':>22} {'flagged':>8}")

@@ -65,3 +65,16 @@ def test_bench_train_prints_ratio_and_overhead_per_step(tmp_path):
     walls = raw["epoch_wall_s"]
     assert raw["ratio"]["wall"] == pytest.approx([walls["dsnet"][0] / walls["plain"][0]])
     assert not list(tmp_path.glob("outputs")), "the dsnet runs must write into temporary directories"
+
+
+def test_bench_deploy_prints_each_forms_p50_and_their_ratio(tmp_path):
+    rows_file = tmp_path / "rows.json"
+    out = run_script("bench_deploy.py", "--networks", "mobilenet_v1 dsconv", "--runtimes", "eager",
+                     "--threads", "1", "--rounds", "3", "--min-run-time", "0.02", "--retries", "0",
+                     "--json", str(rows_file), cwd=tmp_path)
+    assert json.loads(out.splitlines()[0])["torch"]  # the environment comes first
+    [row] = json.loads(rows_file.read_text())
+    assert (row["network"], row["runtime"], row["threads"], row["rounds"]) == ("mobilenet_v1 dsconv", "eager", 1, 6)
+    assert row["speedup_min"] <= row["speedup"] <= row["speedup_max"]
+    line = next(line for line in out.splitlines() if line.startswith("mobilenet_v1 dsconv"))
+    assert f"{row['training_ms']:.2f}" in line and f"{row['deploy_ms']:.2f}" in line and f"{row['speedup']:.2f}x" in line
