@@ -237,7 +237,7 @@ def layer_shares(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out, seen = [], set()
     for row in rows:
         breakdown = row["macs_breakdown"]
-        ident = tuple(row[k] for k in MODEL_KEYS)
+        ident = (*(row[k] for k in MODEL_KEYS), row.get(MIX_KEY))
         if not breakdown or ident in seen:
             continue  # nothing counted: a row of zeros would read as a model of uncounted layers
         seen.add(ident)
