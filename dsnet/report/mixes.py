@@ -47,7 +47,7 @@ def latency_rows(rows: Sequence[dict[str, Any]], latency: Sequence[dict[str, Any
         if lat["mix"] in configs:
             out.setdefault(axis_name(lat["runtime"], lat["image_size"]), []).append({
                 **configs[lat["mix"]], "latency_ms_p50": lat["latency_ms_p50"], "runtime": lat["runtime"],
-                "device_name": f"{lat['device_name']}, {lat['image_size']} px input",
+                "device_name": f"{lat['image_size']} px",
                 "n_contended": lat["flagged_rounds"]})
     return out
 
