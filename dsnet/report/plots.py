@@ -178,7 +178,9 @@ def _figure(rows: Sequence[dict[str, Any]], axes: Sequence[tuple[str, str, str]]
     """One row of panels per dataset and protocol, one column per cost axis, a shared legend on top."""
     protocols = sorted({protocol(r) for r in rows}, key=lambda p: tuple(str(v) for v in p))
     styles = series_styles(rows)
-    fig = Figure(figsize=(5.4 * len(axes), 4.3 * len(protocols) + 0.6), layout="constrained")
+    # At least as wide as the one-row legend above the panels (about 1.3 in per entry, the front's included).
+    width = max(5.4 * len(axes), 1.3 * (len(styles) + 1))
+    fig = Figure(figsize=(width, 4.3 * len(protocols) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)  # Agg explicitly: no display, no pyplot global state
     grid = fig.subplots(len(protocols), len(axes), squeeze=False)
     for i, key in enumerate(protocols):
@@ -223,5 +225,5 @@ def plot_cost_axis(rows: Sequence[dict[str, Any]], out_dir: Path, x_key: str, st
         return []
     fig = _figure(rows, [axis])
     for ax in fig.axes:
-        ax.title.set_fontsize(8.5)  # one panel's width: the runtime and contention note must fit
+        ax.title.set_fontsize(8.5)  # one panel's width: the runtime and the contention note must fit
     return save_figure(fig, out_dir, stem)
