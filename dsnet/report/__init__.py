@@ -76,6 +76,7 @@ from dsnet.report.tables import (
     layer_shares,
     one_per_config,
     summarise,
+    summary_columns,
     theory_vs_measurement,
     write_csv,
     write_csvs,
@@ -186,7 +187,7 @@ def write_report(runs: Sequence[Run], missing: Sequence[tuple[Path, str]], out: 
                 "layer_shares.md": shares_section(shares),
                 "cost_predictors.md": predictors_section(predictors)}
     share_columns = list(dict.fromkeys(k for s in shares for k in s)) or list(SHARE_ID_KEYS)
-    tables = {"results.csv": (rows, [*SUMMARY_COLUMNS, *hparams]),
+    tables = {"results.csv": (rows, [*summary_columns(rows), *hparams]),
               "theory_vs_measurement.csv": (theory, THEORY_COLUMNS),
               "comparisons.csv": (compared, COMPARISON_COLUMNS),
               "convergence.csv": (converged, CONVERGENCE_COLUMNS),

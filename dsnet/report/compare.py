@@ -31,6 +31,7 @@ from typing import Any
 from dsnet.report.stats import paired_difference
 from dsnet.report.tables import (
     ENV_KEYS,
+    MIX_KEY,
     TUNED_KEYS,
     conv_label,
     conv_rank,
@@ -76,16 +77,16 @@ def _diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def _order(factor: str, row: dict[str, Any]) -> tuple:
     """The baseline comes first: standard conv, fewer epochs, the optimizer's decay."""
-    if factor == "conv":
-        return (conv_rank(row["conv"]), row["groups"] or 0)
+    if factor == "conv":  # a conv mix ranks by its name: the pure "standard" mix first
+        return (conv_rank(row.get(MIX_KEY) or row["conv"]), row["groups"] or 0)
     return (row[factor] is not None, row[factor] or 0)
 
 
 def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every pair of configurations with top-1 that differ in exactly one factor of :data:`FACTORS`.
 
-    For the conv factor the baseline is the standard convolution (pairs without one are left
-    out); the other factors compare every two values, the smaller first.
+    For the conv factor the baseline is the standard convolution, or the all-standard conv mix
+    between mixes (pairs without one are left out); the other factors compare every two values, the smaller first.
     """
     configs = [r for r in one_per_config(rows) if r["top1_mean"] is not None]
     out = []
@@ -96,7 +97,7 @@ def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 if any(a[k] != b[k] for k in fixed) or _side(a, factor) == _side(b, factor):
                     continue
                 a_, b_ = sorted((a, b), key=lambda r: _order(factor, r))
-                if factor == "conv" and a_["conv"] != "standard":
+                if factor == "conv" and (a_.get(MIX_KEY) or a_["conv"]) != "standard":
                     continue
                 label = "" if factor == "conv" else f"{conv_label(a_)}: "
                 out.append({"factor": factor,

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
 
-from dsnet.report.tables import conv_label, conv_rank, one_per_config
+from dsnet.report.tables import MIX_KEY, conv_label, conv_rank, one_per_config
 
 # What makes two runs' accuracies comparable beyond the network (the lr is tuned per conv type, so
 # it may differ within a protocol).
@@ -31,6 +31,8 @@ COST_AXES = (("params", "parameters", "top1_vs_params"),
              ("latency_ms_p50", "latency p50 in ms", "top1_vs_latency"))
 _CONV_STYLE = {"standard": ("tab:blue", "s"), "dsconv": ("tab:orange", "o")}
 _GROUP_COLOURS = ("tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+_MIX_STYLES = (("tab:green", "^"), ("tab:purple", "v"), ("tab:brown", "D"), ("tab:pink", "P"),
+               ("tab:olive", "X"), ("tab:cyan", "h"))
 _FRONT_LABEL = "Pareto front"
 
 
@@ -60,11 +62,15 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def series_styles(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[str, str]]:
-    """Colour and marker per conv label; each group count gets its own colour."""
+    """Colour and marker per conv label; each group count gets its own colour, and each conv mix
+    its own colour and marker (the pure ``dsconv`` and ``standard`` mixes those of their conv)."""
     styles = {}
-    for row in sorted(rows, key=lambda r: (conv_rank(r["conv"]), r["groups"] or 0)):
+    for row in sorted(rows, key=lambda r: (conv_rank(r["conv"]), r["groups"] or 0, r.get(MIX_KEY) or "")):
         label = conv_label(row)
-        if label not in styles:
+        if label not in styles and row.get(MIX_KEY) is not None:
+            n_mix = sum(1 for s in styles if s not in _CONV_STYLE)
+            styles[label] = _CONV_STYLE.get(label) or _MIX_STYLES[n_mix % len(_MIX_STYLES)]
+        elif label not in styles:
             n_group = sum(1 for s in styles if s.startswith("group"))
             styles[label] = _CONV_STYLE.get(row["conv"]) or (
                 (_GROUP_COLOURS[n_group % len(_GROUP_COLOURS)], "^") if row["conv"] == "group"
@@ -73,8 +79,12 @@ def series_styles(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[str, str]]:
 
 
 def _point_label(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
-    """Width always; resolution and arch only where the panel mixes several."""
-    parts = [f"{row['width']:g}x"]
+    """Width always (a conv mix's name instead where the panel's widths are one); resolution and
+    arch only where the panel mixes several."""
+    one_width = len({r["width"] for r in rows}) == 1
+    parts = [str(row[MIX_KEY])] if row.get(MIX_KEY) is not None else []
+    if not (parts and one_width):
+        parts.append(f"{row['width']:g}x")
     if len({r["image_size"] for r in rows}) > 1:
         parts.append(f"{row['image_size']}px")
     if len({r["arch"] for r in rows}) > 1:
@@ -168,7 +178,9 @@ def _figure(rows: Sequence[dict[str, Any]], axes: Sequence[tuple[str, str, str]]
     """One row of panels per dataset and protocol, one column per cost axis, a shared legend on top."""
     protocols = sorted({protocol(r) for r in rows}, key=lambda p: tuple(str(v) for v in p))
     styles = series_styles(rows)
-    fig = Figure(figsize=(5.4 * len(axes), 4.3 * len(protocols) + 0.6), layout="constrained")
+    # At least as wide as the one-row legend above the panels (about 1.3 in per entry, the front's included).
+    width = max(5.4 * len(axes), 1.3 * (len(styles) + 1))
+    fig = Figure(figsize=(width, 4.3 * len(protocols) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)  # Agg explicitly: no display, no pyplot global state
     grid = fig.subplots(len(protocols), len(axes), squeeze=False)
     for i, key in enumerate(protocols):
@@ -202,3 +214,16 @@ def plot_tradeoffs(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[str]:
     for stem, panel_axes in [*((a[2], [a]) for a in axes), ("tradeoff", axes)]:
         names += save_figure(_figure(rows, panel_axes), out_dir, stem)
     return names
+
+
+def plot_cost_axis(rows: Sequence[dict[str, Any]], out_dir: Path, x_key: str, stem: str) -> list[str]:
+    """Writes top-1 against the one cost ``x_key`` of :data:`COST_AXES` as ``<stem>.png`` and ``.svg``
+    (a latency measured apart from the runs' evals, one runtime a figure); returns the file names."""
+    axis = next(a for a in COST_AXES if a[0] == x_key)
+    rows = [r for r in rows if r["top1_mean"] is not None]
+    if not rows:
+        return []
+    fig = _figure(rows, [axis])
+    for ax in fig.axes:
+        ax.title.set_fontsize(8.5)  # one panel's width: the runtime and the contention note must fit
+    return save_figure(fig, out_dir, stem)

@@ -2,7 +2,8 @@
 
 A study folder holds ``runs.csv`` and ``curves.csv`` (:mod:`dsnet.report.tidy`) and, where the
 study matched a width by measured latency, ``latency_match*.json`` records (the equal-cost table
-pairs those two widths at the latencies the record timed in one process). A stage of a study whose
+pairs those two widths at the latencies the record timed in one process) and, for a study of conv
+mixes, ``latency.csv``, each mix's latency per runtime (:mod:`dsnet.report.mixes`). A stage of a study whose
 runs all lack test top-1 but have validation accuracy is a search (its trials ran with
 ``test=false``): it is reported on its own, in ``<study>/<stage>/``, and left out of the study's
 tables. Each report's index of every table is ``tables.md``.
@@ -16,7 +17,9 @@ from pathlib import Path
 
 from dsnet.report import ReportSummary, write_report
 from dsnet.report.discover import ReportInputError, Run
-from dsnet.report.tidy import read_study
+from dsnet.report.mixes import LATENCY_FILE, write_mix_report
+from dsnet.report.tables import summarise
+from dsnet.report.tidy import read_study, read_table
 
 INDEX = "tables.md"
 # What a published study keeps of a report: the tables and the PNG figures. The SVG twins and the
@@ -55,6 +58,9 @@ def report_study(study_dir: str | os.PathLike, out: str | os.PathLike) -> list[R
     searches = search_stages(runs)
     main = [r for r in runs if stage_of(r) not in searches]
     summaries = [write_report(main or runs, [], out, latency_matches=matches, index=INDEX)]
+    if (study_dir / LATENCY_FILE).is_file():
+        files = write_mix_report(summarise(main or runs), read_table(study_dir / LATENCY_FILE), out)
+        summaries[0] = dataclasses.replace(summaries[0], files=[*summaries[0].files, *files])
     for stage in searches if main else ():
         summaries.append(write_report([r for r in runs if stage_of(r) == stage], [], out / stage, index=INDEX))
     return [_prune(s) for s in summaries]

@@ -8,6 +8,10 @@ where it was measured (:data:`ENV_KEYS`): a configuration evaluated in two runti
 devices gives two rows with the same accuracy, one not evaluated at all one row without timing.
 Counted costs are taken from the first run; timings are medians over the evaluated runs. Values
 stay in the units of the result files (accuracy as a fraction); Markdown formats them.
+
+A run with a conv mix (:data:`MIX_KEY`: one conv type per stage, ``experiment=conv_mix``) is
+configured by its mix, not by its ``conv``, which such a network does not use: the mix joins the
+configuration's keys and names its series (:func:`conv_label`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ TRAIN_KEYS = ("train_size", "epochs", "lr", "weight_decay", "depthwise_weight_de
 ENV_KEYS = ("runtime", "device", "device_name", "precision", "channels_last", "num_threads",
             "batch_size")  # where latency was measured; None when it was not
 CONFIG_KEYS = (*MODEL_KEYS, *TRAIN_KEYS, *ENV_KEYS)
+MIX_KEY = "mix"  # the conv mix of a network with one conv type per stage; absent (None) otherwise
 COST_KEYS = ("params", "macs", "train_macs", "activations", "memory_traffic_bytes")  # counted, so equal across seeds
 TIMING_KEYS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_iqr", "throughput_img_s")
 SUMMARY_COLUMNS = (*CONFIG_KEYS, "n", "top1_mean", "top1_ci95", "top1_std", "top5_mean",
@@ -69,8 +74,24 @@ def conv_rank(conv: str) -> int:
 
 
 def conv_label(row: dict[str, Any]) -> str:
-    """``standard``, ``dsconv`` or ``group (g=4)``."""
+    """``standard``, ``dsconv`` or ``group (g=4)``; a conv mix's name where the row has one."""
+    if row.get(MIX_KEY) is not None:
+        return str(row[MIX_KEY])
     return f"{row['conv']} (g={row['groups']})" if row["conv"] == "group" else row["conv"]
+
+
+def config_key(values: dict[str, Any]) -> tuple:
+    """What a run or row shares with the others of its configuration: the model and training keys,
+    and its conv mix."""
+    return (*(values.get(k) for k in (*MODEL_KEYS, *TRAIN_KEYS)), values.get(MIX_KEY))
+
+
+def summary_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """:data:`SUMMARY_COLUMNS`, with :data:`MIX_KEY` after ``conv`` when a row has a mix."""
+    columns = list(SUMMARY_COLUMNS)
+    if any(r.get(MIX_KEY) is not None for r in rows):
+        columns.insert(columns.index("conv") + 1, MIX_KEY)
+    return columns
 
 
 def ratio(num: float | None, den: float | None) -> float | None:
@@ -80,7 +101,7 @@ def ratio(num: float | None, den: float | None) -> float | None:
 
 def _sort_key(row: dict[str, Any]) -> tuple:
     return (row["dataset"], row["arch"], row["image_size"], row["width"], conv_rank(row["conv"]),
-            row["conv"], row["groups"] or 0, *(str(row[k]) for k in (*TRAIN_KEYS, *ENV_KEYS)))
+            row["conv"], row["groups"] or 0, row.get(MIX_KEY) or "", *(str(row[k]) for k in (*TRAIN_KEYS, *ENV_KEYS)))
 
 
 def accuracy_by_seed(runs: Sequence[Run], key: str = "top1") -> dict[Any, float]:
@@ -120,7 +141,7 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
     timed_ids = {id(r) for r in (timed if timed is not None else runs)}
     configs: dict[tuple, list[Run]] = {}
     for run in runs:
-        configs.setdefault(tuple(run.values.get(k) for k in (*MODEL_KEYS, *TRAIN_KEYS)), []).append(run)
+        configs.setdefault(config_key(run.values), []).append(run)
     rows = []
     for key, members in configs.items():
         by_seed = accuracy_by_seed(members)
@@ -131,7 +152,7 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
         for env, env_runs in (envs or {(None,) * len(ENV_KEYS): []}).items():
             in_time = [r for r in env_runs if id(r) in timed_ids]
             breakdown = next((r.record.macs_breakdown for r in env_runs), {})
-            row = dict(zip((*MODEL_KEYS, *TRAIN_KEYS), key)) | dict(zip(ENV_KEYS, env))
+            row = dict(zip((*MODEL_KEYS, *TRAIN_KEYS, MIX_KEY), key)) | dict(zip(ENV_KEYS, env))
             row.update(
                 n=top1["n"], n_runs=len({r.identity for r in members}), top1_mean=top1["mean"],
                 top1_ci95=top1["ci95"], top1_std=top1["std"],
@@ -164,7 +185,7 @@ def one_per_config(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The first row of each configuration (its other rows are other measurement environments)."""
     seen, out = set(), []
     for row in rows:
-        key = tuple(row[k] for k in (*MODEL_KEYS, *TRAIN_KEYS))
+        key = config_key(row)
         if key not in seen:
             seen.add(key)
             out.append(row)
@@ -216,7 +237,7 @@ def layer_shares(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out, seen = [], set()
     for row in rows:
         breakdown = row["macs_breakdown"]
-        ident = tuple(row[k] for k in MODEL_KEYS)
+        ident = (*(row[k] for k in MODEL_KEYS), row.get(MIX_KEY))
         if not breakdown or ident in seen:
             continue  # nothing counted: a row of zeros would read as a model of uncounted layers
         seen.add(ident)

@@ -13,6 +13,7 @@ train run's ``epochs``, ``lr``, ``val_acc_best``, ``hparams/*``, ...), plus:
 * ``top1_source``: ``results.json`` or ``metrics.json``, where top-1 came from;
 * ``macs_breakdown.<layer type>.<params|macs>``: the eval's counted cost per layer type;
 * ``train_device``, ``train_precision``, ``train_channels_last``: how the network was trained;
+* ``mix``: the conv mix (``conv_mix.mix``) of a network with one conv type per stage, where it has one;
 * ``wall_s`` and ``cpu_s``: wall and CPU seconds of the training processes, where a study recorded
   them (``time_per_epoch_s`` is Lightning's own, for every run).
 
@@ -40,7 +41,7 @@ BREAKDOWN = "macs_breakdown"
 # a float, so 0 and 0.0 come back as written), and the booleans of ResultsRecord.
 _TYPES: dict[str, type] = {
     "run": str, "eval": str, "top1_source": str, "train_device": str, "train_precision": str,
-    "train_channels_last": bool, "stage": str,
+    "train_channels_last": bool, "stage": str, "mix": str,
 }
 for _name, _hint in typing.get_type_hints(ResultsRecord).items():
     _kinds = [t for t in (bool, str) if t in (typing.get_args(_hint) or (_hint,))]

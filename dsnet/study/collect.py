@@ -29,15 +29,18 @@ def _key(path: Path, root: Path) -> str:
 
 
 def _train_extra(train_dir: Path | None) -> dict[str, Any]:
-    """How a run trained (device, precision, memory layout), from its resolved config."""
+    """How a run trained (device, precision, memory layout), from its resolved config; and its conv
+    mix (``mix``: ``conv_mix.mix`` of experiment=conv_mix) where it has one, as a network with
+    ``model.stage_conv`` set does not use its ``model.conv``."""
     config_path = train_dir / "config.yaml" if train_dir is not None else None
     if config_path is None or not config_path.is_file():
         return {}
     config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     trainer, module = config.get("trainer") or {}, config.get("module") or {}
     precision = trainer.get("precision")
+    mix = (config.get("conv_mix") or {}).get("mix")
     return {"train_device": trainer.get("accelerator"), "train_precision": None if precision is None else str(precision),
-            "train_channels_last": module.get("channels_last")}
+            "train_channels_last": module.get("channels_last"), **({"mix": str(mix)} if mix is not None else {})}
 
 
 def read_curves(train_dir: Path) -> dict[int, dict[str, float]]:
