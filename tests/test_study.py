@@ -271,7 +271,7 @@ def test_an_unknown_study_or_stage_is_one_line_and_exit_1(tmp_path, capsys):
     assert study_main(["run", "fashion_mnist", "--runs-dir", str(tmp_path), "--stage", "table5"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("python -m dsnet.study: error: no study 'nope' (a file ")
-    assert err[0].endswith("studies: conv_mix, fashion_mnist, fashion_mnist_device_check")
+    assert err[0].endswith("studies: cifar10, conv_mix, fashion_mnist, fashion_mnist_device_check")
     assert err[1] == ("python -m dsnet.study: error: study 'fashion_mnist' has no stage 'table5'; its stages: "
                       "lr_search, table4_w0.25, dw_decay_w0.25, equal_cost, long_w0.25, long60_w0.25, "
                       "table4_w0.5, equal_cost_e30, table6, table4_w1")
