@@ -80,7 +80,9 @@ def test_every_recipe_composes_for_train_and_eval(name, tmp_path):
     assert eval_cfg.data.image_size == cfg.data.image_size  # reproduce.py evaluates with the recipe
     if name in TABLES:
         assert f"/{name}/" in cfg.hydra.sweep.dir  # each table in its own directory
-        assert list(cfg.hydra.sweeper.params)[0] == "seed"  # seeds outermost
+        # Seeds outermost: a sweep cut short has whole tables for its first seeds. conv_mix sweeps its
+        # mixes outermost instead, so a sweep cut short loses whole mixes, not every mix's second seed.
+        assert list(cfg.hydra.sweeper.params)[0] == ("conv_mix.mix" if name == "conv_mix" else "seed")
 
 
 @pytest.mark.parametrize(
@@ -133,7 +135,8 @@ def test_conv_mix_sweeps_six_stage_mixes_from_separable_to_full(tmp_path):
         assert type(net.features[-1]).__name__ == ("ConvNormAct" if n == 5 else "SeparableConv")
         full_stages.append(n)
         seeds.append(cfg.seed)
-    assert full_stages == [0, 1, 2, 3, 4, 5] * 2 and seeds == [1] * 6 + [2] * 6
+    # mix outermost, the two pure ends first, then full1..full4; both seeds of a mix side by side
+    assert full_stages == [0, 0, 5, 5, 1, 1, 2, 2, 3, 3, 4, 4] and seeds == [1, 2] * 6
 
 
 @pytest.mark.parametrize("variant", ["g1", "g2", "g4", "g8", "depthwise"])
