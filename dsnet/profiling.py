@@ -51,35 +51,9 @@ def layer_type_shares(model: nn.Module, input_size: tuple[int, int, int], *, bat
     kinds, current = {}, "stem"
     for name, module in leaves:  # definition order is execution order in these backbones
         current = kinds[name] = _time_type(name, module, current)
-    ranges = {}
-
-    def enter(name):
-        def hook(module, inputs):
-            ranges[name] = record_function(f"dsnet/{kinds[name]}")
-            ranges[name].__enter__()
-        return hook
-
-    def leave(name):
-        return lambda module, inputs, output: ranges.pop(name).__exit__(None, None, None)
-
-    hooks = [h for n, m in leaves for h in (m.register_forward_pre_hook(enter(n)), m.register_forward_hook(leave(n)))]
-    was_training, threads = model.training, torch.get_num_threads()
     x = torch.randn(batch_size, *input_size)
-    try:
-        model.eval()
-        torch.set_num_threads(num_threads)
-        with torch.inference_mode():
-            for _ in range(2):
-                model(x)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for _ in range(passes):
-                    with record_function("dsnet/forward"):
-                        model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-        torch.set_num_threads(threads)
+    prof = profile_labelled(model, x, {n: f"dsnet/{kinds[n]}" for n, _ in leaves}, passes=passes, warmup=2,
+                            num_threads=num_threads, forward_label="dsnet/forward")
     totals = {e.key.removeprefix("dsnet/"): e.cpu_time_total for e in prof.key_averages() if e.key.startswith("dsnet/")}
     forward = totals.pop("forward")
     times = {kind: totals.get(kind, 0.0) for kind in TIME_TYPES if kind != "other"}
@@ -156,3 +130,40 @@ def onnxruntime_kernel_events(model: nn.Module, input_size: tuple[int, int, int]
     kernels = sorted((e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
                      key=lambda e: e["ts"])
     return [(run, [k for k in kernels if run["ts"] <= k["ts"] <= run["ts"] + run["dur"]]) for run in runs]
+
+
+def profile_labelled(model: nn.Module, x: torch.Tensor, labels: dict[str, str], *, passes: int, warmup: int,
+                     num_threads: int, forward_label: str):
+    """``torch.profiler`` over ``passes`` eval forward passes of ``x`` (after ``warmup`` untimed ones), at
+    ``num_threads`` threads, each pass inside a ``forward_label`` range and each submodule named in
+    ``labels`` inside a range of its label. Restores the model's mode and the thread count."""
+    ranges: dict[str, record_function] = {}
+
+    def enter(name):
+        def hook(module, inputs):
+            ranges[name] = record_function(labels[name])
+            ranges[name].__enter__()
+        return hook
+
+    def leave(name):
+        return lambda module, inputs, output: ranges.pop(name).__exit__(None, None, None)
+
+    hooks = [h for name, m in model.named_modules() if name in labels
+             for h in (m.register_forward_pre_hook(enter(name)), m.register_forward_hook(leave(name)))]
+    was_training, threads = model.training, torch.get_num_threads()
+    try:
+        model.eval()
+        torch.set_num_threads(num_threads)
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(x)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(passes):
+                    with record_function(forward_label):
+                        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+        torch.set_num_threads(threads)
+    return prof

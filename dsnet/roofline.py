@@ -28,10 +28,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile, record_function
 
 from dsnet.models.cost import LayerCost, layer_costs, layer_type
-from dsnet.profiling import _CONV_TYPE, _ORT_CONV_OPS, onnxruntime_kernel_events
+from dsnet.profiling import _CONV_TYPE, _ORT_CONV_OPS, onnxruntime_kernel_events, profile_labelled
 
 ROOF_TYPES = ("stem", "depthwise", "pointwise", "full", "grouped", "classifier")
 RUNTIMES = ("eager", "onnxruntime")
@@ -152,38 +151,9 @@ def profile_eager(model: nn.Module, points: list[LayerPoint], input_size: tuple[
     disturbed one; a layer's minimum may come from another pass than the forward's.
     """
     owners = _owners(model, [p.cost.name for p in points])
-    ranges: dict[str, record_function] = {}
-
-    def enter(name):
-        label = f"dsnet-op/{name}" if owners[name] == name else f"dsnet-rest/{owners[name]}"
-
-        def hook(module, inputs):
-            ranges[name] = record_function(label)
-            ranges[name].__enter__()
-        return hook
-
-    def leave(name):
-        return lambda module, inputs, output: ranges.pop(name).__exit__(None, None, None)
-
-    hooks = [h for name, m in model.named_modules() if name in owners
-             for h in (m.register_forward_pre_hook(enter(name)), m.register_forward_hook(leave(name)))]
-    was_training, threads = model.training, torch.get_num_threads()
-    x = torch.randn(1, *input_size)
-    try:
-        model.eval()
-        torch.set_num_threads(num_threads)
-        with torch.inference_mode():
-            for _ in range(3):
-                model(x)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for _ in range(passes):
-                    with record_function("dsnet-forward"):
-                        model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-        torch.set_num_threads(threads)
+    labels = {name: f"dsnet-op/{name}" if owner == name else f"dsnet-rest/{owner}" for name, owner in owners.items()}
+    prof = profile_labelled(model, torch.randn(1, *input_size), labels, passes=passes, warmup=3,
+                            num_threads=num_threads, forward_label="dsnet-forward")
     forwards = sorted((e for e in prof.events() if e.name == "dsnet-forward"), key=lambda e: e.time_range.start)
     per_pass = [dict.fromkeys(["forward"], f.time_range.elapsed_us()) for f in forwards]
     for event in prof.events():
