@@ -22,7 +22,7 @@ from dsnet.report import (
     missing_columns,
     summarise,
 )
-from dsnet.report.compare_md import comparisons_section, equal_cost_section, hparams_section
+from dsnet.report.compare_md import comparisons_section, convergence_section, equal_cost_section, hparams_section
 from dsnet.report.sensitivity import lr_arms, plot_lr_sensitivity
 from dsnet.report.curves import read_val_curve
 from dsnet.report.discover import Run
@@ -58,13 +58,14 @@ def test_paired_difference_uses_the_seeds_both_arms_have():
     assert d["ci95"] == pytest.approx(4.3027 * d["std"] / math.sqrt(3), rel=1e-4)
 
 
-def train_run(name, conv, width, seed, acc, *, params, macs, epochs=15, lr=0.1, **extra):
-    """A train run as discovery makes it (no eval results): values only."""
+def train_run(name, conv, width, seed, acc, *, params, macs, epochs=15, lr=0.1, val=None, **extra):
+    """A train run as discovery makes it (no eval results): values only; ``val`` its val/acc_best
+    where it differs from its test top-1 ``acc``."""
     values = dict(dataset="fashion_mnist", arch="mobilenet_v1", conv=conv, groups=None,
                   width=width, image_size=28, in_chans=1, num_classes=10, seed=seed, top1=acc,
                   top5=None, params=params, macs=macs, train_size=None, epochs=epochs, lr=lr,
                   weight_decay=5e-5, depthwise_weight_decay=None, time_per_epoch_s=1.0,
-                  val_acc_best=acc, **extra)
+                  val_acc_best=acc if val is None else val, **extra)
     return Run(Path(f"/runs/{name}"), values, None, Path(f"/runs/{name}"), "metrics.json")
 
 
@@ -132,7 +133,7 @@ def test_the_same_comparison_at_two_schedules_reads_as_two_rows_with_their_epoch
 def test_convergence_check_pairs_each_arm_and_the_gap_by_seed_when_the_schedule_doubles():
     std30 = [train_run(f"std30_{s}", "standard", 0.25, s, acc, **STD, epochs=30)
              for s, acc in ((0, 0.902), (1, 0.924))]
-    rows = {r["what"]: r for r in convergence(summarise([*SWEEP, *std30]))}
+    rows = {r["what"]: r for r in convergence(summarise([*SWEEP, *std30])) if r["split"] == "test"}
     assert set(rows) == {"standard", "dsconv", "standard − dsconv gap"}
     std, ds, gap = rows["standard"], rows["dsconv"], rows["standard − dsconv gap"]
     assert (std["short_epochs"], std["long_epochs"], std["n_pairs"], std["seeds"]) == (15, 30, 2, "0 1")
@@ -155,10 +156,28 @@ def test_a_move_of_exactly_the_threshold_does_not_pass_however_float32_rounds_it
     short, long = (float(np.float32(acc)) for acc in (0.9310, 0.9360))
     assert long - short < 0.005  # 0.0049999952: a plain comparison would call it under 0.5 pp
     runs = [train_run("s15", "standard", 0.25, 2, short, **STD), train_run("s30", "standard", 0.25, 2, long, **STD, epochs=30)]
-    (row,) = convergence(summarise(runs))
-    assert row["change_mean"] == pytest.approx(0.005) and row["meets"] is False
+    val, test = convergence(summarise(runs))  # val/acc_best equals top-1 in these runs
+    assert (val["split"], test["split"]) == ("val", "test")
+    assert test["change_mean"] == pytest.approx(0.005) and test["meets"] is False
     nearly = [runs[0], train_run("s30", "standard", 0.25, 2, float(np.float32(0.9359)), **STD, epochs=30)]
-    assert convergence(summarise(nearly))[0]["meets"] is True  # 0.49 pp: under
+    assert [r["meets"] for r in convergence(summarise(nearly))] == [True, True]  # 0.49 pp: under
+
+
+def test_convergence_check_reads_validation_first_and_test_only_where_runs_were_tested():
+    # val moves 1.0 pp when the schedule doubles, test 0.2 pp: the check on val fails on its own
+    runs = [train_run(f"s{e}_{s}", "standard", 0.25, s, acc, val=val, **STD, epochs=e)
+            for e, s, acc, val in ((10, 2, 0.800, 0.810), (10, 3, 0.804, 0.812),
+                                   (20, 2, 0.802, 0.820), (20, 3, 0.806, 0.822))]
+    val, test = convergence(summarise(runs))
+    assert (val["split"], val["short_mean"], val["long_mean"]) == ("val", pytest.approx(0.811), pytest.approx(0.821))
+    assert val["change_mean"] == pytest.approx(0.010) and val["meets"] is False
+    assert test["change_mean"] == pytest.approx(0.002) and test["meets"] is True
+    untested = [train_run(f"u{e}_{s}", "standard", 0.25, s, None, val=val, **STD, epochs=e)
+                for e, s, val in ((10, 2, 0.810), (10, 3, 0.812), (20, 2, 0.820), (20, 3, 0.822))]
+    assert [r["split"] for r in convergence(summarise(untested))] == ["val"]  # a check run with test=false
+    section = convergence_section(convergence(summarise(runs)))
+    assert "| val | mobilenet_v1 | 0.25 | 28 | standard | 10 → 20 | 81.10 | 82.10 | +1.00 ± " in section
+    assert section.count("| **no** |") == 1
 
 
 def test_lr_sensitivity_draws_each_arm_tried_at_three_or_more_learning_rates(tmp_path):

@@ -9,7 +9,9 @@ interval of the per-seed differences (:func:`dsnet.report.stats.paired_differenc
 The *convergence check* asks whether a schedule is long enough: doubling it must move each arm's
 top-1 and the standard − other gap by less than a threshold (0.5 pp, the Fashion-MNIST study's criterion). Both are paired by
 seed: an arm's shift is its long run minus its short run, the gap's change is the long schedule's
-per-seed gap minus the short one's.
+per-seed gap minus the short one's. It is read on each split that has the accuracies: on
+validation (each run's best epoch, ``val/acc_best``), the split a schedule is chosen on, and on
+test, which only reports what the choice gave.
 
 *At equal cost* pairs configurations of two convolution types whose parameters, multiply-adds or
 measured latency agree within a relative tolerance, whatever their widths: the accuracy each
@@ -56,7 +58,7 @@ DEFAULT_TOLERANCE = 0.05
 # keep DEFAULT_TOLERANCE.
 DEFAULT_LATENCY_TOLERANCE = 0.10
 CONVERGENCE_THRESHOLD = 0.005  # 0.5 pp: what doubling the schedule may move an arm or the gap by
-CONVERGENCE_COLUMNS = ("what", "dataset", "arch", "width", "image_size", "short_epochs", "long_epochs",
+CONVERGENCE_COLUMNS = ("split", "what", "dataset", "arch", "width", "image_size", "short_epochs", "long_epochs",
                        "short_mean", "long_mean", "change_mean", "change_ci95", "n_pairs", "seeds",
                        "threshold", "meets")
 
@@ -191,8 +193,8 @@ def _schedule_pairs(configs: Sequence[dict[str, Any]]) -> list[tuple[dict[str, A
             if a["epochs"] and b["epochs"] == 2 * a["epochs"] and all(a[k] == b[k] for k in fixed)]
 
 
-def _by_seed_gap(a: dict[str, Any], b: dict[str, Any]) -> dict[Any, float]:
-    return {s: a["top1_by_seed"][s] - b["top1_by_seed"][s] for s in set(a["top1_by_seed"]) & set(b["top1_by_seed"])}
+def _by_seed_gap(a: dict[str, Any], b: dict[str, Any], key: str = "top1_by_seed") -> dict[Any, float]:
+    return {s: a[key][s] - b[key][s] for s in set(a[key]) & set(b[key])}
 
 
 def _below(change: float, threshold: float) -> bool:
@@ -203,19 +205,28 @@ def _below(change: float, threshold: float) -> bool:
 
 
 def convergence(rows: Sequence[dict[str, Any]], threshold: float = CONVERGENCE_THRESHOLD) -> list[dict[str, Any]]:
-    """The convergence check of every schedule that was also run twice as long.
+    """The convergence check of every schedule that was also run twice as long, per split.
 
-    One row per arm (``what`` is its conv label: the long run's top-1 minus the short run's, paired by
-    seed) and one per pair of arms, standard against each other conv type of the same model and width
-    (``what`` is ``"standard − dsconv gap"``: the change of the per-seed gap from the short schedule to
-    the long). ``meets`` is ``|change_mean| < threshold``; the interval says how well the seeds pin it.
+    One row per arm (``what`` is its conv label: the long run's accuracy minus the short run's, paired
+    by seed) and one per pair of arms, standard against each other conv type of the same model and
+    width (``what`` is ``"standard − dsconv gap"``: the change of the per-seed gap from the short
+    schedule to the long), first on validation (``split`` ``"val"``, each run's best epoch), then on
+    test (``"test"``), each where the runs have it. ``meets`` is ``|change_mean| < threshold``; the
+    interval says how well the seeds pin it.
     """
-    configs = [r for r in one_per_config(rows) if r["top1_mean"] is not None]
+    return [row for split, key in CONVERGENCE_SPLITS.items() for row in _convergence(rows, threshold, split, key)]
+
+
+CONVERGENCE_SPLITS = {"val": "val_by_seed", "test": "top1_by_seed"}  # split -> a row's accuracies by seed
+
+
+def _convergence(rows: Sequence[dict[str, Any]], threshold: float, split: str, key: str) -> list[dict[str, Any]]:
+    configs = [r for r in one_per_config(rows) if r.get(key)]
     pairs = _schedule_pairs(configs)
     out = []
 
     def row(what, short, long, short_mean, long_mean, d):
-        return {"what": what, **{k: short[k] for k in ("dataset", "arch", "width", "image_size")},
+        return {"split": split, "what": what, **{k: short[k] for k in ("dataset", "arch", "width", "image_size")},
                 "short_epochs": short["epochs"], "long_epochs": long["epochs"], "short_mean": short_mean,
                 "long_mean": long_mean, "change_mean": d["mean"], "change_ci95": d["ci95"], "n_pairs": d["n"],
                 "seeds": " ".join(map(str, d["seeds"])), "threshold": threshold,
@@ -226,15 +237,15 @@ def convergence(rows: Sequence[dict[str, Any]], threshold: float = CONVERGENCE_T
         return statistics.fmean(by_seed[s] for s in seeds) if seeds else None
 
     for short, long in pairs:
-        d = paired_difference(short["top1_by_seed"], long["top1_by_seed"])
-        out.append(row(conv_label(short), short, long, paired_mean(short["top1_by_seed"], d["seeds"]),
-                       paired_mean(long["top1_by_seed"], d["seeds"]), d))
+        d = paired_difference(short[key], long[key])
+        out.append(row(conv_label(short), short, long, paired_mean(short[key], d["seeds"]),
+                       paired_mean(long[key], d["seeds"]), d))
     fixed = keys_except(*FACTORS["conv"])
     for (s_a, l_a), (s_b, l_b) in itertools.combinations(pairs, 2):
         (s_a, l_a), (s_b, l_b) = sorted([(s_a, l_a), (s_b, l_b)], key=lambda p: _order("conv", p[0]))
         if s_a["conv"] != "standard" or s_b["conv"] == "standard" or any(s_a[k] != s_b[k] for k in fixed):
             continue
-        gap_short, gap_long = _by_seed_gap(s_a, s_b), _by_seed_gap(l_a, l_b)
+        gap_short, gap_long = _by_seed_gap(s_a, s_b, key), _by_seed_gap(l_a, l_b, key)
         d = paired_difference(gap_short, gap_long)
         out.append(row(f"{conv_label(s_a)} − {conv_label(s_b)} gap", s_a, l_a,
                        paired_mean(gap_short, d["seeds"]), paired_mean(gap_long, d["seeds"]), d))

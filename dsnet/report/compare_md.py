@@ -21,8 +21,10 @@ _CONVERGENCE_NOTE = (
     "Each schedule that was also trained twice as long: how much the doubling moved each arm's top-1 "
     "and the gap between two arms, paired by seed (long − short; for the gap, the per-seed gap at "
     "the long schedule minus the one at the short), in percentage points ± 95% CI (Student t, "
-    "n − 1 dof); the top-1 columns are means over the same seed pairs. The schedule counts as "
-    "converged when every change is under {threshold:.1f} pp.\n")
+    "n − 1 dof); the accuracy columns are means over the same seed pairs. *val* is the best epoch's "
+    "validation top-1, the split a schedule is chosen on; *test* is the test top-1 of the same runs, "
+    "which reports what the choice gave. The schedule counts as converged when every change on val "
+    "is under {threshold:.1f} pp.\n")
 _METRIC_NAMES = {"params": "params", "macs": "MACs", "latency_ms_p50": "latency p50 (ms)"}
 
 
@@ -128,9 +130,9 @@ def convergence_section(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ("## Convergence check\n\nNo configuration was also trained twice as long (the check "
                 "pairs runs equal in everything but epochs, one schedule twice the other).\n")
-    header = ["model", "width", "resolution (px)", "what", "epochs", "top-1 short (%)", "top-1 long (%)",
+    header = ["split", "model", "width", "resolution (px)", "what", "epochs", "top-1 short (%)", "top-1 long (%)",
               "change (pp), mean ± 95% CI", "seed pairs", "under the threshold"]
-    body = [[r["arch"], f"{r['width']:g}", str(r["image_size"]), r["what"],
+    body = [[r["split"], r["arch"], f"{r['width']:g}", str(r["image_size"]), r["what"],
              f"{r['short_epochs']} → {r['long_epochs']}", fmt(r["short_mean"], ".2f", 100),
              fmt(r["long_mean"], ".2f", 100),
              _diff_cell({"diff_mean": r["change_mean"], "diff_ci95": r["change_ci95"]}),

@@ -168,6 +168,7 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
                 time_per_epoch_s=_median(members, "time_per_epoch_s"),
                 run_dirs=";".join(sorted({show_path(r.run_dir) for r in [*members]})),
                 macs_breakdown=breakdown, top1_by_seed=by_seed,
+                val_by_seed=accuracy_by_seed(members, "val_acc_best"),
                 **{k: _first(members, k) for k in sorted({k for r in members for k in r.values
                                                           if k.startswith("hparams/")})},
             )
