@@ -266,6 +266,20 @@ def test_a_stages_jobs_land_in_the_run_directories_the_study_trained_into(stage,
     assert job_name(*overrides, *job) == name
 
 
+def test_cifar10s_schedule_check_trains_table_4s_runs_without_their_test():
+    """The check's runs at either schedule are the jobs experiment=cifar10 sweeps at that schedule:
+    Table 4 at width 0.25 is read from them once the schedule is chosen, not trained again."""
+    study = load_study("cifar10")
+    assert [s.name for s in study.stages] == ["lr_search", "check", "equal_cost", "table4_w0.5", "table6"]
+    for conv, epochs in (("conv", 10), ("dsconv", 20)):
+        job = [f"model={conv}", "seed=3", f"trainer.max_epochs={epochs}"]
+        assert job_name("experiment=cifar10_check", *job) == job_name("experiment=cifar10", *job)
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        check = compose("train", overrides=["experiment=cifar10_check"], return_hydra_config=True)
+    assert check.test is False
+    assert dict(check.hydra.sweeper.params) == {"seed": "2,3,4", "model": "conv,dsconv", "trainer.max_epochs": "20,10"}
+
+
 def test_an_unknown_study_or_stage_is_one_line_and_exit_1(tmp_path, capsys):
     assert study_main(["plan", "nope", "--runs-dir", str(tmp_path)]) == 1
     assert study_main(["run", "fashion_mnist", "--runs-dir", str(tmp_path), "--stage", "table5"]) == 1
