@@ -18,20 +18,53 @@ log = logging.getLogger(__name__)
 
 
 class EpochTimer(L.Callback):
-    """Logs the wall time of every training epoch as ``time/epoch_s`` (validation included).
+    """Logs the wall time of every training epoch as ``time/epoch_s`` (validation included), and
+    the seconds the whole fit has cost so far.
 
     Also logs ``time/epoch_s_mean`` (mean over the epochs of this fit) and ``epochs`` (epochs
     completed, resumed ones included). They are logged, not only kept here, so that they reach the
     main process's ``trainer.callback_metrics`` even when DDP ran the fit in spawned processes.
+
+    ``time/fit_wall_s`` and ``time/fit_cpu_s`` are the fit's wall and CPU seconds (this process's
+    CPU time, all its threads: ``time.process_time``) summed over every segment of a resumed run: the
+    totals travel in the checkpoints (this callback's state), up to the moment each was written, so
+    work lost to an interruption after the last checkpoint is not counted. The logged values are
+    the totals at the last epoch's end; :attr:`fit_wall_s` and :attr:`fit_cpu_s` also hold the
+    fit's last moments (final checkpoints), and are what ``metrics.json`` records where this
+    process ran the fit.
     """
 
     def __init__(self) -> None:
         self._start = 0.0
         self._times_s: list[float] = []
+        self.fit_wall_s = 0.0
+        self.fit_cpu_s = 0.0
+        self._mark: tuple[float, float] | None = None  # (wall, cpu) up to which the totals count
+
+    def _flush(self) -> None:
+        """Adds the time since the last mark to the totals, while the fit runs."""
+        if self._mark is not None:
+            now = (time.perf_counter(), time.process_time())
+            self.fit_wall_s += now[0] - self._mark[0]
+            self.fit_cpu_s += now[1] - self._mark[1]
+            self._mark = now
+
+    def state_dict(self) -> dict[str, float]:
+        self._flush()  # called as a checkpoint is written: the totals up to now
+        return {"fit_wall_s": self.fit_wall_s, "fit_cpu_s": self.fit_cpu_s}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.fit_wall_s = float(state_dict.get("fit_wall_s", 0.0))
+        self.fit_cpu_s = float(state_dict.get("fit_cpu_s", 0.0))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._times_s = []
         self._start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
+        self._mark = (time.perf_counter(), time.process_time())
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush()
+        self._mark = None  # testing afterwards is not the fit's time
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -39,10 +72,13 @@ class EpochTimer(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning runs the epoch's validation (and checkpointing) before this hook.
         self._times_s.append(time.perf_counter() - self._start)
+        self._flush()
         pl_module.log_dict(
             {
                 "time/epoch_s": self._times_s[-1],
                 "time/epoch_s_mean": sum(self._times_s) / len(self._times_s),
+                "time/fit_wall_s": self.fit_wall_s,
+                "time/fit_cpu_s": self.fit_cpu_s,
                 "epochs": float(trainer.current_epoch + 1),
             },
             on_step=False,

@@ -35,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from dsnet.callbacks import EpochTimer
 from dsnet.checkpoint_io import check_resume
 from dsnet.config import in_multirun
 from dsnet.guards import check_data, check_input_size, first_line, user_error, validate
@@ -125,6 +126,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, An
         cost,
         epochs=int(_number(logged.get("epochs")) or 0),
         time_per_epoch_s=_number(logged.get("time/epoch_s_mean")),
+        **_fit_seconds(trainer, logged),
         arch=cfg.model.arch,
         conv=cfg.model.conv,
         width=float(cfg.model.width),
@@ -232,6 +234,15 @@ def _sync_csv_columns(loggers: list) -> None:
             with open(logger.experiment.metrics_file_path, newline="", encoding="utf-8") as f:
                 header = next(csv.reader(f), [])
             logger.experiment.metrics_keys = sorted(set(logger.experiment.metrics_keys) | set(header))
+
+
+def _fit_seconds(trainer: L.Trainer, logged: dict[str, Any]) -> dict[str, float | None]:
+    """The fit's wall and CPU seconds over all its resumed segments (:class:`EpochTimer`): the
+    callback's own totals where this process ran the fit, else (spawned DDP) the last logged ones."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, EpochTimer)), None)
+    if timer is not None and timer.fit_wall_s > 0:
+        return {"wall_s": timer.fit_wall_s, "cpu_s": timer.fit_cpu_s}
+    return {"wall_s": _number(logged.get("time/fit_wall_s")), "cpu_s": _number(logged.get("time/fit_cpu_s"))}
 
 
 def _number(value) -> float | None:

@@ -3,6 +3,7 @@ the ``train.py`` command line where a real argv matters (multirun, DDP, launcher
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import math
@@ -22,7 +23,7 @@ from dsnet.module import ClassifierModule
 from dsnet.task import train
 
 METRIC_KEYS = {"test/acc", "test/acc5", "test/loss", "val/acc_best", "params", "macs", "epochs",
-               "time_per_epoch_s", "arch", "conv", "width", "image_size", "dataset", "seed"}
+               "time_per_epoch_s", "wall_s", "cpu_s", "arch", "conv", "width", "image_size", "dataset", "seed"}
 TRAIN_IMAGES = 192 - 64  # TINY: num_train minus val_size
 STEPS_PER_EPOCH = math.ceil(TRAIN_IMAGES / 32)
 
@@ -147,6 +148,21 @@ def test_resume_from_last_checkpoint_continues_the_epoch_count(train_cfg, tmp_pa
     for version, epochs in (("version_0", {"0"}), ("version_1", {"1", "2"})):
         rows = (tmp_path / "csv" / version / "metrics.csv").read_text().splitlines()[1:]
         assert epochs <= {row.split(",")[0] for row in rows}
+
+
+def test_a_resumed_runs_wall_and_cpu_seconds_add_up_over_its_segments(train_cfg, tmp_path):
+    first, _ = train(train_cfg("trainer.max_epochs=1"))
+    (saved,) = [v for k, v in torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"].items()
+                if k.startswith("EpochTimer")]
+    # the checkpoint carries the totals up to its writing; metrics.json the fit's up to its end
+    assert 0 < saved["fit_wall_s"] <= first["wall_s"] and 0 < saved["fit_cpu_s"] <= first["cpu_s"]
+    metrics, _ = train(train_cfg("trainer.max_epochs=3", "ckpt_path=last"))
+    rows = list(csv.DictReader((tmp_path / "csv" / "version_1" / "metrics.csv").open()))
+    resumed_epochs_s = sum(float(r["time/epoch_s"]) for r in rows if r.get("time/epoch_s"))
+    assert resumed_epochs_s > 0
+    # the second segment's epochs on top of what the checkpoint carried: the first segment counts
+    assert metrics["wall_s"] >= saved["fit_wall_s"] + resumed_epochs_s
+    assert metrics["cpu_s"] > saved["fit_cpu_s"]
 
 
 def test_ema_validates_and_checkpoints_the_averaged_weights(train_cfg, tmp_path):

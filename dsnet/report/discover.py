@@ -38,7 +38,7 @@ _SKIP_DIRS = {"checkpoints", "wandb", "tensorboard", "csv", "__pycache__"}
 # learnt to read train runs); older files without them only serve as an eval run's accuracy.
 TRAIN_REQUIRED = {"arch": str, "conv": str, "dataset": str, "width": (int, float),
                   "image_size": int, "params": int, "macs": int}
-TRAIN_OPTIONAL = ("seed", "epochs", "time_per_epoch_s", "val/acc_best")
+TRAIN_OPTIONAL = ("seed", "epochs", "time_per_epoch_s", "wall_s", "cpu_s", "val/acc_best")
 
 
 @dataclasses.dataclass(frozen=True)
