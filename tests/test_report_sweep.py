@@ -12,6 +12,7 @@ from conftest import compose_train, read_csv
 
 from dsnet.evaluate import evaluate
 from dsnet.report.__main__ import main
+from dsnet.study.collect import collect
 from dsnet.task import train
 
 QUIET = ("+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
@@ -112,6 +113,11 @@ def test_latency_is_added_where_a_run_was_evaluated(sweep, capsys):
     runs = {Path(r["run_dir"]).name: r for r in read_csv(out / "runs.csv")}
     assert Path(runs["0"]["train_dir"]) == job and runs["0"]["top1_source"] == "results.json"
     assert math.isclose(float(runs["0"]["lr"]), 0.1)
+    # a study's tidy table keeps the eval's paths relative to the runs it collected, as its keys are
+    rows, _, _ = collect(sweep)
+    (evaluated,) = [r for r in rows if r["eval"]]
+    assert (evaluated["run"], evaluated["eval"]) == ("sweep/0", "eval/0")
+    assert (evaluated["run_dir"], evaluated["ckpt_path"]) == ("eval/0", f"sweep/0/checkpoints/{ckpt.name}")
 
 
 @pytest.mark.parametrize("case", ["no such dir", "no runs", "out is a file", "no DIR, no study", "bad tolerance",

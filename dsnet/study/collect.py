@@ -22,6 +22,9 @@ from dsnet.report.tidy import run_row, write_table
 
 _VERSION = re.compile(r"version_(\d+)$")
 _NOT_CURVES = {"epoch", "step"}  # the index columns of Lightning's CSV, not metrics
+# Paths an eval records (results.json): kept relative to the root collected, as the run keys are,
+# so that a study's tables say where a file lies among its runs, not on the machine that ran them.
+PATH_COLUMNS = ("ckpt_path", "run_dir")
 
 
 def _key(path: Path, root: Path) -> str:
@@ -78,8 +81,9 @@ def collect(root: str | os.PathLike) -> tuple[list[dict[str, Any]], list[dict[st
     for run in sorted(runs, key=lambda r: _key(r.identity, root)):
         key = _key(run.identity, root)
         stage = {"stage": key.split("/")[0]} if "/" in key else {}
-        rows.append(run_row(run, key, _key(run.run_dir, root) if run.record is not None else None,
-                            {**stage, **_train_extra(run.train_dir)}))
+        row = run_row(run, key, _key(run.run_dir, root) if run.record is not None else None,
+                      {**stage, **_train_extra(run.train_dir)})
+        rows.append(row | {k: _key(Path(row[k]).resolve(), root) for k in PATH_COLUMNS if row.get(k)})
         if run.train_dir is not None:
             curves += [{"run": key, "epoch": e, **m} for e, m in sorted(read_curves(run.train_dir).items())]
     return rows, curves, missing
