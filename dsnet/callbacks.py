@@ -21,8 +21,8 @@ class EpochTimer(L.Callback):
     """Logs the wall time of every training epoch as ``time/epoch_s`` (validation included), and
     the seconds the whole fit has cost so far.
 
-    Also logs ``time/epoch_s_mean`` (mean over the epochs of this fit) and ``epochs`` (epochs
-    completed, resumed ones included). They are logged, not only kept here, so that they reach the
+    Also logs ``time/epoch_s_mean`` (mean over every epoch the fit ran, in all its resumed segments)
+    and ``epochs`` (epochs completed, resumed ones included). They are logged, not only kept here, so that they reach the
     main process's ``trainer.callback_metrics`` even when DDP ran the fit in spawned processes.
 
     ``time/fit_wall_s`` and ``time/fit_cpu_s`` are the fit's wall and CPU seconds (this process's
@@ -36,9 +36,10 @@ class EpochTimer(L.Callback):
 
     def __init__(self) -> None:
         self._start = 0.0
-        self._times_s: list[float] = []
         self.fit_wall_s = 0.0
         self.fit_cpu_s = 0.0
+        self.epoch_s_sum = 0.0  # the timed epochs' wall seconds and count, over all segments
+        self.epochs_timed = 0
         self._mark: tuple[float, float] | None = None  # (wall, cpu) up to which the totals count
 
     def _flush(self) -> None:
@@ -49,16 +50,23 @@ class EpochTimer(L.Callback):
             self.fit_cpu_s += now[1] - self._mark[1]
             self._mark = now
 
+    @property
+    def epoch_s_mean(self) -> float | None:
+        """Mean wall seconds of the epochs timed so far, in every segment; None before the first."""
+        return self.epoch_s_sum / self.epochs_timed if self.epochs_timed else None
+
     def state_dict(self) -> dict[str, float]:
         self._flush()  # called as a checkpoint is written: the totals up to now
-        return {"fit_wall_s": self.fit_wall_s, "fit_cpu_s": self.fit_cpu_s}
+        return {"fit_wall_s": self.fit_wall_s, "fit_cpu_s": self.fit_cpu_s,
+                "epoch_s_sum": self.epoch_s_sum, "epochs_timed": self.epochs_timed}
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self.fit_wall_s = float(state_dict.get("fit_wall_s", 0.0))
         self.fit_cpu_s = float(state_dict.get("fit_cpu_s", 0.0))
+        self.epoch_s_sum = float(state_dict.get("epoch_s_sum", 0.0))
+        self.epochs_timed = int(state_dict.get("epochs_timed", 0))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._times_s = []
         self._start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
         self._mark = (time.perf_counter(), time.process_time())
 
@@ -71,12 +79,14 @@ class EpochTimer(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning runs the epoch's validation (and checkpointing) before this hook.
-        self._times_s.append(time.perf_counter() - self._start)
+        epoch_s = time.perf_counter() - self._start
+        self.epoch_s_sum += epoch_s
+        self.epochs_timed += 1
         self._flush()
         pl_module.log_dict(
             {
-                "time/epoch_s": self._times_s[-1],
-                "time/epoch_s_mean": sum(self._times_s) / len(self._times_s),
+                "time/epoch_s": epoch_s,
+                "time/epoch_s_mean": self.epoch_s_mean,
                 "time/fit_wall_s": self.fit_wall_s,
                 "time/fit_cpu_s": self.fit_cpu_s,
                 "epochs": float(trainer.current_epoch + 1),

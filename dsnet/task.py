@@ -125,7 +125,6 @@ def _train(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, An
     metrics.update(
         cost,
         epochs=int(_number(logged.get("epochs")) or 0),
-        time_per_epoch_s=_number(logged.get("time/epoch_s_mean")),
         **_fit_seconds(trainer, logged),
         arch=cfg.model.arch,
         conv=cfg.model.conv,
@@ -237,12 +236,14 @@ def _sync_csv_columns(loggers: list) -> None:
 
 
 def _fit_seconds(trainer: L.Trainer, logged: dict[str, Any]) -> dict[str, float | None]:
-    """The fit's wall and CPU seconds over all its resumed segments (:class:`EpochTimer`): the
-    callback's own totals where this process ran the fit, else (spawned DDP) the last logged ones."""
+    """The fit's mean epoch time and its wall and CPU seconds over all its resumed segments
+    (:class:`EpochTimer`): the callback's own totals where this process ran the fit (they survive a
+    resume of a finished fit, which runs and logs no epoch), else (spawned DDP) the last logged ones."""
     timer = next((c for c in trainer.callbacks if isinstance(c, EpochTimer)), None)
     if timer is not None and timer.fit_wall_s > 0:
-        return {"wall_s": timer.fit_wall_s, "cpu_s": timer.fit_cpu_s}
-    return {"wall_s": _number(logged.get("time/fit_wall_s")), "cpu_s": _number(logged.get("time/fit_cpu_s"))}
+        return {"time_per_epoch_s": timer.epoch_s_mean, "wall_s": timer.fit_wall_s, "cpu_s": timer.fit_cpu_s}
+    return {"time_per_epoch_s": _number(logged.get("time/epoch_s_mean")),
+            "wall_s": _number(logged.get("time/fit_wall_s")), "cpu_s": _number(logged.get("time/fit_cpu_s"))}
 
 
 def _number(value) -> float | None:

@@ -163,6 +163,17 @@ def test_a_resumed_runs_wall_and_cpu_seconds_add_up_over_its_segments(train_cfg,
     # the second segment's epochs on top of what the checkpoint carried: the first segment counts
     assert metrics["wall_s"] >= saved["fit_wall_s"] + resumed_epochs_s
     assert metrics["cpu_s"] > saved["fit_cpu_s"]
+    # the mean epoch is over all three epochs, the first segment's included
+    first_epoch_s = [float(r["time/epoch_s"]) for r in csv.DictReader((tmp_path / "csv" / "version_0" / "metrics.csv").open())
+                     if r.get("time/epoch_s")]
+    assert metrics["time_per_epoch_s"] == pytest.approx((sum(first_epoch_s) + resumed_epochs_s) / 3)
+
+    # A finished fit resumed under a changed config (not skipped: another config) runs no epoch and
+    # keeps the times its checkpoint carries, instead of losing them.
+    again, _ = train(train_cfg("trainer.max_epochs=3", "ckpt_path=last", "trainer.log_every_n_steps=7"))
+    assert (tmp_path / "csv" / "version_2").is_dir()  # it ran (a skip builds no logger)
+    assert again["epochs"] == 3 and again["time_per_epoch_s"] == pytest.approx(metrics["time_per_epoch_s"])
+    assert metrics["wall_s"] - 1 < again["wall_s"] < metrics["wall_s"] + 1
 
 
 def test_ema_validates_and_checkpoints_the_averaged_weights(train_cfg, tmp_path):
