@@ -144,7 +144,7 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
         configs.setdefault(config_key(run.values), []).append(run)
     rows = []
     for key, members in configs.items():
-        by_seed = accuracy_by_seed(members)
+        by_seed, val_by_seed = accuracy_by_seed(members), accuracy_by_seed(members, "val_acc_best")
         top1 = mean_ci(list(by_seed.values()))
         envs: dict[tuple, list[Run]] = {}
         for run in (r for r in members if r.record is not None):
@@ -157,7 +157,7 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
                 n=top1["n"], n_runs=len({r.identity for r in members}), top1_mean=top1["mean"],
                 top1_ci95=top1["ci95"], top1_std=top1["std"],
                 top5_mean=mean_ci(list(accuracy_by_seed(members, "top5").values()))["mean"],
-                val_acc_best_mean=mean_ci(list(accuracy_by_seed(members, "val_acc_best").values()))["mean"],
+                val_acc_best_mean=mean_ci(list(val_by_seed.values()))["mean"],
                 params=_first(members, "params"), macs=_first(members, "macs"),
                 train_macs=_first(env_runs, "train_macs"),
                 activations=_first(members, "activations"),
@@ -168,7 +168,7 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
                 time_per_epoch_s=_median(members, "time_per_epoch_s"),
                 run_dirs=";".join(sorted({show_path(r.run_dir) for r in [*members]})),
                 macs_breakdown=breakdown, top1_by_seed=by_seed,
-                val_by_seed=accuracy_by_seed(members, "val_acc_best"),
+                val_by_seed=val_by_seed,
                 **{k: _first(members, k) for k in sorted({k for r in members for k in r.values
                                                           if k.startswith("hparams/")})},
             )
