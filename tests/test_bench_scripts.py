@@ -78,3 +78,21 @@ def test_bench_deploy_prints_each_forms_p50_and_their_ratio(tmp_path):
     assert row["speedup_min"] <= row["speedup"] <= row["speedup_max"]
     line = next(line for line in out.splitlines() if line.startswith("mobilenet_v1 dsconv"))
     assert f"{row['training_ms']:.2f}" in line and f"{row['deploy_ms']:.2f}" in line and f"{row['speedup']:.2f}x" in line
+
+
+def test_latency_agreement_judges_each_pair_by_its_intervals(tmp_path):
+    rows_file = tmp_path / "pairs.json"
+    out = run_script("latency_agreement.py", "--pairs", "1", "--json", str(rows_file), "--",
+                     "data=synthetic", "data.image_size=16", "latency.rounds=3", "latency.min_run_time=0.02",
+                     "latency.contention.retries=0", cwd=tmp_path)
+    # 3 rounds state [min, max]: the chances with nothing changed, 18/20 and 8/20 (dsnet.intervals)
+    assert "(3 values): intervals overlap with p = 0.900, medians inside with p = 0.400 per pair" in out
+    [pair] = json.loads(rows_file.read_text())["pairs"]
+    a, b = pair["runs"]
+    assert a["rounds"] == b["rounds"] == a["samples"] == 3
+    disjoint = a["latency_ms_p50_high"] < b["latency_ms_p50_low"] or b["latency_ms_p50_high"] < a["latency_ms_p50_low"]
+    assert pair["agree"] is not disjoint
+    verdict = "intervals overlap" if pair["agree"] else "intervals DISJOINT"
+    assert re.search(rf"^pair 1: best rounds differ by [0-9.]+ %, medians by [0-9.]+ %: {verdict}", out, re.M)
+    assert re.search(rf"^agreeing pairs \(intervals overlap\): {int(pair['agree'])}/1, longest streak "
+                     rf"{int(pair['agree'])}; medians inside: {int(pair['medians_inside'])}/1", out, re.M)

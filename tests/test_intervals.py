@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 
-from dsnet.intervals import median_coverage, median_interval, p50_interval
+from dsnet.intervals import agreement_probabilities, median_coverage, median_interval, p50_interval
 
 
 def test_coverage_of_order_statistics_by_hand():
@@ -38,3 +40,25 @@ def test_p50_interval_keys_and_even_median():
 def test_bad_input_is_named(values, confidence, message):
     with pytest.raises(ValueError, match=message):
         median_interval(values, confidence)
+
+
+def test_agreement_chances_by_hand_and_exactly():
+    # 3 rounds, [min, max]: the intervals miss each other only when one run's 3 values all lie below
+    # the other's, 2 of the C(6, 3) = 20 equally likely orderings.
+    assert agreement_probabilities(3, 1)["overlap"] == Fraction(18, 20)
+    five = agreement_probabilities(5, 1)
+    assert five["overlap"] == 1 - Fraction(2, 252)
+    assert five["medians_inside"] == Fraction(5, 7)  # the stricter reading fails 2 pairs in 7 with nothing changed
+    assert float(five["medians_inside"]) ** 5 < 0.19  # five such pairs in a row: under one chance in five
+    nine = agreement_probabilities(9, 2)  # eval.py with latency.rounds=9: 2nd smallest to 2nd largest
+    assert 0.996 < nine["overlap"] < 0.997 and 0.775 < nine["medians_inside"] < 0.776
+
+
+@pytest.mark.parametrize("n, k, message", [
+    (4, 1, "n=4: exact agreement needs an odd number of rounds from 1 to 11"),
+    (13, 2, "n=13: exact agreement needs an odd number of rounds from 1 to 11"),
+    (5, 4, "k=4: must lie in 1..3 for n=5"),
+])
+def test_agreement_bad_input_is_named(n, k, message):
+    with pytest.raises(ValueError, match=message):
+        agreement_probabilities(n, k)
