@@ -72,3 +72,13 @@ def test_the_table_per_mix_marks_each_front_and_the_excess_over_the_chord(tmp_pa
     # chord at t = 0.5: seed 1 0.85 (full2 +0.02), seed 2 0.85 (+0.01); ± 12.706 * 0.00707 / sqrt(2)
     # onnxruntime: t = log 5 / log 4 = 1.161, past all-standard: seed 1 0.9161 (-0.0461), seed 2 0.8897 (-0.0297)
     assert "| full2 | +1.50 ± 6.35 | -3.79 ± 10.44 |" in text
+
+
+def test_a_study_folders_missing_eval_line_names_the_checkpoint_under_its_runs_directory(tmp_path):
+    write_table(tmp_path / "study" / "runs.csv", [mix_run(m, s) for m in COST for s in (1, 2)])
+    [summary] = report_study(tmp_path / "study", tmp_path / "out")
+    # the study folder holds tables, not checkpoints: the path is the run's under the runs directory
+    [line] = [n for n in summary.notes if "no eval results" in n]
+    assert "no eval results for 6 of 6 training runs; run `python eval.py ckpt_path=RUNS/mixes/dsconv_w0.5_seed1/" \
+           "checkpoints/best-*.ckpt` (with the run's data.* overrides; RUNS: the runs directory the study was " \
+           "collected from) for each" in line

@@ -17,9 +17,21 @@ TRAIN_COLUMNS = "epochs, lr, weight_decay, time_per_epoch_s"
 
 
 def example_checkpoint(run_dir: Path) -> str:
-    """The best checkpoint of a train run (its last when there is no best), as eval.py takes it."""
+    """The best checkpoint of a train run (its last when there is no best), as eval.py takes it.
+
+    A run read from a study folder's ``runs.csv`` names its directory relative to the runs directory
+    the study was collected from, which the folder does not hold: the path is given under ``RUNS``.
+    """
+    study = next((p for p in run_dir.parents if (p / "runs.csv").is_file()), None)
+    if study is not None and not run_dir.is_dir():
+        return f"RUNS/{run_dir.relative_to(study).as_posix()}/checkpoints/best-*.ckpt"
     ckpts = sorted((run_dir / "checkpoints").glob("best*.ckpt")) or [run_dir / "checkpoints" / "last.ckpt"]
     return show_path(ckpts[0])
+
+
+def example_runs_note(run_dir: Path) -> str:
+    """What RUNS stands for in :func:`example_checkpoint`'s path, where it uses it."""
+    return "; RUNS: the runs directory the study was collected from" if example_checkpoint(run_dir).startswith("RUNS/") else ""
 
 
 def missing_columns(runs: Sequence[Run]) -> list[str]:
@@ -31,7 +43,7 @@ def missing_columns(runs: Sequence[Run]) -> list[str]:
         lines.append(
             f"{EVAL_COLUMNS}: no eval results for {len(unevaluated)} of {len(trained)} training runs; "
             f"run `python eval.py ckpt_path={example_checkpoint(unevaluated[0].run_dir)}` (with the "
-            "run's data.* overrides) for each, or `python scripts/reproduce.py RECIPE`, which trains, "
+            f"run's data.* overrides{example_runs_note(unevaluated[0].run_dir)}) for each, or `python scripts/reproduce.py RECIPE`, which trains, "
             "evaluates and reports")
     untested = [r for r in runs if r.top1 is None and r.train_dir is not None]
     if untested:
