@@ -277,7 +277,11 @@ def test_cifar10s_schedule_check_trains_table_4s_runs_without_their_test():
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         check = compose("train", overrides=["experiment=cifar10_check"], return_hydra_config=True)
     assert check.test is False
-    assert dict(check.hydra.sweeper.params) == {"seed": "2,3,4", "model": "conv,dsconv", "trainer.max_epochs": "20,10"}
+    assert dict(check.hydra.sweeper.params) == {"seed": "2,3,4", "model": "conv,dsconv",
+                                                 "trainer.max_epochs": "80,40,20,10"}
+    # the search's trials keep their 10 epochs, and so their names, whatever the recipe's schedule
+    search = [o for o in study.stage("lr_search").overrides if "," not in o]
+    assert job_name(*search, "model=dsconv", "optim.optimizer.lr=3.2", "seed=1") == "dsconv_w0.25_lr3.2_e10_seed1"
 
 
 def test_an_unknown_study_or_stage_is_one_line_and_exit_1(tmp_path, capsys):
