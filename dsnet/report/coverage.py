@@ -29,22 +29,18 @@ def example_checkpoint(run_dir: Path) -> str:
     return show_path(ckpts[0])
 
 
-def example_runs_note(run_dir: Path) -> str:
-    """What RUNS stands for in :func:`example_checkpoint`'s path, where it uses it."""
-    return "; RUNS: the runs directory the study was collected from" if example_checkpoint(run_dir).startswith("RUNS/") else ""
-
-
 def missing_columns(runs: Sequence[Run]) -> list[str]:
     """One line per family of columns some runs cannot fill; empty when every column is filled."""
     lines = []
     trained = {r.identity for r in runs if r.train_dir is not None}
     unevaluated = [r for r in runs if r.record is None]
     if unevaluated:
+        ckpt = example_checkpoint(unevaluated[0].run_dir)
+        runs_note = "; RUNS: the runs directory the study was collected from" if ckpt.startswith("RUNS/") else ""
         lines.append(
             f"{EVAL_COLUMNS}: no eval results for {len(unevaluated)} of {len(trained)} training runs; "
-            f"run `python eval.py ckpt_path={example_checkpoint(unevaluated[0].run_dir)}` (with the "
-            f"run's data.* overrides{example_runs_note(unevaluated[0].run_dir)}) for each, or `python scripts/reproduce.py RECIPE`, which trains, "
-            "evaluates and reports")
+            f"run `python eval.py ckpt_path={ckpt}` (with the run's data.* overrides{runs_note}) for each, "
+            "or `python scripts/reproduce.py RECIPE`, which trains, evaluates and reports")
     untested = [r for r in runs if r.top1 is None and r.train_dir is not None]
     if untested:
         lines.append(
