@@ -12,7 +12,7 @@ Two runs of one network "agree within their stated intervals" when their interva
 claims can then hold at once. The stricter reading, each run's median inside the other's interval,
 fails often even when nothing changes between the runs, because the other run's median is itself a
 noisy sample: with 5 rounds, two runs drawing from one unchanging distribution satisfy it in only
-71.5 % of pairs (five pairs in a row: 19 %), while their intervals overlap in 99.2 %
+5/7 = 71.4 % of pairs (five pairs in a row: 18.6 %), while their intervals overlap in 99.2 %
 (``agreement_probabilities``). Disagreement under the overlap reading is evidence that the machine
 changed between the runs by more than either run saw.
 

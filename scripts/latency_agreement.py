@@ -42,11 +42,8 @@ def run_eval(overrides: list[str], run_dir: Path) -> dict:
         sys.exit(f"eval.py {' '.join(overrides)} failed (exit {proc.returncode}): "
                  f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
     results = json.loads((run_dir / "results.json").read_text())
-    latency = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["latency"]
-    # the values the interval is over: the rounds, or each fresh process's median where a run times
-    # in several (latency.processes, where the eval config has it)
-    samples = latency.get("processes", 1) if latency.get("processes", 1) > 1 else latency["rounds"]
-    return {"load_before": load, "rounds": latency["rounds"], "samples": samples, **{k: results[k] for k in (
+    rounds = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["latency"]["rounds"]
+    return {"load_before": load, "rounds": rounds, **{k: results[k] for k in (
         "latency_ms_p50", "latency_ms_p50_median", "latency_ms_p50_low", "latency_ms_p50_high",
         "latency_ms_p50_coverage", "cpu_contention", "contention_flagged")}}
 
@@ -107,7 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       flush=True)
             a, b = runs
             if i == 1:
-                null = null_line(a["samples"], a["latency_ms_p50_coverage"])
+                null = null_line(a["rounds"], a["latency_ms_p50_coverage"])
             pairs.append(dict(pair=i, runs=runs, agree=overlap(a, b), medians_inside=medians_inside(a, b),
                               best_diff=abs(a["latency_ms_p50"] - b["latency_ms_p50"]) / min(a["latency_ms_p50"], b["latency_ms_p50"]),
                               median_diff=abs(a["latency_ms_p50_median"] - b["latency_ms_p50_median"])
