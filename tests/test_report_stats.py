@@ -124,10 +124,35 @@ def test_the_same_comparison_at_two_schedules_reads_as_two_rows_with_their_epoch
     assert all(r["epochs"] is None for r in rows if r["factor"] == "epochs")  # a and b name it there
     table = comparisons_section(rows)
     assert "| resolution (px) | epochs | a | b |" in table
-    assert "| conv | fashion_mnist | mobilenet_v1 | 0.25 | 28 | 30 | standard | dsconv | 91.30 | 91.00 | -0.30 ± " in table
-    assert "| epochs | fashion_mnist | mobilenet_v1 | 0.25 | 28 | – | dsconv: 15 | dsconv: 30 |" in table
+    assert "| conv | test | fashion_mnist | mobilenet_v1 | 0.25 | 28 | 30 | standard | dsconv | 91.30 | 91.00 | -0.30 ± " in table
+    assert "| epochs | test | fashion_mnist | mobilenet_v1 | 0.25 | 28 | – | dsconv: 15 | dsconv: 30 |" in table
     cost = equal_cost_section(equal_cost(summarise(SWEEP)), 0.05, 0.10)
     assert "| resolution (px) | epochs | a |" in cost and "| params | fashion_mnist | mobilenet_v1 | 28 | 15 | standard |" in cost
+
+
+def test_runs_without_a_test_split_compare_on_validation_and_label_smoothing_is_a_factor():
+    """A recipe's ablation trained with test=false: label smoothing 0 against 0.1 on three seeds is
+    one comparison on val, not a configuration that averages both; one seed in common is none."""
+    def val_run(name, seed, val, smoothing):
+        return train_run(name, "standard", 0.25, seed, None, **STD, epochs=10, val=val, label_smoothing=smoothing)
+
+    runs = [*(val_run(f"ls01_{s}", s, v, 0.1) for s, v in ((2, 0.8134), (3, 0.8042), (4, 0.8110))),
+            *(val_run(f"ls0_{s}", s, v, 0.0) for s, v in ((2, 0.8090), (3, 0.8020), (4, 0.8050)))]
+    summary = summarise(runs)
+    assert sorted((r["label_smoothing"], r["n_runs"]) for r in summary) == [(0.0, 3), (0.1, 3)]
+    [row] = comparisons(summary)
+    assert (row["factor"], row["split"], row["a"], row["b"]) == ("label_smoothing", "val", "standard: 0", "standard: 0.1")
+    assert row["n_pairs"] == 3 and row["seeds"] == "2 3 4"
+    assert row["diff_mean"] == pytest.approx((0.0044 + 0.0022 + 0.0060) / 3)  # 0.1 minus 0, seed by seed
+    assert row["a_top1_mean"] == pytest.approx(0.8053, abs=1e-4) and row["b_top1_mean"] == pytest.approx(0.8095, abs=1e-4)
+    assert "| label_smoothing | val | fashion_mnist | mobilenet_v1 | 0.25 | 28 | 10 | standard: 0 | standard: 0.1 | " \
+        "80.53 | 80.95 | +0.42 ± " in comparisons_section([row])
+    # one seed in common (a search's single trial, say) gives no interval: no row
+    trial = val_run("trial", 2, 0.79, 0.2)
+    assert comparisons(summarise([*runs[:3], trial])) == []
+    # a tested configuration and an untested one do not compare across splits
+    tested = train_run("tested", "standard", 0.25, 2, 0.80, **STD, epochs=10, val=0.81, label_smoothing=0.0)
+    assert comparisons(summarise([*runs[:3], tested])) == []
 
 
 def test_convergence_check_pairs_each_arm_and_the_gap_by_seed_when_the_schedule_doubles():
@@ -327,13 +352,14 @@ def test_hparams_keys_of_metrics_json_and_the_optimiser_of_config_yaml_are_shown
         (d / "config.yaml").write_text(
             f"data: {{in_chans: 1, num_classes: 10, batch_size: 128, train_size: null}}\n"
             f"optim: {{optimizer: {{lr: {lr}, weight_decay: 5.0e-05}}}}\n"
-            "module: {depthwise_weight_decay: 0.0}\n", encoding="utf-8")
+            "module: {depthwise_weight_decay: 0.0, label_smoothing: 0.1}\n", encoding="utf-8")
     runs, missing = collect_runs([tmp_path / "runs"])
     assert missing == [] and len(runs) == 2
     rows = summarise(runs)
     assert hparam_columns(rows) == ["hparams/lr", "hparams/lr_grid", "hparams/lr_trials"]
-    assert [(r["conv"], r["lr"], r["weight_decay"], r["depthwise_weight_decay"], r["hparams/lr_trials"])
-            for r in rows] == [("standard", 0.1, 5e-05, 0.0, 4), ("dsconv", 0.4, 5e-05, 0.0, 4)]
+    assert [(r["conv"], r["lr"], r["weight_decay"], r["depthwise_weight_decay"], r["label_smoothing"],
+             r["hparams/lr_trials"]) for r in rows] == [("standard", 0.1, 5e-05, 0.0, 0.1, 4),
+                                                         ("dsconv", 0.4, 5e-05, 0.0, 0.1, 4)]
     md = hparams_section(rows, hparam_columns(rows))
     # hparams/lr repeats the config's lr: no column of its own
     assert ("| dataset | model | conv | width | epochs | lr | weight decay | depthwise wd | lr_grid | "

@@ -2,9 +2,13 @@
 
 A *comparison* pairs two configurations that differ in one factor and are equal in everything
 else (:data:`FACTORS`): the convolution type (each arm keeps its own tuned learning rate and weight
-decay), the schedule length (the convergence check: doubling the epochs) or the depthwise weight
-decay (the paper's detail). Its top-1 difference is taken seed by seed (``b - a``), with the 95%
-interval of the per-seed differences (:func:`dsnet.report.stats.paired_difference`).
+decay), the schedule length (the convergence check: doubling the epochs), the depthwise weight
+decay (the paper's detail) or the label smoothing (a recipe's choice). Its top-1 difference is
+taken seed by seed (``b - a``), with the 95% interval of the per-seed differences
+(:func:`dsnet.report.stats.paired_difference`). Top-1 is the test split's where both sides have
+it; two configurations trained without a test split (``test=false``: the runs a recipe is chosen
+with) are compared on their best epochs' validation top-1 instead, when they share at least two
+seeds: such a comparison is evidence for a decision, and one seed gives it no interval.
 
 The *convergence check* asks whether a schedule is long enough: doubling it must move each arm's
 top-1 and the standard − other gap by less than a threshold (0.5 pp, the Fashion-MNIST study's criterion). Both are paired by
@@ -44,8 +48,8 @@ from dsnet.report.tables import (
 
 # factor -> the keys that may differ between its two sides (all other configuration keys match).
 FACTORS = {"conv": ("conv", "groups", *TUNED_KEYS), "epochs": ("epochs",),
-           "depthwise_weight_decay": ("depthwise_weight_decay",)}
-COMPARISON_COLUMNS = ("factor", "dataset", "arch", "width", "image_size", "epochs", "a", "b", "a_top1_mean",
+           "depthwise_weight_decay": ("depthwise_weight_decay",), "label_smoothing": ("label_smoothing",)}
+COMPARISON_COLUMNS = ("factor", "split", "dataset", "arch", "width", "image_size", "epochs", "a", "b", "a_top1_mean",
                       "b_top1_mean", "diff_mean", "diff_ci95", "n_pairs", "seeds")
 COST_METRICS = ("params", "macs", "latency_ms_p50")
 EQUAL_COST_COLUMNS = ("metric", "dataset", "arch", "image_size", "epochs", "a_conv", "a_width", "a_cost",
@@ -71,10 +75,27 @@ def _side(row: dict[str, Any], factor: str) -> str:
     return "optimizer's" if value is None else f"{value:g}"
 
 
-def _diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    d = paired_difference(a["top1_by_seed"], b["top1_by_seed"])
-    return {"a_top1_mean": a["top1_mean"], "b_top1_mean": b["top1_mean"], "diff_mean": d["mean"],
+def _diff(a: dict[str, Any], b: dict[str, Any], key: str = "top1_by_seed") -> dict[str, Any]:
+    """The paired difference of ``b`` and ``a`` on the accuracies ``key`` (by seed), with each side's
+    mean over its own seeds."""
+    d = paired_difference(a[key], b[key])
+    mean = "top1_mean" if key == "top1_by_seed" else "val_acc_best_mean"
+    return {"a_top1_mean": a[mean], "b_top1_mean": b[mean], "diff_mean": d["mean"],
             "diff_ci95": d["ci95"], "n_pairs": d["n"], "seeds": " ".join(map(str, d["seeds"]))}
+
+
+MIN_VAL_PAIRS = 2  # seeds two validation-only configurations must share to be compared
+
+
+def _split(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, str] | None:
+    """Which accuracies compare ``a`` and ``b``: test where both have it, else validation where
+    neither has test and they share :data:`MIN_VAL_PAIRS` seeds; None: not comparable."""
+    if a["top1_mean"] is not None and b["top1_mean"] is not None:
+        return "test", "top1_by_seed"
+    if a["top1_mean"] is None and b["top1_mean"] is None \
+            and len(set(a.get("val_by_seed") or {}) & set(b.get("val_by_seed") or {})) >= MIN_VAL_PAIRS:
+        return "val", "val_by_seed"
+    return None
 
 
 def _order(factor: str, row: dict[str, Any]) -> tuple:
@@ -85,12 +106,13 @@ def _order(factor: str, row: dict[str, Any]) -> tuple:
 
 
 def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every pair of configurations with top-1 that differ in exactly one factor of :data:`FACTORS`.
+    """Every pair of configurations that differ in exactly one factor of :data:`FACTORS`, on test
+    top-1 where both have it, else on validation top-1 (``split``: see the module docstring).
 
     For the conv factor the baseline is the standard convolution, or the all-standard conv mix
     between mixes (pairs without one are left out); the other factors compare every two values, the smaller first.
     """
-    configs = [r for r in one_per_config(rows) if r["top1_mean"] is not None]
+    configs = [r for r in one_per_config(rows) if r["top1_mean"] is not None or r.get("val_by_seed")]
     out = []
     for factor, free in FACTORS.items():
         fixed = keys_except(*free)
@@ -101,13 +123,15 @@ def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 a_, b_ = sorted((a, b), key=lambda r: _order(factor, r))
                 if factor == "conv" and (a_.get(MIX_KEY) or a_["conv"]) != "standard":
                     continue
+                if (split := _split(a_, b_)) is None:
+                    continue
                 label = "" if factor == "conv" else f"{conv_label(a_)}: "
-                out.append({"factor": factor,
+                out.append({"factor": factor, "split": split[0],
                             **{k: a_[k] for k in ("dataset", "arch", "width", "image_size")},
                             # the schedule both sides share (None where it is the factor: a and b name it)
                             "epochs": None if factor == "epochs" else a_["epochs"],
                             "a": label + _side(a_, factor), "b": label + _side(b_, factor),
-                            **_diff(a_, b_)})
+                            **_diff(a_, b_, split[1])})
     return out
 
 

@@ -12,7 +12,10 @@ _PAIRED_NOTE = (
     "Each comparison pairs the runs of its two configurations by seed; the difference is b − a in "
     "percentage points, mean over the n seed pairs ± the half-width of its 95% confidence interval "
     "(Student t, n − 1 degrees of freedom). An interval that excludes 0 is a difference the seeds "
-    "do not explain. *conv* comparisons keep each arm's own learning rate and weight decay.\n")
+    "do not explain. *conv* comparisons keep each arm's own learning rate and weight decay. The split "
+    "is *test* where both configurations were tested; configurations trained without a test split "
+    "(the runs a recipe is chosen with) compare on *val*, the best epoch's validation top-1, when "
+    "they share two seeds or more.\n")
 _EQUAL_COST_NOTE = (
     "Configurations of two convolution types whose {metrics} agree within {tol} (max/min − 1), "
     "whatever their widths; the closest match per configuration. Difference b − a in percentage "
@@ -42,9 +45,9 @@ def _cost(value: float, metric: str) -> str:
 def comparisons_section(rows: Sequence[dict[str, Any]]) -> str:
     """Paired differences by seed, one row per comparison."""
     epochs = has_epochs(rows)
-    header = ["factor", "dataset", "model", "width", "resolution (px)", *(["epochs"] if epochs else []), "a", "b",
-              "top-1 a (%)", "top-1 b (%)", "b − a (pp), mean ± 95% CI", "seed pairs"]
-    body = [[r["factor"], r["dataset"], r["arch"], f"{r['width']:g}", str(r["image_size"]),
+    header = ["factor", "split", "dataset", "model", "width", "resolution (px)", *(["epochs"] if epochs else []),
+              "a", "b", "top-1 a (%)", "top-1 b (%)", "b − a (pp), mean ± 95% CI", "seed pairs"]
+    body = [[r["factor"], r["split"], r["dataset"], r["arch"], f"{r['width']:g}", str(r["image_size"]),
              *([fmt(r["epochs"], "d")] if epochs else []), r["a"], r["b"],
              fmt(r["a_top1_mean"], ".2f", 100), fmt(r["b_top1_mean"], ".2f", 100),
              _diff_cell(r), f"{r['n_pairs']} ({r['seeds']})" if r["n_pairs"] else "0"] for r in rows]

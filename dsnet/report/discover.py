@@ -47,7 +47,7 @@ class Run:
 
     ``values`` holds the results keys of :mod:`dsnet.results` (None or absent: unknown) plus, from
     a train run, ``epochs``, ``time_per_epoch_s``, ``val_acc_best``, ``lr``, ``weight_decay``,
-    ``depthwise_weight_decay``, ``train_size`` (None: the whole split), ``train_batch_size`` and
+    ``depthwise_weight_decay``, ``label_smoothing``, ``train_size`` (None: the whole split), ``train_batch_size`` and
     any ``hparams/*`` keys of its metrics.json. ``run_dir`` is the eval run's directory when
     there is one, else the train run's; ``train_dir`` the train run's, when known.
     """
@@ -157,6 +157,7 @@ def train_values(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         top1=metrics.get("test/acc"), top5=metrics.get("test/acc5"),
         lr=_get(config, "optim.optimizer.lr"), weight_decay=_get(config, "optim.optimizer.weight_decay"),
         depthwise_weight_decay=_get(config, "module.depthwise_weight_decay"),
+        label_smoothing=_get(config, "module.label_smoothing"),
         train_size=_get(config, "data.train_size"), train_batch_size=_get(config, "data.batch_size"),
         val_acc_best=metrics.get("val/acc_best"),
         **{k: v for k, v in metrics.items() if k.startswith("hparams/")},

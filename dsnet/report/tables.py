@@ -28,7 +28,7 @@ from dsnet.results import RESULT_KEYS
 
 MODEL_KEYS = ("dataset", "arch", "conv", "groups", "width", "image_size", "in_chans", "num_classes")
 # From the train run; None for an untrained eval (and train_size None: the whole split).
-TRAIN_KEYS = ("train_size", "epochs", "lr", "weight_decay", "depthwise_weight_decay")
+TRAIN_KEYS = ("train_size", "epochs", "lr", "weight_decay", "depthwise_weight_decay", "label_smoothing")
 ENV_KEYS = ("runtime", "device", "device_name", "precision", "channels_last", "num_threads",
             "batch_size")  # where latency was measured; None when it was not
 CONFIG_KEYS = (*MODEL_KEYS, *TRAIN_KEYS, *ENV_KEYS)
@@ -39,7 +39,7 @@ SUMMARY_COLUMNS = (*CONFIG_KEYS, "n", "top1_mean", "top1_ci95", "top1_std", "top
                    "val_acc_best_mean", *COST_KEYS, *TIMING_KEYS, "n_timed", "n_contended",
                    "runtime_version", "time_per_epoch_s", "run_dirs")
 RUN_COLUMNS = ("run_dir", "train_dir", "top1_source", "train_size", "epochs", "time_per_epoch_s",
-               "val_acc_best", "lr", "weight_decay", "depthwise_weight_decay",
+               "val_acc_best", "lr", "weight_decay", "depthwise_weight_decay", "label_smoothing",
                *(k for k in RESULT_KEYS if k not in ("run_dir", "macs_breakdown")),
                *(k for k in FORWARD_KEYS if k not in RESULT_KEYS))
 
