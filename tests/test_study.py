@@ -270,7 +270,8 @@ def test_cifar10s_schedule_check_trains_table_4s_runs_without_their_test():
     """The check's runs at either schedule are the jobs experiment=cifar10 sweeps at that schedule:
     Table 4 at width 0.25 is read from them once the schedule is chosen, not trained again."""
     study = load_study("cifar10")
-    assert [s.name for s in study.stages] == ["lr_search", "check", "equal_cost", "table4_w0.5", "table6"]
+    assert [s.name for s in study.stages] == ["lr_search", "check", "label_smoothing", "equal_cost", "table4_w0.5",
+                                              "table6"]
     for conv, epochs in (("conv", 10), ("dsconv", 20)):
         job = [f"model={conv}", "seed=3", f"trainer.max_epochs={epochs}"]
         assert job_name("experiment=cifar10_check", *job) == job_name("experiment=cifar10", *job)
@@ -279,6 +280,13 @@ def test_cifar10s_schedule_check_trains_table_4s_runs_without_their_test():
     assert check.test is False
     assert dict(check.hydra.sweeper.params) == {"seed": "2,3,4", "model": "conv,dsconv",
                                                  "trainer.max_epochs": "80,40,20,10"}
+    # the label-smoothing ablation: the check's 10-epoch jobs at smoothing 0, on validation
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        ablation = compose("train", overrides=["experiment=cifar10_label_smoothing"], return_hydra_config=True)
+    assert (ablation.test, ablation.module.label_smoothing, ablation.trainer.max_epochs) == (False, 0.0, 10)
+    assert (check.module.label_smoothing, check.optim.optimizer.lr) == (0.1, 3.2)
+    assert ablation.optim.optimizer.lr == 3.2 and dict(ablation.hydra.sweeper.params) == {
+        "seed": "2,3,4", "model": "conv,dsconv"}
     # the search's trials keep their 10 epochs, and so their names, whatever the recipe's schedule
     search = [o for o in study.stage("lr_search").overrides if "," not in o]
     assert job_name(*search, "model=dsconv", "optim.optimizer.lr=3.2", "seed=1") == "dsconv_w0.25_lr3.2_e10_seed1"
