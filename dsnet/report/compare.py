@@ -75,11 +75,15 @@ def _side(row: dict[str, Any], factor: str) -> str:
     return "optimizer's" if value is None else f"{value:g}"
 
 
-def _diff(a: dict[str, Any], b: dict[str, Any], key: str = "top1_by_seed") -> dict[str, Any]:
-    """The paired difference of ``b`` and ``a`` on the accuracies ``key`` (by seed), with each side's
-    mean over its own seeds."""
-    d = paired_difference(a[key], b[key])
-    mean = "top1_mean" if key == "top1_by_seed" else "val_acc_best_mean"
+SPLITS = {"val": "val_by_seed", "test": "top1_by_seed"}  # split -> a row's accuracies by seed
+_SPLIT_MEANS = {"val": "val_acc_best_mean", "test": "top1_mean"}  # split -> a row's mean over its seeds
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any], split: str = "test") -> dict[str, Any]:
+    """The paired difference of ``b`` and ``a`` on the ``split``'s accuracies (by seed), with each
+    side's mean over its own seeds."""
+    d = paired_difference(a[SPLITS[split]], b[SPLITS[split]])
+    mean = _SPLIT_MEANS[split]
     return {"a_top1_mean": a[mean], "b_top1_mean": b[mean], "diff_mean": d["mean"],
             "diff_ci95": d["ci95"], "n_pairs": d["n"], "seeds": " ".join(map(str, d["seeds"]))}
 
@@ -87,14 +91,14 @@ def _diff(a: dict[str, Any], b: dict[str, Any], key: str = "top1_by_seed") -> di
 MIN_VAL_PAIRS = 2  # seeds two validation-only configurations must share to be compared
 
 
-def _split(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, str] | None:
-    """Which accuracies compare ``a`` and ``b``: test where both have it, else validation where
+def _split(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """Which split compares ``a`` and ``b``: test where both have it, else validation where
     neither has test and they share :data:`MIN_VAL_PAIRS` seeds; None: not comparable."""
     if a["top1_mean"] is not None and b["top1_mean"] is not None:
-        return "test", "top1_by_seed"
+        return "test"
     if a["top1_mean"] is None and b["top1_mean"] is None \
-            and len(set(a.get("val_by_seed") or {}) & set(b.get("val_by_seed") or {})) >= MIN_VAL_PAIRS:
-        return "val", "val_by_seed"
+            and len(set(a.get(SPLITS["val"]) or {}) & set(b.get(SPLITS["val"]) or {})) >= MIN_VAL_PAIRS:
+        return "val"
     return None
 
 
@@ -126,12 +130,12 @@ def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 if (split := _split(a_, b_)) is None:
                     continue
                 label = "" if factor == "conv" else f"{conv_label(a_)}: "
-                out.append({"factor": factor, "split": split[0],
+                out.append({"factor": factor, "split": split,
                             **{k: a_[k] for k in ("dataset", "arch", "width", "image_size")},
                             # the schedule both sides share (None where it is the factor: a and b name it)
                             "epochs": None if factor == "epochs" else a_["epochs"],
                             "a": label + _side(a_, factor), "b": label + _side(b_, factor),
-                            **_diff(a_, b_, split[1])})
+                            **_diff(a_, b_, split)})
     return out
 
 
@@ -238,10 +242,7 @@ def convergence(rows: Sequence[dict[str, Any]], threshold: float = CONVERGENCE_T
     test (``"test"``), each where the runs have it. ``meets`` is ``|change_mean| < threshold``; the
     interval says how well the seeds pin it.
     """
-    return [row for split, key in CONVERGENCE_SPLITS.items() for row in _convergence(rows, threshold, split, key)]
-
-
-CONVERGENCE_SPLITS = {"val": "val_by_seed", "test": "top1_by_seed"}  # split -> a row's accuracies by seed
+    return [row for split, key in SPLITS.items() for row in _convergence(rows, threshold, split, key)]
 
 
 def _convergence(rows: Sequence[dict[str, Any]], threshold: float, split: str, key: str) -> list[dict[str, Any]]:
