@@ -284,7 +284,14 @@ def test_cifar10s_schedule_check_trains_table_4s_runs_without_their_test():
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         ablation = compose("train", overrides=["experiment=cifar10_label_smoothing"], return_hydra_config=True)
     assert (ablation.test, ablation.module.label_smoothing, ablation.trainer.max_epochs) == (False, 0.0, 10)
-    assert (check.module.label_smoothing, check.optim.optimizer.lr) == (0.1, 3.2)
+    # the divergence rule's step-down: dsconv trains 80 epochs at 1.6, every shorter schedule at the
+    # search's 3.2, and the run's name and hparams say which; the standard arm keeps 0.8 throughout
+    assert (check.module.label_smoothing, check.trainer.max_epochs, check.optim.optimizer.lr, check.hparams.lr) == (
+        0.1, 80, 1.6, 1.6)
+    names = {(conv, e): job_name("experiment=cifar10_check", f"model={conv}", "seed=3", f"trainer.max_epochs={e}")
+             for conv in ("conv", "dsconv") for e in (40, 80)}
+    assert names == {("conv", 40): "standard_w0.25_lr0.8_e40_seed3", ("conv", 80): "standard_w0.25_lr0.8_e80_seed3",
+                     ("dsconv", 40): "dsconv_w0.25_lr3.2_e40_seed3", ("dsconv", 80): "dsconv_w0.25_lr1.6_e80_seed3"}
     assert ablation.optim.optimizer.lr == 3.2 and dict(ablation.hydra.sweeper.params) == {
         "seed": "2,3,4", "model": "conv,dsconv"}
     # the search's trials keep their 10 epochs, and so their names, whatever the recipe's schedule
