@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,10 @@ from dsnet.report import (
     summarise,
 )
 from dsnet.report.compare_md import comparisons_section, convergence_section, equal_cost_section, hparams_section
+from dsnet.report.discover import Run, read_curve
 from dsnet.report.sensitivity import lr_arms, plot_lr_sensitivity
-from dsnet.report.curves import read_val_curve
-from dsnet.report.discover import Run
 from dsnet.report.stats import mean_ci, paired_difference, t_quantile
-from dsnet.report.tables import hparam_columns, theory_vs_measurement
+from dsnet.report.tables import diverged_epochs, hparam_columns, theory_vs_measurement
 from dsnet.results import SCHEMA_VERSION, write_json_atomic
 
 
@@ -58,15 +58,16 @@ def test_paired_difference_uses_the_seeds_both_arms_have():
     assert d["ci95"] == pytest.approx(4.3027 * d["std"] / math.sqrt(3), rel=1e-4)
 
 
-def train_run(name, conv, width, seed, acc, *, params, macs, epochs=15, lr=0.1, val=None, **extra):
+def train_run(name, conv, width, seed, acc, *, params, macs, epochs=15, lr=0.1, val=None, loss=None, **extra):
     """A train run as discovery makes it (no eval results): values only; ``val`` its val/acc_best
-    where it differs from its test top-1 ``acc``."""
+    where it differs from its test top-1 ``acc``, ``loss`` its training loss by epoch."""
     values = dict(dataset="fashion_mnist", arch="mobilenet_v1", conv=conv, groups=None,
                   width=width, image_size=28, in_chans=1, num_classes=10, seed=seed, top1=acc,
                   top5=None, params=params, macs=macs, train_size=None, epochs=epochs, lr=lr,
                   weight_decay=5e-5, depthwise_weight_decay=None, time_per_epoch_s=1.0,
                   val_acc_best=acc if val is None else val, **extra)
-    return Run(Path(f"/runs/{name}"), values, None, Path(f"/runs/{name}"), "metrics.json")
+    return Run(Path(f"/runs/{name}"), values, None, Path(f"/runs/{name}"), "metrics.json",
+               {"train/loss_epoch": loss} if loss else {})
 
 
 def write_train_run(d, values):
@@ -172,6 +173,60 @@ def test_convergence_check_pairs_each_arm_and_the_gap_by_seed_when_the_schedule_
     assert gap["change_mean"] == pytest.approx(-0.012) and gap["meets"] is False
     assert gap["change_ci95"] == pytest.approx(12.7062 * 0.004, rel=1e-4)  # s = 0.004 sqrt(2), n = 2
     assert convergence(summarise(SWEEP[:3])) == []  # one schedule only: nothing to check
+
+
+def falling(epochs: int, back_at_chance: Sequence[int] = ()) -> dict[int, float]:
+    """A training loss by epoch that falls from 2.0, or sits at ln 10 at ``back_at_chance``."""
+    return {e: math.log(10) if e in back_at_chance else 2.0 - e / epochs for e in range(1, epochs + 1)}
+
+
+def test_a_run_back_at_chance_after_its_first_epoch_diverged_and_a_validation_dip_did_not():
+    ds = dict(params=130_000, macs=1_300_000, epochs=80, lr=3.2)
+    collapsed = train_run("c", "dsconv", 0.25, 2, None, val=0.80, loss=falling(80, range(19, 29)), **ds)
+    assert diverged_epochs(collapsed) == list(range(19, 29))
+    # ln 10 - 0.1 is the line: 2.21 is at chance, 2.19 is not, and the first epoch never counts
+    edge = train_run("e", "dsconv", 0.25, 2, None, val=0.8, loss={1: 2.30, 2: 2.19, 3: 2.21, 4: 1.5}, **ds)
+    assert diverged_epochs(edge) == [3]
+    # Fashion-MNIST's one-epoch validation dip to 9.8% while the training loss kept falling
+    dip = train_run("d", "dsconv", 0.25, 2, None, val=0.91, loss={1: 1.31, 2: 0.95, 3: 0.90, 4: 0.87}, **ds)
+    assert diverged_epochs(dip) == [] and diverged_epochs(train_run("n", "dsconv", 0.25, 2, None, val=0.8, **ds)) == []
+    # 100 classes: chance is ln 100 = 4.61, so a loss of 2.3 is learning
+    cifar100 = train_run("h", "dsconv", 0.25, 2, None, val=0.5, loss=falling(80, range(19, 29)), **ds)
+    cifar100.values["num_classes"] = 100
+    assert diverged_epochs(cifar100) == []
+
+
+def test_a_stepped_down_arm_is_checked_across_its_two_rates_and_a_diverged_seed_is_named():
+    """The divergence rule: dsconv diverged at 80 epochs and lr 3.2 (seed 2) and trains 80 epochs at
+    1.6. The check reads 40@3.2 against 80@1.6 and against 80@3.2, each row naming its rates, and
+    every row whose seeds hold the diverged run says so; the conv comparison names each rate too."""
+    std, ds = dict(params=215_000, macs=3_000_000), dict(params=30_000, macs=400_000)
+    runs = [*(train_run(f"s40_{s}", "standard", 0.25, s, None, val=v, lr=0.8, epochs=40, **std)
+              for s, v in ((2, 0.8586), (3, 0.8574), (4, 0.8600))),
+            *(train_run(f"s80_{s}", "standard", 0.25, s, None, val=v, lr=0.8, epochs=80, **std)
+              for s, v in ((2, 0.8704), (3, 0.8684), (4, 0.8690))),
+            *(train_run(f"d40_{s}", "dsconv", 0.25, s, None, val=v, lr=3.2, epochs=40, **ds)
+              for s, v in ((2, 0.8094), (3, 0.7980), (4, 0.8000))),
+            train_run("d80_2", "dsconv", 0.25, 2, None, val=0.8024, lr=3.2, epochs=80, loss=falling(80, range(19, 29)), **ds),
+            train_run("d80_3", "dsconv", 0.25, 3, None, val=0.8210, lr=3.2, epochs=80, loss=falling(80), **ds),
+            *(train_run(f"h80_{s}", "dsconv", 0.25, s, None, val=v, lr=1.6, epochs=80, loss=falling(80), **ds)
+              for s, v in ((2, 0.8150), (3, 0.8200), (4, 0.8100)))]
+    rows = {r["what"]: r for r in convergence(summarise(runs))}
+    assert set(rows) == {"standard", "dsconv (lr 3.2 → 3.2)", "dsconv (lr 3.2 → 1.6)",
+                         "standard − dsconv (lr 3.2 → 3.2) gap", "standard − dsconv (lr 3.2 → 1.6) gap"}
+    down, kept = rows["dsconv (lr 3.2 → 1.6)"], rows["dsconv (lr 3.2 → 3.2)"]
+    assert (down["seeds"], down["diverged"], kept["seeds"], kept["diverged"]) == ("2 3 4", "", "2 3", "2")
+    assert down["change_mean"] == pytest.approx((0.0056 + 0.0220 + 0.0100) / 3)  # 80@1.6 - 40@3.2, by seed
+    gap = rows["standard − dsconv (lr 3.2 → 1.6) gap"]  # per-seed gaps 4.92, 5.94, 6.00 -> 5.54, 4.84, 5.90
+    assert gap["change_mean"] == pytest.approx((0.0062 - 0.0110 - 0.0010) / 3) and gap["diverged"] == ""
+    assert rows["standard − dsconv (lr 3.2 → 3.2) gap"]["diverged"] == "2"
+    section = convergence_section(list(rows.values()))
+    assert "| dsconv (lr 3.2 → 3.2) | 40 → 80 | 80.37 | 81.17 | +0.80 ± " in section
+    assert "| 2 (2 3; diverged: 2) | **no** |" in section and "| 3 (2 3 4) | **no** |" in section
+    # at 80 epochs the conv comparison meets two dsconv configurations and names the rate of each
+    at80 = {(r["a"], r["b"]): r for r in comparisons(summarise(runs)) if r["factor"] == "conv" and r["epochs"] == 80}
+    assert set(at80) == {("standard", "dsconv (lr 3.2)"), ("standard", "dsconv (lr 1.6)")}
+    assert (at80["standard", "dsconv (lr 3.2)"]["diverged"], at80["standard", "dsconv (lr 1.6)"]["n_pairs"]) == ("2", 3)
 
 
 def test_a_move_of_exactly_the_threshold_does_not_pass_however_float32_rounds_it():
@@ -375,8 +430,8 @@ def test_learning_curve_reads_resumed_versions_in_order_later_ones_win(tmp_path)
         d = tmp_path / "csv" / f"version_{version}"
         d.mkdir(parents=True)
         (d / "metrics.csv").write_text(header + "\n".join(lines) + "\n")
-    assert read_val_curve(tmp_path) == {1: 0.25, 2: 0.45, 3: 0.70}
-    assert read_val_curve(tmp_path / "nothing") == {}
+    assert read_curve(tmp_path) == {1: 0.25, 2: 0.45, 3: 0.70}
+    assert read_curve(tmp_path / "nothing") == {}
 
 
 def eval_record(conv, seed, runtime, latency, **extra):

@@ -335,7 +335,7 @@ def test_the_collector_turns_a_real_run_into_one_row_and_its_epochs(tmp_path):
     write_study(tmp_path / "runs", tmp_path / "results")
     assert read_table(tmp_path / "results" / "runs.csv") == [{k: v for k, v in row.items()}]
     [run] = read_study(tmp_path / "results")
-    assert (run.top1, run.values["time_per_epoch_s"], run.curve) == (
+    assert (run.top1, run.values["time_per_epoch_s"], run.curve()) == (
         metrics["test/acc"], metrics["time_per_epoch_s"], dict(enumerate(logged, 1)))
 
 

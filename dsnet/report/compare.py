@@ -50,7 +50,7 @@ from dsnet.report.tables import (
 FACTORS = {"conv": ("conv", "groups", *TUNED_KEYS), "epochs": ("epochs",),
            "depthwise_weight_decay": ("depthwise_weight_decay",), "label_smoothing": ("label_smoothing",)}
 COMPARISON_COLUMNS = ("factor", "split", "dataset", "arch", "width", "image_size", "epochs", "a", "b", "a_top1_mean",
-                      "b_top1_mean", "diff_mean", "diff_ci95", "n_pairs", "seeds")
+                      "b_top1_mean", "diff_mean", "diff_ci95", "n_pairs", "seeds", "diverged")
 COST_METRICS = ("params", "macs", "latency_ms_p50")
 EQUAL_COST_COLUMNS = ("metric", "dataset", "arch", "image_size", "epochs", "a_conv", "a_width", "a_cost",
                       "a_top1_mean", "b_conv", "b_width", "b_cost", "b_top1_mean", "cost_ratio",
@@ -64,7 +64,7 @@ DEFAULT_LATENCY_TOLERANCE = 0.10
 CONVERGENCE_THRESHOLD = 0.005  # 0.5 pp: what doubling the schedule may move an arm or the gap by
 CONVERGENCE_COLUMNS = ("split", "what", "dataset", "arch", "width", "image_size", "short_epochs", "long_epochs",
                        "short_mean", "long_mean", "change_mean", "change_ci95", "n_pairs", "seeds",
-                       "threshold", "meets")
+                       "diverged", "threshold", "meets")
 
 
 def _side(row: dict[str, Any], factor: str) -> str:
@@ -79,13 +79,36 @@ SPLITS = {"val": "val_by_seed", "test": "top1_by_seed"}  # split -> a row's accu
 _SPLIT_MEANS = {"val": "val_acc_best_mean", "test": "top1_mean"}  # split -> a row's mean over its seeds
 
 
+def _diverged(seeds: Sequence[Any], *rows: dict[str, Any]) -> str:
+    """The ``seeds`` whose run diverged in any of ``rows`` (:func:`dsnet.report.tables.diverged_epochs`),
+    space-separated; "" when none did. A mean over them holds a network that was back at chance."""
+    return " ".join(str(s) for s in seeds if any(s in (r.get("diverged_by_seed") or {}) for r in rows))
+
+
 def _diff(a: dict[str, Any], b: dict[str, Any], split: str = "test") -> dict[str, Any]:
     """The paired difference of ``b`` and ``a`` on the ``split``'s accuracies (by seed), with each
     side's mean over its own seeds."""
     d = paired_difference(a[SPLITS[split]], b[SPLITS[split]])
     mean = _SPLIT_MEANS[split]
     return {"a_top1_mean": a[mean], "b_top1_mean": b[mean], "diff_mean": d["mean"],
-            "diff_ci95": d["ci95"], "n_pairs": d["n"], "seeds": " ".join(map(str, d["seeds"]))}
+            "diff_ci95": d["ci95"], "n_pairs": d["n"], "seeds": " ".join(map(str, d["seeds"])),
+            "diverged": _diverged(d["seeds"], a, b)}
+
+
+def _twins(row: dict[str, Any], configs: Sequence[dict[str, Any]]) -> list[str]:
+    """The tuned settings (of :data:`TUNED_KEYS`) in which another configuration of ``configs``, the
+    same arm otherwise, differs from ``row``: what a label must name to tell the two apart."""
+    fixed = keys_except(*TUNED_KEYS)
+    twins = [c for c in configs if c is not row and conv_label(c) == conv_label(row)
+             and all(c[k] == row[k] for k in fixed)]
+    return [k for k in TUNED_KEYS if any(c[k] != row[k] for c in twins)]
+
+
+def _tuned(row: dict[str, Any], keys: Sequence[str]) -> str:
+    """`` (lr 0.8)``: the tuned settings ``keys`` of ``row``; "" without keys."""
+    names = {"lr": "lr", "weight_decay": "wd"}
+    shown = [f"{names[k]} {row[k]:g}" for k in keys if row.get(k) is not None]
+    return f" ({', '.join(shown)})" if shown else ""
 
 
 MIN_VAL_PAIRS = 2  # seeds two validation-only configurations must share to be compared
@@ -130,12 +153,13 @@ def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 if (split := _split(a_, b_)) is None:
                     continue
                 label = "" if factor == "conv" else f"{conv_label(a_)}: "
+                # an arm trained at two learning rates (a step-down) names the one each side has
+                sides = [label + _side(r, factor) + _tuned(r, _twins(r, configs)) for r in (a_, b_)]
                 out.append({"factor": factor, "split": split,
                             **{k: a_[k] for k in ("dataset", "arch", "width", "image_size")},
                             # the schedule both sides share (None where it is the factor: a and b name it)
                             "epochs": None if factor == "epochs" else a_["epochs"],
-                            "a": label + _side(a_, factor), "b": label + _side(b_, factor),
-                            **_diff(a_, b_, split)})
+                            "a": sides[0], "b": sides[1], **_diff(a_, b_, split)})
     return out
 
 
@@ -214,11 +238,25 @@ def latency_match_pairs(rows: Sequence[dict[str, Any]], record: dict[str, Any], 
             for a in sides[0] for b in sides[1] if all(a[k] == b[k] for k in _match_keys("params"))]
 
 
-def _schedule_pairs(configs: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(short, long) configurations equal in everything but ``epochs``, the long one twice as long."""
-    fixed = keys_except("epochs")
+def _schedule_pairs(configs: Sequence[dict[str, Any]], key: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(short, long) configurations equal in everything but ``epochs``, the long one twice as long,
+    that share a seed in ``key``'s accuracies. Their tuned settings may differ: an arm whose run
+    diverged at the long schedule trains it at a lower learning rate (a step-down), and its check
+    reads the short runs against the stepped-down long ones."""
+    fixed = keys_except("epochs", *TUNED_KEYS)
     return [(a, b) for a in configs for b in configs
-            if a["epochs"] and b["epochs"] == 2 * a["epochs"] and all(a[k] == b[k] for k in fixed)]
+            if a["epochs"] and b["epochs"] == 2 * a["epochs"] and all(a[k] == b[k] for k in fixed)
+            and set(a[key]) & set(b[key])]
+
+
+def _schedule_label(short: dict[str, Any], long: dict[str, Any], ambiguous: bool) -> str:
+    """An arm's name in the convergence check, with its learning rates when they change with the
+    schedule or when the long schedule ran at more than one (``dsconv (lr 3.2 → 1.6)``)."""
+    if not ambiguous and all(short[k] == long[k] for k in TUNED_KEYS):
+        return conv_label(short)
+    changes = [f"{k if k == 'lr' else 'wd'} {short[k]:g} → {long[k]:g}" for k in TUNED_KEYS
+               if short[k] is not None and long[k] is not None and (short[k] != long[k] or k == "lr")]
+    return f"{conv_label(short)} ({', '.join(changes)})" if changes else conv_label(short)
 
 
 def _by_seed_gap(a: dict[str, Any], b: dict[str, Any], key: str = "top1_by_seed") -> dict[Any, float]:
@@ -247,31 +285,33 @@ def convergence(rows: Sequence[dict[str, Any]], threshold: float = CONVERGENCE_T
 
 def _convergence(rows: Sequence[dict[str, Any]], threshold: float, split: str, key: str) -> list[dict[str, Any]]:
     configs = [r for r in one_per_config(rows) if r.get(key)]
-    pairs = _schedule_pairs(configs)
+    pairs = _schedule_pairs(configs, key)
+    label = {id(p): _schedule_label(*p, ambiguous=sum(q[0] is p[0] for q in pairs) > 1) for p in pairs}
     out = []
 
-    def row(what, short, long, short_mean, long_mean, d):
+    def row(what, short, long, short_mean, long_mean, d, sides):
         return {"split": split, "what": what, **{k: short[k] for k in ("dataset", "arch", "width", "image_size")},
                 "short_epochs": short["epochs"], "long_epochs": long["epochs"], "short_mean": short_mean,
                 "long_mean": long_mean, "change_mean": d["mean"], "change_ci95": d["ci95"], "n_pairs": d["n"],
-                "seeds": " ".join(map(str, d["seeds"])), "threshold": threshold,
-                "meets": None if d["mean"] is None else _below(d["mean"], threshold)}
+                "seeds": " ".join(map(str, d["seeds"])), "diverged": _diverged(d["seeds"], *sides),
+                "threshold": threshold, "meets": None if d["mean"] is None else _below(d["mean"], threshold)}
 
     def paired_mean(by_seed: dict[Any, float], seeds) -> float | None:
         # over the seeds both schedules ran, so that long - short is the change the row reports
         return statistics.fmean(by_seed[s] for s in seeds) if seeds else None
 
-    for short, long in pairs:
+    for pair in pairs:
+        short, long = pair
         d = paired_difference(short[key], long[key])
-        out.append(row(conv_label(short), short, long, paired_mean(short[key], d["seeds"]),
-                       paired_mean(long[key], d["seeds"]), d))
+        out.append(row(label[id(pair)], short, long, paired_mean(short[key], d["seeds"]),
+                       paired_mean(long[key], d["seeds"]), d, pair))
     fixed = keys_except(*FACTORS["conv"])
-    for (s_a, l_a), (s_b, l_b) in itertools.combinations(pairs, 2):
-        (s_a, l_a), (s_b, l_b) = sorted([(s_a, l_a), (s_b, l_b)], key=lambda p: _order("conv", p[0]))
+    for p, q in itertools.combinations(pairs, 2):
+        (s_a, l_a), (s_b, l_b) = a, b = sorted([p, q], key=lambda p: _order("conv", p[0]))
         if s_a["conv"] != "standard" or s_b["conv"] == "standard" or any(s_a[k] != s_b[k] for k in fixed):
             continue
         gap_short, gap_long = _by_seed_gap(s_a, s_b, key), _by_seed_gap(l_a, l_b, key)
         d = paired_difference(gap_short, gap_long)
-        out.append(row(f"{conv_label(s_a)} − {conv_label(s_b)} gap", s_a, l_a,
-                       paired_mean(gap_short, d["seeds"]), paired_mean(gap_long, d["seeds"]), d))
+        out.append(row(f"{label[id(a)]} − {label[id(b)]} gap", s_a, l_a,
+                       paired_mean(gap_short, d["seeds"]), paired_mean(gap_long, d["seeds"]), d, (*a, *b)))
     return out

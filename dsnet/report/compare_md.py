@@ -6,8 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from dsnet.report.markdown import fmt, has_epochs, markdown_table
-from dsnet.report.tables import conv_label, one_per_config
+from dsnet.report.tables import DIVERGED_MARGIN, conv_label, one_per_config
 
+_DIVERGED_NOTE = (
+    "*diverged* names the seeds whose run, on either side, was back at chance after its first epoch "
+    "(mean training loss within {margin:g} of ln C, C classes); the means include it.").format(
+    margin=DIVERGED_MARGIN)
 _PAIRED_NOTE = (
     "Each comparison pairs the runs of its two configurations by seed; the difference is b − a in "
     "percentage points, mean over the n seed pairs ± the half-width of its 95% confidence interval "
@@ -15,7 +19,8 @@ _PAIRED_NOTE = (
     "do not explain. *conv* comparisons keep each arm's own learning rate and weight decay. The split "
     "is *test* where both configurations were tested; configurations trained without a test split "
     "(the runs a recipe is chosen with) compare on *val*, the best epoch's validation top-1, when "
-    "they share two seeds or more.\n")
+    "they share two seeds or more. An arm trained at two learning rates names each side's. "
+    + _DIVERGED_NOTE + "\n")
 _EQUAL_COST_NOTE = (
     "Configurations of two convolution types whose {metrics} agree within {tol} (max/min − 1), "
     "whatever their widths; the closest match per configuration. Difference b − a in percentage "
@@ -27,7 +32,8 @@ _CONVERGENCE_NOTE = (
     "n − 1 dof); the accuracy columns are means over the same seed pairs. *val* is the best epoch's "
     "validation top-1, the split a schedule is chosen on; *test* is the test top-1 of the same runs, "
     "which reports what the choice gave. The schedule counts as converged when every change on val "
-    "is under {threshold:.1f} pp.\n")
+    "is under {threshold:.1f} pp. An arm whose learning rate changes with the schedule (a step-down "
+    "after a divergence) names both rates. " + _DIVERGED_NOTE.replace("{", "{{").replace("}", "}}") + "\n")
 _METRIC_NAMES = {"params": "params", "macs": "MACs", "latency_ms_p50": "latency p50 (ms)"}
 
 
@@ -42,6 +48,13 @@ def _cost(value: float, metric: str) -> str:
     return f"{value:.3f}" if metric.startswith("latency") else f"{value / 1e6:.3f} M"
 
 
+def _seeds_cell(r: dict[str, Any]) -> str:
+    """``3 (2 3 4)``, and the seeds whose run diverged: ``3 (2 3 4; diverged: 2)``."""
+    if not r["n_pairs"]:
+        return "0"
+    return f"{r['n_pairs']} ({r['seeds']}" + (f"; diverged: {r['diverged']})" if r.get("diverged") else ")")
+
+
 def comparisons_section(rows: Sequence[dict[str, Any]]) -> str:
     """Paired differences by seed, one row per comparison."""
     epochs = has_epochs(rows)
@@ -50,7 +63,7 @@ def comparisons_section(rows: Sequence[dict[str, Any]]) -> str:
     body = [[r["factor"], r["split"], r["dataset"], r["arch"], f"{r['width']:g}", str(r["image_size"]),
              *([fmt(r["epochs"], "d")] if epochs else []), r["a"], r["b"],
              fmt(r["a_top1_mean"], ".2f", 100), fmt(r["b_top1_mean"], ".2f", 100),
-             _diff_cell(r), f"{r['n_pairs']} ({r['seeds']})" if r["n_pairs"] else "0"] for r in rows]
+             _diff_cell(r), _seeds_cell(r)] for r in rows]
     return ("## Paired differences by seed\n\n" + _PAIRED_NOTE + "\n"
             + (markdown_table(header, body) if body else
                "No two configurations with top-1 differ in one factor only.\n"))
@@ -139,7 +152,7 @@ def convergence_section(rows: Sequence[dict[str, Any]]) -> str:
              f"{r['short_epochs']} → {r['long_epochs']}", fmt(r["short_mean"], ".2f", 100),
              fmt(r["long_mean"], ".2f", 100),
              _diff_cell({"diff_mean": r["change_mean"], "diff_ci95": r["change_ci95"]}),
-             f"{r['n_pairs']} ({r['seeds']})", {True: "yes", False: "**no**", None: "–"}[r["meets"]]]
+             _seeds_cell(r), {True: "yes", False: "**no**", None: "–"}[r["meets"]]]
             for r in rows]
     return ("## Convergence check\n\n" + _CONVERGENCE_NOTE.format(threshold=rows[0]["threshold"] * 100)
             + "\n" + markdown_table(header, body))

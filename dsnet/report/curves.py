@@ -9,8 +9,6 @@ epoch, the band spans the lowest to the highest seed.
 
 from __future__ import annotations
 
-import csv
-import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,20 +23,6 @@ from dsnet.report.plots import save_figure, series_styles
 from dsnet.report.tables import MODEL_KEYS, TRAIN_KEYS, conv_label, conv_rank, write_csv
 
 CURVE_COLUMNS = ("dataset", "arm", "conv", "groups", "epoch", "val_acc_mean", "val_acc_min", "val_acc_max", "n")
-_VERSION = re.compile(r"version_(\d+)$")
-
-
-def read_val_curve(run_dir: Path) -> dict[int, float]:
-    """``{epoch: val/acc}`` (fractions, epochs from 1) from a train run's CSV logs; {} without logs."""
-    versions = sorted((int(m.group(1)), p) for p in (run_dir / "csv").glob("version_*")
-                      if (m := _VERSION.search(p.name)) and (p / "metrics.csv").is_file())
-    curve: dict[int, float] = {}
-    for _, path in versions:
-        with (path / "metrics.csv").open(newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                if row.get("val/acc") and row.get("epoch"):
-                    curve[int(float(row["epoch"])) + 1] = float(row["val/acc"])
-    return curve
 
 
 # Short names for the keys an arm label shows (the legend holds up to a dozen arms).
@@ -62,7 +46,7 @@ def learning_curves(runs: Sequence[Run]) -> list[dict[str, Any]]:
         if run.train_dir is None:
             continue
         key = tuple(run.values.get(k) for k in (*MODEL_KEYS, *TRAIN_KEYS))
-        curve = run.curve or read_val_curve(run.train_dir)
+        curve = run.curve()
         if curve:
             arms.setdefault(key, {})[run.train_dir] = curve
             first.setdefault(key, run.values)

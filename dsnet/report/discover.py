@@ -17,9 +17,11 @@ Every run directory that yields no :class:`Run` is listed with the reason (never
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,10 @@ class ReportInputError(ValueError):
     """The directories given to the report hold nothing it can report."""
 
 
+_VERSION = re.compile(r"version_(\d+)$")
+# The per-epoch metrics the report reads: validation top-1 (learning curves) and the mean training
+# loss (divergence).
+CURVE_METRICS = ("val/acc", "train/loss_epoch")
 _SKIP_DIRS = {"checkpoints", "wandb", "tensorboard", "csv", "__pycache__"}
 # metrics.json keys a train run needs to stand on its own (written by dsnet.task since the report
 # learnt to read train runs); older files without them only serve as an eval run's accuracy.
@@ -57,11 +63,19 @@ class Run:
     record: ResultsRecord | None = None
     train_dir: Path | None = None
     top1_source: str = ""  # "results.json", "metrics.json" or "" when unknown
-    curve: dict[int, float] = dataclasses.field(default_factory=dict)  # {epoch: val/acc}, from a tidy table
+    # {metric: {epoch: value}} of CURVE_METRICS, from a tidy table; {} reads the train run's CSV logs
+    curves: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def top1(self) -> float | None:
         return self.values.get("top1")
+
+    def curve(self, metric: str = "val/acc") -> dict[int, float]:
+        """``{epoch: value}`` of one of :data:`CURVE_METRICS`: the tidy table's, else read from
+        the train run's CSV logs; {} without either."""
+        if metric in self.curves:
+            return self.curves[metric]
+        return read_curve(self.train_dir, metric) if self.train_dir is not None and not self.curves else {}
 
     @property
     def top5(self) -> float | None:
@@ -71,6 +85,21 @@ class Run:
     def identity(self) -> Path:
         """The trained network this run stands for: seeds are counted once per identity."""
         return self.train_dir or self.run_dir
+
+
+
+def read_curve(run_dir: Path, metric: str = "val/acc") -> dict[int, float]:
+    """``{epoch: value}`` of an end-of-epoch ``metric`` (epochs from 1) from a train run's CSV logs;
+    {} without logs."""
+    versions = sorted((int(m.group(1)), p) for p in (run_dir / "csv").glob("version_*")
+                      if (m := _VERSION.search(p.name)) and (p / "metrics.csv").is_file())
+    curve: dict[int, float] = {}
+    for _, path in versions:
+        with (path / "metrics.csv").open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                if row.get(metric) and row.get("epoch"):
+                    curve[int(float(row["epoch"])) + 1] = float(row[metric])
+    return curve
 
 
 def show_path(path: Path) -> str:

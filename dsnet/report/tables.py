@@ -17,6 +17,7 @@ configuration's keys and names its series (:func:`conv_label`).
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,6 +118,37 @@ def accuracy_by_seed(runs: Sequence[Run], key: str = "top1") -> dict[Any, float]
     return by_seed
 
 
+# A run has *diverged* at an epoch after its first whose mean training loss is back within
+# DIVERGED_MARGIN of ln(num_classes), the cross-entropy of a uniform guess: a too-high learning rate
+# that threw the network back to chance, not a slow start. In the published studies the collapsed
+# runs read 2.32-2.39 (ln 10 = 2.30) and every other run stays at or below 1.92 after its first epoch;
+# a validation top-1 alone would also flag a one-epoch dip whose training loss kept falling.
+DIVERGED_MARGIN = 0.1
+
+
+def diverged_epochs(run: Run) -> list[int]:
+    """The epochs after the first at which ``run``'s training loss was back at chance."""
+    classes = run.values.get("num_classes")
+    if not classes:
+        return []
+    chance = math.log(classes) - DIVERGED_MARGIN
+    return sorted(e for e, loss in run.curve("train/loss_epoch").items() if e > 1 and loss >= chance)
+
+
+def diverged_by_seed(runs: Sequence[Run]) -> dict[Any, list[int]]:
+    """``{seed: epochs}`` of the trained networks among ``runs`` that diverged (keyed as
+    :func:`accuracy_by_seed` keys them)."""
+    out, seen = {}, set()
+    for run in runs:
+        if run.identity in seen:
+            continue
+        seen.add(run.identity)
+        if epochs := diverged_epochs(run):
+            seed = run.values.get("seed")
+            out[seed if seed is not None and seed not in out else str(run.identity)] = epochs
+    return out
+
+
 def _median(runs: Sequence[Run], key: str) -> float | None:
     values = [r.values[key] for r in runs if r.values.get(key) is not None]
     return statistics.median(values) if values else None
@@ -168,7 +200,7 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
                 time_per_epoch_s=_median(members, "time_per_epoch_s"),
                 run_dirs=";".join(sorted({show_path(r.run_dir) for r in [*members]})),
                 macs_breakdown=breakdown, top1_by_seed=by_seed,
-                val_by_seed=val_by_seed,
+                val_by_seed=val_by_seed, diverged_by_seed=diverged_by_seed(members),
                 **{k: _first(members, k) for k in sorted({k for r in members for k in r.values
                                                           if k.startswith("hparams/")})},
             )

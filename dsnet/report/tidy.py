@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dsnet.report.discover import ReportInputError, Run
+from dsnet.report.discover import CURVE_METRICS, ReportInputError, Run
 from dsnet.results import RESULT_KEYS, ResultsRecord, write_text_atomic
 
 ID_COLUMNS = ("run", "eval", "top1_source")
@@ -115,7 +115,7 @@ def run_row(run: Run, key: str, eval_key: str | None, extra: dict[str, Any] | No
     return row
 
 
-def row_run(row: dict[str, Any], root: Path, curve: dict[int, float] | None = None) -> Run:
+def row_run(row: dict[str, Any], root: Path, curves: dict[str, dict[int, float]] | None = None) -> Run:
     """The :class:`Run` a ``runs.csv`` row stands for; ``root`` makes its keys paths (for labels only)."""
     values = {k: v for k, v in row.items()
               if k not in ID_COLUMNS and not k.startswith(f"{BREAKDOWN}.")}
@@ -132,7 +132,7 @@ def row_run(row: dict[str, Any], root: Path, curve: dict[int, float] | None = No
         record = ResultsRecord.from_dict(data, source=f"{root / 'runs.csv'}: run {row['run']}")
     train_dir = root / row["run"] if row.get("eval") != row["run"] else None
     run_dir = root / row["eval"] if row.get("eval") is not None else root / row["run"]
-    return Run(run_dir, values, record, train_dir, row.get("top1_source") or "", curve or {})
+    return Run(run_dir, values, record, train_dir, row.get("top1_source") or "", curves or {})
 
 
 def read_study(study_dir: str | os.PathLike) -> list[Run]:
@@ -143,11 +143,12 @@ def read_study(study_dir: str | os.PathLike) -> list[Run]:
     """
     study_dir = Path(study_dir)
     rows = read_table(study_dir / "runs.csv")
-    curves: dict[str, dict[int, float]] = {}
+    curves: dict[str, dict[str, dict[int, float]]] = {}
     if (study_dir / "curves.csv").is_file():
         for c in read_table(study_dir / "curves.csv"):
-            if c.get("val/acc") is not None:
-                curves.setdefault(c["run"], {})[c["epoch"]] = c["val/acc"]
+            for metric in CURVE_METRICS:
+                if c.get(metric) is not None:
+                    curves.setdefault(c["run"], {}).setdefault(metric, {})[c["epoch"]] = c[metric]
     try:
         return [row_run(r, study_dir, curves.get(r["run"])) for r in rows]
     except (KeyError, TypeError, ValueError) as err:
