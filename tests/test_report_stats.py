@@ -18,6 +18,7 @@ from dsnet.report import (
     collect_runs,
     comparisons,
     convergence,
+    convergence_by_seed,
     equal_cost,
     latency_match_pairs,
     missing_columns,
@@ -173,6 +174,16 @@ def test_convergence_check_pairs_each_arm_and_the_gap_by_seed_when_the_schedule_
     assert gap["change_mean"] == pytest.approx(-0.012) and gap["meets"] is False
     assert gap["change_ci95"] == pytest.approx(12.7062 * 0.004, rel=1e-4)  # s = 0.004 sqrt(2), n = 2
     assert convergence(summarise(SWEEP[:3])) == []  # one schedule only: nothing to check
+    # the same readings seed by seed, a row for every seed of the four configurations
+    by_seed = {r["seed"]: r for r in convergence_by_seed(summarise([*SWEEP, *std30])) if r["split"] == "test"}
+    assert sorted(by_seed) == [0, 1, 2]
+    zero, two = by_seed[0], by_seed[2]
+    assert (zero["a_short"], zero["a_long"], zero["b_short"], zero["b_long"]) == (0.90, 0.902, 0.88, 0.89)
+    assert (zero["a_change"], zero["b_change"]) == (pytest.approx(0.002), pytest.approx(0.01))
+    assert (zero["gap_short"], zero["gap_long"], zero["gap_change"]) == (
+        pytest.approx(0.02), pytest.approx(0.012), pytest.approx(-0.008))
+    assert (two["a_long"], two["b_change"], two["gap_long"], two["gap_change"]) == (None, None, None, None)
+    assert convergence_by_seed(summarise(SWEEP[:3])) == []
 
 
 def falling(epochs: int, back_at_chance: Sequence[int] = ()) -> dict[int, float]:
@@ -223,6 +234,12 @@ def test_a_stepped_down_arm_is_checked_across_its_two_rates_and_a_diverged_seed_
     section = convergence_section(list(rows.values()))
     assert "| dsconv (lr 3.2 → 3.2) | 40 → 80 | 80.37 | 81.17 | +0.80 ± " in section
     assert "| 2 (2 3; diverged: 2) | **no** |" in section and "| 3 (2 3 4) | **no** |" in section
+    # seed by seed: one table per step, the diverged run marked where it sits
+    section = convergence_section(convergence(summarise(runs)), convergence_by_seed(summarise(runs)))
+    assert "**val: fashion_mnist, mobilenet_v1 w0.25, 28 px, 40 → 80 epochs: standard against dsconv (lr 3.2 → 3.2)**" \
+        in section
+    assert "| 2 | 85.86 | 87.04 | +1.18 | 80.94 | 80.24 † | -0.70 | 4.92 | 6.80 | +1.88 |" in section
+    assert "| 4 | 86.00 | 86.90 | +0.90 | 80.00 | 81.00 | +1.00 | 6.00 | 5.90 | -0.10 |" in section
     # at 80 epochs the conv comparison meets two dsconv configurations and names the rate of each
     at80 = {(r["a"], r["b"]): r for r in comparisons(summarise(runs)) if r["factor"] == "conv" and r["epochs"] == 80}
     assert set(at80) == {("standard", "dsconv (lr 3.2)"), ("standard", "dsconv (lr 1.6)")}

@@ -32,11 +32,13 @@ from pathlib import Path
 from dsnet.report.compare import (
     COMPARISON_COLUMNS,
     CONVERGENCE_COLUMNS,
+    CONVERGENCE_SEED_COLUMNS,
     DEFAULT_LATENCY_TOLERANCE,
     DEFAULT_TOLERANCE,
     EQUAL_COST_COLUMNS,
     comparisons,
     convergence,
+    convergence_by_seed,
     equal_cost,
     latency_match_pairs,
 )
@@ -170,6 +172,7 @@ def write_report(runs: Sequence[Run], missing: Sequence[tuple[Path, str]], out: 
                      "timings out; --include-contended keeps them")
     theory, shares = theory_vs_measurement(quiet_rows), layer_shares(rows)
     compared, matched, converged = comparisons(rows), equal_cost(quiet_rows, tolerance, latency_tolerance), convergence(rows)
+    by_seed = convergence_by_seed(rows)
     for source, record in records:
         pairs = latency_match_pairs(rows, record, source)
         matched += pairs
@@ -181,7 +184,7 @@ def write_report(runs: Sequence[Run], missing: Sequence[tuple[Path, str]], out: 
     predictors = predictor_rows(quiet_rows)
     sections = {"theory_vs_measurement.md": theory_section(theory),
                 "comparisons.md": comparisons_section(compared),
-                "convergence.md": convergence_section(converged),
+                "convergence.md": convergence_section(converged, by_seed),
                 "equal_cost.md": equal_cost_section(matched, tolerance, latency_tolerance, records),
                 "hyperparameters.md": hparams_section(rows, hparams),
                 "layer_shares.md": shares_section(shares),
@@ -191,6 +194,7 @@ def write_report(runs: Sequence[Run], missing: Sequence[tuple[Path, str]], out: 
               "theory_vs_measurement.csv": (theory, THEORY_COLUMNS),
               "comparisons.csv": (compared, COMPARISON_COLUMNS),
               "convergence.csv": (converged, CONVERGENCE_COLUMNS),
+              "convergence_by_seed.csv": (by_seed, CONVERGENCE_SEED_COLUMNS),
               "equal_cost.csv": (matched, EQUAL_COST_COLUMNS),
               "layer_shares.csv": (shares, share_columns),
               "cost_predictors.csv": (predictors, PREDICTOR_COLUMNS)}

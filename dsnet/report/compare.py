@@ -65,6 +65,9 @@ CONVERGENCE_THRESHOLD = 0.005  # 0.5 pp: what doubling the schedule may move an 
 CONVERGENCE_COLUMNS = ("split", "what", "dataset", "arch", "width", "image_size", "short_epochs", "long_epochs",
                        "short_mean", "long_mean", "change_mean", "change_ci95", "n_pairs", "seeds",
                        "diverged", "threshold", "meets")
+CONVERGENCE_SEED_COLUMNS = ("split", "dataset", "arch", "width", "image_size", "short_epochs", "long_epochs", "a", "b",
+                            "seed", "a_short", "a_long", "a_change", "b_short", "b_long", "b_change", "gap_short",
+                            "gap_long", "gap_change", "diverged")
 
 
 def _side(row: dict[str, Any], factor: str) -> str:
@@ -283,10 +286,27 @@ def convergence(rows: Sequence[dict[str, Any]], threshold: float = CONVERGENCE_T
     return [row for split, key in SPLITS.items() for row in _convergence(rows, threshold, split, key)]
 
 
-def _convergence(rows: Sequence[dict[str, Any]], threshold: float, split: str, key: str) -> list[dict[str, Any]]:
+def _labelled_pairs(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[tuple], dict[int, str]]:
+    """The schedule pairs of ``rows`` on ``key``'s accuracies, and each pair's arm label by ``id``."""
     configs = [r for r in one_per_config(rows) if r.get(key)]
     pairs = _schedule_pairs(configs, key)
-    label = {id(p): _schedule_label(*p, ambiguous=sum(q[0] is p[0] for q in pairs) > 1) for p in pairs}
+    return pairs, {id(p): _schedule_label(*p, ambiguous=sum(q[0] is p[0] for q in pairs) > 1) for p in pairs}
+
+
+def _arm_pairs(pairs: Sequence[tuple]) -> list[tuple[tuple, tuple]]:
+    """Every (standard pair, other arm's pair) of one model, width and training setting: the two
+    arms whose gap the check follows from the short schedule to the long."""
+    fixed = keys_except(*FACTORS["conv"])
+    out = []
+    for p, q in itertools.combinations(pairs, 2):
+        a, b = sorted([p, q], key=lambda p: _order("conv", p[0]))
+        if a[0]["conv"] == "standard" and b[0]["conv"] != "standard" and all(a[0][k] == b[0][k] for k in fixed):
+            out.append((a, b))
+    return out
+
+
+def _convergence(rows: Sequence[dict[str, Any]], threshold: float, split: str, key: str) -> list[dict[str, Any]]:
+    pairs, label = _labelled_pairs(rows, key)
     out = []
 
     def row(what, short, long, short_mean, long_mean, d, sides):
@@ -305,13 +325,39 @@ def _convergence(rows: Sequence[dict[str, Any]], threshold: float, split: str, k
         d = paired_difference(short[key], long[key])
         out.append(row(label[id(pair)], short, long, paired_mean(short[key], d["seeds"]),
                        paired_mean(long[key], d["seeds"]), d, pair))
-    fixed = keys_except(*FACTORS["conv"])
-    for p, q in itertools.combinations(pairs, 2):
-        (s_a, l_a), (s_b, l_b) = a, b = sorted([p, q], key=lambda p: _order("conv", p[0]))
-        if s_a["conv"] != "standard" or s_b["conv"] == "standard" or any(s_a[k] != s_b[k] for k in fixed):
-            continue
+    for a, b in _arm_pairs(pairs):
+        (s_a, l_a), (s_b, l_b) = a, b
         gap_short, gap_long = _by_seed_gap(s_a, s_b, key), _by_seed_gap(l_a, l_b, key)
         d = paired_difference(gap_short, gap_long)
         out.append(row(f"{label[id(a)]} − {label[id(b)]} gap", s_a, l_a,
                        paired_mean(gap_short, d["seeds"]), paired_mean(gap_long, d["seeds"]), d, (*a, *b)))
+    return out
+
+
+def convergence_by_seed(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The convergence check's readings seed by seed (:data:`CONVERGENCE_SEED_COLUMNS`): for each
+    doubling of the standard arm and another arm's doubling beside it, per split, one row per seed
+    any of the four configurations ran, with each arm's short and long accuracy, its change, the
+    standard − other gap at both schedules and the gap's change (None where a run is missing).
+    ``diverged`` names the runs of the seed that diverged: ``a_short``, ``a_long``, ``b_short``,
+    ``b_long``."""
+    out = []
+    for split, key in SPLITS.items():
+        pairs, label = _labelled_pairs(rows, key)
+        for a, b in _arm_pairs(pairs):
+            sides = {"a_short": a[0], "a_long": a[1], "b_short": b[0], "b_long": b[1]}
+            for seed in sorted({s for r in sides.values() for s in r[key]}, key=str):
+                acc = {name: r[key].get(seed) for name, r in sides.items()}
+
+                def minus(x, y):
+                    return None if x is None or y is None else x - y
+
+                gap_short, gap_long = minus(acc["a_short"], acc["b_short"]), minus(acc["a_long"], acc["b_long"])
+                out.append({"split": split, **{k: a[0][k] for k in ("dataset", "arch", "width", "image_size")},
+                            "short_epochs": a[0]["epochs"], "long_epochs": a[1]["epochs"],
+                            "a": label[id(a)], "b": label[id(b)], "seed": seed, **acc,
+                            "a_change": minus(acc["a_long"], acc["a_short"]),
+                            "b_change": minus(acc["b_long"], acc["b_short"]),
+                            "gap_short": gap_short, "gap_long": gap_long, "gap_change": minus(gap_long, gap_short),
+                            "diverged": " ".join(n for n, r in sides.items() if seed in (r.get("diverged_by_seed") or {}))})
     return out

@@ -141,8 +141,9 @@ def hparams_section(rows: Sequence[dict[str, Any]], hparam_keys: Sequence[str]) 
             + (markdown_table(header, body) if body else "No training run among the runs.\n"))
 
 
-def convergence_section(rows: Sequence[dict[str, Any]]) -> str:
-    """The convergence check: each arm's shift and each gap's change when the schedule doubles."""
+def convergence_section(rows: Sequence[dict[str, Any]], by_seed: Sequence[dict[str, Any]] = ()) -> str:
+    """The convergence check: each arm's shift and each gap's change when the schedule doubles,
+    then the same readings seed by seed (:func:`dsnet.report.compare.convergence_by_seed`)."""
     if not rows:
         return ("## Convergence check\n\nNo configuration was also trained twice as long (the check "
                 "pairs runs equal in everything but epochs, one schedule twice the other).\n")
@@ -155,4 +156,30 @@ def convergence_section(rows: Sequence[dict[str, Any]]) -> str:
              _seeds_cell(r), {True: "yes", False: "**no**", None: "–"}[r["meets"]]]
             for r in rows]
     return ("## Convergence check\n\n" + _CONVERGENCE_NOTE.format(threshold=rows[0]["threshold"] * 100)
-            + "\n" + markdown_table(header, body))
+            + "\n" + markdown_table(header, body) + _by_seed_tables(by_seed))
+
+
+def _by_seed_tables(rows: Sequence[dict[str, Any]]) -> str:
+    """One table per doubling and pair of arms, a row per seed: top-1 in %, changes in pp."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in ("split", "dataset", "arch", "width", "image_size",
+                                               "short_epochs", "long_epochs", "a", "b")), []).append(r)
+    if not groups:
+        return ""
+    parts = ["\n### By seed\n\nThe same readings, seed by seed: top-1 in %, changes and gaps in pp "
+             "(long − short; gap = a − b); – where a seed lacks that run; † marks a run that diverged.\n"]
+    for (split, dataset, arch, width, size, short, long, a, b), members in groups.items():
+        def cell(r, name):
+            return fmt(r[name], ".2f", 100) + (" †" if name in r["diverged"].split() else "")
+
+        name_a, name_b = (label.split(" (")[0] for label in (a, b))  # the title names the rates
+        header = ["seed", f"{name_a} {short}", f"{name_a} {long}", "change", f"{name_b} {short}", f"{name_b} {long}",
+                  "change", f"gap {short}", f"gap {long}", "gap change"]
+        body = [[str(r["seed"]), cell(r, "a_short"), cell(r, "a_long"), fmt(r["a_change"], "+.2f", 100),
+                 cell(r, "b_short"), cell(r, "b_long"), fmt(r["b_change"], "+.2f", 100),
+                 fmt(r["gap_short"], ".2f", 100), fmt(r["gap_long"], ".2f", 100), fmt(r["gap_change"], "+.2f", 100)]
+                for r in members]
+        parts.append(f"\n**{split}: {dataset}, {arch} w{width:g}, {size} px, {short} → {long} epochs: {a} against {b}**\n\n"
+                     + markdown_table(header, body))
+    return "".join(parts)
