@@ -2,6 +2,7 @@
 differences by seed, equal-cost pairs, hyperparameters, learning-curve logs, a theory row per
 runtime and contended runs left out of it."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -191,7 +192,7 @@ def falling(epochs: int, back_at_chance: Sequence[int] = ()) -> dict[int, float]
     return {e: math.log(10) if e in back_at_chance else 2.0 - e / epochs for e in range(1, epochs + 1)}
 
 
-def test_a_run_back_at_chance_after_its_first_epoch_diverged_and_a_validation_dip_did_not():
+def test_a_run_back_at_chance_after_its_first_epoch_diverged_and_a_validation_dip_did_not(tmp_path):
     ds = dict(params=130_000, macs=1_300_000, epochs=80, lr=3.2)
     collapsed = train_run("c", "dsconv", 0.25, 2, None, val=0.80, loss=falling(80, range(19, 29)), **ds)
     assert diverged_epochs(collapsed) == list(range(19, 29))
@@ -205,6 +206,13 @@ def test_a_run_back_at_chance_after_its_first_epoch_diverged_and_a_validation_di
     cifar100 = train_run("h", "dsconv", 0.25, 2, None, val=0.5, loss=falling(80, range(19, 29)), **ds)
     cifar100.values["num_classes"] = 100
     assert diverged_epochs(cifar100) == []
+    # a run directory without a tidy table: the loss comes from Lightning's CSV log
+    (tmp_path / "csv" / "version_0").mkdir(parents=True)
+    (tmp_path / "csv" / "version_0" / "metrics.csv").write_text(
+        "epoch,step,train/loss_epoch,val/acc\n0,351,2.05,\n0,351,,0.30\n1,703,2.31,\n1,703,,0.10\n2,1055,1.70,\n")
+    raw = train_run("r", "dsconv", 0.25, 2, None, val=0.3, **ds)
+    raw = dataclasses.replace(raw, train_dir=tmp_path)
+    assert (diverged_epochs(raw), raw.curve()) == ([2], {1: 0.30, 2: 0.10})
 
 
 def test_a_stepped_down_arm_is_checked_across_its_two_rates_and_a_diverged_seed_is_named():

@@ -334,6 +334,10 @@ def _convergence(rows: Sequence[dict[str, Any]], threshold: float, split: str, k
     return out
 
 
+def _minus(x: float | None, y: float | None) -> float | None:
+    return None if x is None or y is None else x - y
+
+
 def convergence_by_seed(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The convergence check's readings seed by seed (:data:`CONVERGENCE_SEED_COLUMNS`): for each
     doubling of the standard arm and another arm's doubling beside it, per split, one row per seed
@@ -348,16 +352,12 @@ def convergence_by_seed(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             sides = {"a_short": a[0], "a_long": a[1], "b_short": b[0], "b_long": b[1]}
             for seed in sorted({s for r in sides.values() for s in r[key]}, key=str):
                 acc = {name: r[key].get(seed) for name, r in sides.items()}
-
-                def minus(x, y):
-                    return None if x is None or y is None else x - y
-
-                gap_short, gap_long = minus(acc["a_short"], acc["b_short"]), minus(acc["a_long"], acc["b_long"])
+                gap_short, gap_long = _minus(acc["a_short"], acc["b_short"]), _minus(acc["a_long"], acc["b_long"])
                 out.append({"split": split, **{k: a[0][k] for k in ("dataset", "arch", "width", "image_size")},
                             "short_epochs": a[0]["epochs"], "long_epochs": a[1]["epochs"],
                             "a": label[id(a)], "b": label[id(b)], "seed": seed, **acc,
-                            "a_change": minus(acc["a_long"], acc["a_short"]),
-                            "b_change": minus(acc["b_long"], acc["b_short"]),
-                            "gap_short": gap_short, "gap_long": gap_long, "gap_change": minus(gap_long, gap_short),
+                            "a_change": _minus(acc["a_long"], acc["a_short"]),
+                            "b_change": _minus(acc["b_long"], acc["b_short"]),
+                            "gap_short": gap_short, "gap_long": gap_long, "gap_change": _minus(gap_long, gap_short),
                             "diverged": " ".join(n for n, r in sides.items() if seed in (r.get("diverged_by_seed") or {}))})
     return out

@@ -70,13 +70,6 @@ class Run:
     def top1(self) -> float | None:
         return self.values.get("top1")
 
-    def curve(self, metric: str = "val/acc") -> dict[int, float]:
-        """``{epoch: value}`` of one of :data:`CURVE_METRICS`: the tidy table's, else read from
-        the train run's CSV logs; {} without either."""
-        if metric in self.curves:
-            return self.curves[metric]
-        return read_curve(self.train_dir, metric) if self.train_dir is not None and not self.curves else {}
-
     @property
     def top5(self) -> float | None:
         return self.values.get("top5")
@@ -86,6 +79,12 @@ class Run:
         """The trained network this run stands for: seeds are counted once per identity."""
         return self.train_dir or self.run_dir
 
+    def curve(self, metric: str = "val/acc") -> dict[int, float]:
+        """``{epoch: value}`` of one of :data:`CURVE_METRICS`: the tidy table's, else read from
+        the train run's CSV logs; {} without either."""
+        if metric in self.curves:
+            return self.curves[metric]
+        return read_curve(self.train_dir, metric) if self.train_dir is not None and not self.curves else {}
 
 
 def read_curve(run_dir: Path, metric: str = "val/acc") -> dict[int, float]:
