@@ -286,8 +286,8 @@ def test_cifar10s_schedule_check_trains_table_4s_runs_without_their_test():
     assert (ablation.test, ablation.module.label_smoothing, ablation.trainer.max_epochs) == (False, 0.0, 10)
     # the divergence rule's step-down: dsconv trains 80 epochs at 1.6, every shorter schedule at the
     # search's 3.2, and the run's name and hparams say which; the standard arm keeps 0.8 throughout
-    assert (check.module.label_smoothing, check.trainer.max_epochs, check.optim.optimizer.lr, check.hparams.lr) == (
-        0.1, 80, 1.6, 1.6)
+    assert (check.module.label_smoothing, check.trainer.max_epochs, check.optim.optimizer.lr, check.hparams.lr,
+            check.hparams.lr_searched) == (0.1, 80, 1.6, 1.6, 3.2)
     names = {(conv, e): job_name("experiment=cifar10_check", f"model={conv}", "seed=3", f"trainer.max_epochs={e}")
              for conv in ("conv", "dsconv") for e in (40, 80)}
     assert names == {("conv", 40): "standard_w0.25_lr0.8_e40_seed3", ("conv", 80): "standard_w0.25_lr0.8_e80_seed3",
