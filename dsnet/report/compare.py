@@ -107,10 +107,12 @@ def _twins(row: dict[str, Any], configs: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in TUNED_KEYS if any(c[k] != row[k] for c in twins)]
 
 
+_TUNED_NAMES = {"lr": "lr", "weight_decay": "wd"}  # how a label names each of TUNED_KEYS
+
+
 def _tuned(row: dict[str, Any], keys: Sequence[str]) -> str:
     """`` (lr 0.8)``: the tuned settings ``keys`` of ``row``; "" without keys."""
-    names = {"lr": "lr", "weight_decay": "wd"}
-    shown = [f"{names[k]} {row[k]:g}" for k in keys if row.get(k) is not None]
+    shown = [f"{_TUNED_NAMES[k]} {row[k]:g}" for k in keys if row.get(k) is not None]
     return f" ({', '.join(shown)})" if shown else ""
 
 
@@ -143,6 +145,8 @@ def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     between mixes (pairs without one are left out); the other factors compare every two values, the smaller first.
     """
     configs = [r for r in one_per_config(rows) if r["top1_mean"] is not None or r.get("val_by_seed")]
+    # an arm trained at two learning rates (a step-down) names the one each side has
+    tuned = {id(r): _tuned(r, _twins(r, configs)) for r in configs}
     out = []
     for factor, free in FACTORS.items():
         fixed = keys_except(*free)
@@ -156,8 +160,7 @@ def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 if (split := _split(a_, b_)) is None:
                     continue
                 label = "" if factor == "conv" else f"{conv_label(a_)}: "
-                # an arm trained at two learning rates (a step-down) names the one each side has
-                sides = [label + _side(r, factor) + _tuned(r, _twins(r, configs)) for r in (a_, b_)]
+                sides = [label + _side(r, factor) + tuned[id(r)] for r in (a_, b_)]
                 out.append({"factor": factor, "split": split,
                             **{k: a_[k] for k in ("dataset", "arch", "width", "image_size")},
                             # the schedule both sides share (None where it is the factor: a and b name it)
@@ -257,7 +260,7 @@ def _schedule_label(short: dict[str, Any], long: dict[str, Any], ambiguous: bool
     schedule or when the long schedule ran at more than one (``dsconv (lr 3.2 → 1.6)``)."""
     if not ambiguous and all(short[k] == long[k] for k in TUNED_KEYS):
         return conv_label(short)
-    changes = [f"{k if k == 'lr' else 'wd'} {short[k]:g} → {long[k]:g}" for k in TUNED_KEYS
+    changes = [f"{_TUNED_NAMES[k]} {short[k]:g} → {long[k]:g}" for k in TUNED_KEYS
                if short[k] is not None and long[k] is not None and (short[k] != long[k] or k == "lr")]
     return f"{conv_label(short)} ({', '.join(changes)})" if changes else conv_label(short)
 

@@ -33,7 +33,7 @@ _CONVERGENCE_NOTE = (
     "validation top-1, the split a schedule is chosen on; *test* is the test top-1 of the same runs, "
     "which reports what the choice gave. The schedule counts as converged when every change on val "
     "is under {threshold:.1f} pp. An arm whose learning rate changes with the schedule (a step-down "
-    "after a divergence) names both rates. " + _DIVERGED_NOTE.replace("{", "{{").replace("}", "}}") + "\n")
+    "after a divergence) names both rates. {diverged}\n")
 _METRIC_NAMES = {"params": "params", "macs": "MACs", "latency_ms_p50": "latency p50 (ms)"}
 
 
@@ -155,7 +155,7 @@ def convergence_section(rows: Sequence[dict[str, Any]], by_seed: Sequence[dict[s
              _diff_cell({"diff_mean": r["change_mean"], "diff_ci95": r["change_ci95"]}),
              _seeds_cell(r), {True: "yes", False: "**no**", None: "–"}[r["meets"]]]
             for r in rows]
-    return ("## Convergence check\n\n" + _CONVERGENCE_NOTE.format(threshold=rows[0]["threshold"] * 100)
+    return ("## Convergence check\n\n" + _CONVERGENCE_NOTE.format(threshold=rows[0]["threshold"] * 100, diverged=_DIVERGED_NOTE)
             + "\n" + markdown_table(header, body) + _by_seed_tables(by_seed))
 
 

@@ -36,6 +36,7 @@ class ReportInputError(ValueError):
 
 
 _VERSION = re.compile(r"version_(\d+)$")
+_NOT_CURVES = {"epoch", "step"}  # the index columns of Lightning's CSV, not metrics
 # The per-epoch metrics the report reads: validation top-1 (learning curves) and the mean training
 # loss (divergence).
 CURVE_METRICS = ("val/acc", "train/loss_epoch")
@@ -87,18 +88,28 @@ class Run:
         return read_curve(self.train_dir, metric) if self.train_dir is not None and not self.curves else {}
 
 
-def read_curve(run_dir: Path, metric: str = "val/acc") -> dict[int, float]:
-    """``{epoch: value}`` of an end-of-epoch ``metric`` (epochs from 1) from a train run's CSV logs;
-    {} without logs."""
-    versions = sorted((int(m.group(1)), p) for p in (run_dir / "csv").glob("version_*")
+def read_curves(train_dir: Path) -> dict[int, dict[str, float]]:
+    """``{epoch: {metric: value}}`` from a train run's CSV logs: per epoch (completed, from 1) the
+    last value each metric logged in it; a resumed run's later ``version_N`` replaces what it repeats."""
+    versions = sorted((int(m.group(1)), p) for p in (train_dir / "csv").glob("version_*")
                       if (m := _VERSION.search(p.name)) and (p / "metrics.csv").is_file())
-    curve: dict[int, float] = {}
+    epochs: dict[int, dict[str, float]] = {}
     for _, path in versions:
         with (path / "metrics.csv").open(newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
-                if row.get(metric) and row.get("epoch"):
-                    curve[int(float(row["epoch"])) + 1] = float(row[metric])
-    return curve
+                logged = {k: float(v) for k, v in row.items() if v and k not in _NOT_CURVES}
+                if not row.get("epoch") or not logged:
+                    continue  # logged before the first epoch (the lr monitor at step 0)
+                number = int(float(row["epoch"])) + 1
+                if epochs and all(k.startswith("test/") for k in logged):
+                    number = max(epochs)  # the test after fitting counts on past the last epoch
+                epochs.setdefault(number, {}).update(logged)
+    return epochs
+
+
+def read_curve(run_dir: Path, metric: str = "val/acc") -> dict[int, float]:
+    """``{epoch: value}`` of one end-of-epoch ``metric`` (:func:`read_curves`); {} without logs."""
+    return {e: m[metric] for e, m in read_curves(run_dir).items() if metric in m}
 
 
 def show_path(path: Path) -> str:

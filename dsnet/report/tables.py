@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,17 +105,23 @@ def _sort_key(row: dict[str, Any]) -> tuple:
             row["conv"], row["groups"] or 0, row.get(MIX_KEY) or "", *(str(row[k]) for k in (*TRAIN_KEYS, *ENV_KEYS)))
 
 
-def accuracy_by_seed(runs: Sequence[Run], key: str = "top1") -> dict[Any, float]:
-    """One accuracy per trained network (runs evaluating the same one count once), by seed."""
-    by_seed: dict[Any, float] = {}
+def by_seed(runs: Sequence[Run], value: Callable[[Run], Any]) -> dict[Any, Any]:
+    """One ``value(run)`` per trained network (runs evaluating the same one count once), by seed;
+    a run whose value is None is left out. A seed two networks share keys the second by its identity."""
+    out: dict[Any, Any] = {}
     seen = set()
     for run in runs:
-        if run.values.get(key) is None or run.identity in seen:
+        if run.identity in seen or (v := value(run)) is None:
             continue
         seen.add(run.identity)
         seed = run.values.get("seed")
-        by_seed[seed if seed is not None and seed not in by_seed else str(run.identity)] = run.values[key]
-    return by_seed
+        out[seed if seed is not None and seed not in out else str(run.identity)] = v
+    return out
+
+
+def accuracy_by_seed(runs: Sequence[Run], key: str = "top1") -> dict[Any, float]:
+    """One accuracy per trained network, by seed (:func:`by_seed`)."""
+    return by_seed(runs, lambda run: run.values.get(key))
 
 
 # A run has *diverged* at an epoch after its first whose mean training loss is back within
@@ -136,17 +142,8 @@ def diverged_epochs(run: Run) -> list[int]:
 
 
 def diverged_by_seed(runs: Sequence[Run]) -> dict[Any, list[int]]:
-    """``{seed: epochs}`` of the trained networks among ``runs`` that diverged (keyed as
-    :func:`accuracy_by_seed` keys them)."""
-    out, seen = {}, set()
-    for run in runs:
-        if run.identity in seen:
-            continue
-        seen.add(run.identity)
-        if epochs := diverged_epochs(run):
-            seed = run.values.get("seed")
-            out[seed if seed is not None and seed not in out else str(run.identity)] = epochs
-    return out
+    """``{seed: epochs}`` of the trained networks among ``runs`` that diverged (:func:`by_seed`)."""
+    return by_seed(runs, lambda run: diverged_epochs(run) or None)
 
 
 def _median(runs: Sequence[Run], key: str) -> float | None:

@@ -9,19 +9,15 @@ study's runs dir), and one row per epoch of its CSV logs. Checkpoints and logs s
 
 from __future__ import annotations
 
-import csv
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from dsnet.report.discover import ReportInputError, Run, collect_runs
+from dsnet.report.discover import ReportInputError, Run, collect_runs, read_curves
 from dsnet.report.tidy import run_row, write_table
 
-_VERSION = re.compile(r"version_(\d+)$")
-_NOT_CURVES = {"epoch", "step"}  # the index columns of Lightning's CSV, not metrics
 # Paths an eval records (results.json): kept relative to the root collected, as the run keys are,
 # so that a study's tables say where a file lies among its runs, not on the machine that ran them.
 PATH_COLUMNS = ("ckpt_path", "run_dir")
@@ -44,25 +40,6 @@ def _train_extra(train_dir: Path | None) -> dict[str, Any]:
     mix = (config.get("conv_mix") or {}).get("mix")
     return {"train_device": trainer.get("accelerator"), "train_precision": None if precision is None else str(precision),
             "train_channels_last": module.get("channels_last"), **({"mix": str(mix)} if mix is not None else {})}
-
-
-def read_curves(train_dir: Path) -> dict[int, dict[str, float]]:
-    """``{epoch: {metric: value}}`` from a train run's CSV logs: per epoch (completed, from 1) the
-    last value each metric logged in it; a resumed run's later ``version_N`` replaces what it repeats."""
-    versions = sorted((int(m.group(1)), p) for p in (train_dir / "csv").glob("version_*")
-                      if (m := _VERSION.search(p.name)) and (p / "metrics.csv").is_file())
-    epochs: dict[int, dict[str, float]] = {}
-    for _, path in versions:
-        with (path / "metrics.csv").open(newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                logged = {k: float(v) for k, v in row.items() if v and k not in _NOT_CURVES}
-                if not row.get("epoch") or not logged:
-                    continue  # logged before the first epoch (the lr monitor at step 0)
-                number = int(float(row["epoch"])) + 1
-                if epochs and all(k.startswith("test/") for k in logged):
-                    number = max(epochs)  # the test after fitting counts on past the last epoch
-                epochs.setdefault(number, {}).update(logged)
-    return epochs
 
 
 def collect(root: str | os.PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple[Path, str]]]:
