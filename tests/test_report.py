@@ -87,8 +87,8 @@ def report(sweep):
     out = sweep.parent / "report"
     # eval/ds_w1_s0 is given twice (inside eval/ too): it must still count once
     dirs = [sweep / "train", sweep / "eval", sweep / "crashed", sweep / "eval" / "ds_w1_s0"]
-    proc = subprocess.run([sys.executable, "-m", "dsnet.report", *map(str, dirs), "--out", out],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "dsnet.report", *map(str, dirs), "--out", out], text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)  # as a terminal shows them
     return proc, out
 
 
@@ -103,7 +103,7 @@ def test_pareto_front_keeps_only_undominated_points_ordered_by_cost():
 
 def test_cli_succeeds_and_prints_runs_without_results(report):
     proc, out = report
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stdout
     lines = proc.stdout.splitlines()
     assert sum(line.startswith("no results: ") for line in lines) == 3
     assert lines[-1] == (f"wrote 27 files to {out}: 6 runs in 4 configurations, "
