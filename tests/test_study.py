@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import pickle
 import signal
 import subprocess
 import sys
@@ -297,6 +298,33 @@ def test_cifar10s_schedule_check_trains_table_4s_runs_without_their_test():
     # the search's trials keep their 10 epochs, and so their names, whatever the recipe's schedule
     search = [o for o in study.stage("lr_search").overrides if "," not in o]
     assert job_name(*search, "model=dsconv", "optim.optimizer.lr=3.2", "seed=1") == "dsconv_w0.25_lr3.2_e10_seed1"
+
+
+def test_an_epoch_keyed_lr_is_found_whether_its_key_was_read_as_a_number_or_a_string():
+    """YAML reads `{40: 0.4}` with an int key and `{"80": 1.6}` with a string key; both select their
+    schedule, and every other schedule keeps the search's lr."""
+    def lr(*overrides: str) -> float:
+        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+            return compose("train", overrides=["experiment=cifar10", *overrides]).optim.optimizer.lr
+
+    assert lr("++tuned.dsconv.lr_by_epochs={40: 0.4}", "trainer.max_epochs=40") == 0.4  # int key
+    assert lr("tuned.dsconv.lr_by_epochs.80=0.8") == 0.8  # the recipe's quoted key, set by its path
+    assert (lr("trainer.max_epochs=20"), lr("model=conv")) == (3.2, 0.8)
+
+
+def test_an_lr_by_epochs_key_that_is_no_epoch_count_is_one_line_and_trains_nothing(tmp_path):
+    from test_faults import cifar_batch, one_line
+    from test_robustness import assert_nothing_written, run_entry
+
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        (folder / name).write_bytes(pickle.dumps(cifar_batch(16, seed=i), protocol=4))
+    result = run_entry("train.py", "experiment=cifar10", "++tuned.dsconv.lr_by_epochs={eighty: 0.4}",
+                       "trainer.max_epochs=1", run_dir=tmp_path)
+    assert one_line(result) == ("optim.optimizer.lr: tuned.dsconv.lr_by_epochs has the key 'eighty'; its keys are "
+                                "epoch counts (integers >= 1), e.g. {80: 1.6}")
+    assert_nothing_written(tmp_path)
 
 
 def test_an_unknown_study_or_stage_is_one_line_and_exit_1(tmp_path, capsys):
