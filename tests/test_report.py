@@ -106,7 +106,7 @@ def test_cli_succeeds_and_prints_runs_without_results(report):
     assert proc.returncode == 0, proc.stdout
     lines = proc.stdout.splitlines()
     assert sum(line.startswith("no results: ") for line in lines) == 3
-    assert lines[-1] == (f"wrote 27 files to {out}: 6 runs in 4 configurations, "
+    assert lines[-1] == (f"wrote 28 files to {out}: 6 runs in 4 configurations, "
                          "3 runs without results")
 
 
@@ -273,10 +273,10 @@ def test_config_without_standard_twin_gives_empty_theory_table(tmp_path):
         (tmp_path / "out" / "results.md").read_text()
     assert not (tmp_path / "out" / "tradeoff.png").exists()
     assert sorted(summary.files) == sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "comparisons.csv", "comparisons.md", "convergence.csv", "convergence.md", "convergence_by_seed.csv",
-        "cost_predictors.csv",
-        "cost_predictors.md", "equal_cost.csv", "equal_cost.md", "hyperparameters.md", "layer_shares.csv", "layer_shares.md", "results.csv", "results.md",
-        "runs.csv", "theory_vs_measurement.csv", "theory_vs_measurement.md"]
+        "comparisons.csv", "comparisons.md", "comparisons_by_seed.csv", "convergence.csv", "convergence.md",
+        "convergence_by_seed.csv", "cost_predictors.csv", "cost_predictors.md", "equal_cost.csv", "equal_cost.md",
+        "hyperparameters.md", "layer_shares.csv", "layer_shares.md", "results.csv", "results.md", "runs.csv",
+        "theory_vs_measurement.csv", "theory_vs_measurement.md"]
 
 
 def test_report_states_the_latency_batch_size_and_flags_runs_timed_under_load(tmp_path):

@@ -18,6 +18,7 @@ from dsnet.report import (
     build_report,
     collect_runs,
     comparisons,
+    comparisons_by_seed,
     convergence,
     convergence_by_seed,
     equal_cost,
@@ -156,6 +157,34 @@ def test_runs_without_a_test_split_compare_on_validation_and_label_smoothing_is_
     # a tested configuration and an untested one do not compare across splits
     tested = train_run("tested", "standard", 0.25, 2, 0.80, **STD, epochs=10, val=0.81, label_smoothing=0.0)
     assert comparisons(summarise([*runs[:3], tested])) == []
+
+
+def test_two_conv_comparisons_alike_but_for_label_smoothing_name_it_and_list_their_seeds():
+    """The label-smoothing ablation gives a second standard-vs-dsconv pair at the same width and
+    schedule: both rows name their smoothing (and the rate of the arm searched at several), and the by-seed table holds
+    each seed's top-1 of both sides and their difference."""
+    def val_run(name, conv, seed, val, smoothing, lr):
+        cost = STD if conv == "standard" else dict(params=130_000, macs=1_300_000)
+        return train_run(name, conv, 0.25, seed, None, **cost, epochs=10, val=val, lr=lr, label_smoothing=smoothing)
+
+    runs = [*(val_run(f"s{s}_{ls}", "standard", s, v, ls, 0.8) for ls, vals in ((0.1, (0.8134, 0.8042)), (0.0, (0.8050, 0.7964)))
+              for s, v in zip((2, 3), vals)),
+            *(val_run(f"d{s}_{ls}", "dsconv", s, v, ls, 3.2) for ls, vals in ((0.1, (0.7138, 0.7368)), (0.0, (0.7378, 0.6722)))
+              for s, v in zip((2, 3), vals)),
+            val_run("s1_trial", "standard", 1, 0.7900, 0.1, 0.4), val_run("s2_trial", "standard", 2, 0.7800, 0.1, 0.4)]
+    rows = summarise(runs)
+    conv = {(r["a"], r["b"]): r for r in comparisons(rows) if r["factor"] == "conv"}
+    assert set(conv) == {("standard (lr 0.8, ls 0)", "dsconv (ls 0)"), ("standard (lr 0.8, ls 0.1)", "dsconv (ls 0.1)")}
+    by_seed = {(r["a"], r["seed"]): r for r in comparisons_by_seed(rows)}
+    assert len(by_seed) == 4
+    smoothed = by_seed[("standard (lr 0.8, ls 0.1)", 3)]
+    assert (smoothed["split"], smoothed["a_top1"], smoothed["b_top1"]) == ("val", 0.8042, 0.7368)
+    assert smoothed["diff"] == pytest.approx(-0.0674) and smoothed["diverged"] == ""
+    table = comparisons_section(comparisons(rows), comparisons_by_seed(rows))
+    assert "| val | fashion_mnist | mobilenet_v1 | 0.25 | 28 | 10 | standard (lr 0.8, ls 0) | dsconv (ls 0) | " \
+        "3 | 79.64 | 67.22 | -12.42 |" in table
+    # the label-smoothing comparison itself names no smoothing beside its sides
+    assert {r["a"] for r in comparisons(rows) if r["factor"] == "label_smoothing"} == {"standard: 0", "dsconv: 0"}
 
 
 def test_convergence_check_pairs_each_arm_and_the_gap_by_seed_when_the_schedule_doubles():

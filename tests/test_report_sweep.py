@@ -52,7 +52,7 @@ def test_a_sweep_of_training_runs_reports_without_an_eval_step(sweep):
         f"of 3 training runs; run `python eval.py ckpt_path={best}` (with the run's data.* "
         "overrides) for each, or `python scripts/reproduce.py RECIPE`, which trains, evaluates and "
         "reports",
-        f"wrote 26 files to {out}: 3 runs in 2 configurations, 0 runs without results"]
+        f"wrote 27 files to {out}: 3 runs in 2 configurations, 0 runs without results"]
     std, ds = read_csv(out / "results.csv")
     m0, m1, m2 = (metrics(sweep, job) for job in "012")
     assert (std["conv"], std["n"], ds["conv"], ds["n"]) == ("standard", "1", "dsconv", "2")

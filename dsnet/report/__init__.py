@@ -31,12 +31,14 @@ from pathlib import Path
 
 from dsnet.report.compare import (
     COMPARISON_COLUMNS,
+    COMPARISON_SEED_COLUMNS,
     CONVERGENCE_COLUMNS,
     CONVERGENCE_SEED_COLUMNS,
     DEFAULT_LATENCY_TOLERANCE,
     DEFAULT_TOLERANCE,
     EQUAL_COST_COLUMNS,
     comparisons,
+    comparisons_by_seed,
     convergence,
     convergence_by_seed,
     equal_cost,
@@ -88,9 +90,10 @@ from dsnet.report.tidy import read_study
 __all__ = [
     "CONFIG_KEYS", "COST_AXES", "DEFAULT_LATENCY_TOLERANCE", "DEFAULT_TOLERANCE", "LAYER_TYPES", "PAIR_KEYS",
     "RUN_COLUMNS", "SHARE_ID_KEYS", "SUMMARY_COLUMNS", "THEORY_COLUMNS", "ReportInputError", "ReportSummary", "Run",
-    "build_report", "collect_runs", "comparisons", "conv_label", "convergence", "equal_cost", "find_run_dirs",
-    "latency_match_pairs", "layer_shares", "markdown_table", "missing_columns", "pareto_front", "plot_tradeoffs",
-    "read_runs", "read_study", "read_train_accuracy", "summarise", "theory_vs_measurement", "write_csv",
+    "build_report", "collect_runs", "comparisons", "comparisons_by_seed", "conv_label", "convergence", "equal_cost",
+    "find_run_dirs", "latency_match_pairs", "layer_shares", "markdown_table", "missing_columns", "pareto_front",
+    "plot_tradeoffs", "read_runs", "read_study", "read_train_accuracy", "summarise", "theory_vs_measurement",
+    "write_csv",
 ]
 
 
@@ -172,7 +175,7 @@ def write_report(runs: Sequence[Run], missing: Sequence[tuple[Path, str]], out: 
                      "timings out; --include-contended keeps them")
     theory, shares = theory_vs_measurement(quiet_rows), layer_shares(rows)
     compared, matched, converged = comparisons(rows), equal_cost(quiet_rows, tolerance, latency_tolerance), convergence(rows)
-    by_seed = convergence_by_seed(rows)
+    by_seed, compared_by_seed = convergence_by_seed(rows), comparisons_by_seed(rows)
     for source, record in records:
         pairs = latency_match_pairs(rows, record, source)
         matched += pairs
@@ -183,7 +186,7 @@ def write_report(runs: Sequence[Run], missing: Sequence[tuple[Path, str]], out: 
     hparams = hparam_columns(rows)
     predictors = predictor_rows(quiet_rows)
     sections = {"theory_vs_measurement.md": theory_section(theory),
-                "comparisons.md": comparisons_section(compared),
+                "comparisons.md": comparisons_section(compared, compared_by_seed),
                 "convergence.md": convergence_section(converged, by_seed),
                 "equal_cost.md": equal_cost_section(matched, tolerance, latency_tolerance, records),
                 "hyperparameters.md": hparams_section(rows, hparams),
@@ -193,6 +196,7 @@ def write_report(runs: Sequence[Run], missing: Sequence[tuple[Path, str]], out: 
     tables = {"results.csv": (rows, [*summary_columns(rows), *hparams]),
               "theory_vs_measurement.csv": (theory, THEORY_COLUMNS),
               "comparisons.csv": (compared, COMPARISON_COLUMNS),
+              "comparisons_by_seed.csv": (compared_by_seed, COMPARISON_SEED_COLUMNS),
               "convergence.csv": (converged, CONVERGENCE_COLUMNS),
               "convergence_by_seed.csv": (by_seed, CONVERGENCE_SEED_COLUMNS),
               "equal_cost.csv": (matched, EQUAL_COST_COLUMNS),

@@ -51,6 +51,8 @@ FACTORS = {"conv": ("conv", "groups", *TUNED_KEYS), "epochs": ("epochs",),
            "depthwise_weight_decay": ("depthwise_weight_decay",), "label_smoothing": ("label_smoothing",)}
 COMPARISON_COLUMNS = ("factor", "split", "dataset", "arch", "width", "image_size", "epochs", "a", "b", "a_top1_mean",
                       "b_top1_mean", "diff_mean", "diff_ci95", "n_pairs", "seeds", "diverged")
+COMPARISON_SEED_COLUMNS = ("split", "dataset", "arch", "width", "image_size", "epochs", "a", "b", "seed", "a_top1",
+                           "b_top1", "diff", "diverged")
 COST_METRICS = ("params", "macs", "latency_ms_p50")
 EQUAL_COST_COLUMNS = ("metric", "dataset", "arch", "image_size", "epochs", "a_conv", "a_width", "a_cost",
                       "a_top1_mean", "b_conv", "b_width", "b_cost", "b_top1_mean", "cost_ratio",
@@ -107,7 +109,8 @@ def _twins(row: dict[str, Any], configs: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in TUNED_KEYS if any(c[k] != row[k] for c in twins)]
 
 
-_TUNED_NAMES = {"lr": "lr", "weight_decay": "wd"}  # how a label names each of TUNED_KEYS
+# how a label names each of TUNED_KEYS, and the settings that tell apart two pairs shown alike
+_TUNED_NAMES = {"lr": "lr", "weight_decay": "wd", "label_smoothing": "ls", "depthwise_weight_decay": "depthwise wd"}
 
 
 def _tuned(row: dict[str, Any], keys: Sequence[str]) -> str:
@@ -137,17 +140,13 @@ def _order(factor: str, row: dict[str, Any]) -> tuple:
     return (row[factor] is not None, row[factor] or 0)
 
 
-def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every pair of configurations that differ in exactly one factor of :data:`FACTORS`, on test
-    top-1 where both have it, else on validation top-1 (``split``: see the module docstring).
-
-    For the conv factor the baseline is the standard convolution, or the all-standard conv mix
-    between mixes (pairs without one are left out); the other factors compare every two values, the smaller first.
-    """
+def _compared(rows: Sequence[dict[str, Any]]):
+    """``(factor, split, a, b, labels)`` for every pair of configurations :func:`comparisons` compares:
+    baseline ``a`` first, ``labels`` how the table names each side."""
     configs = [r for r in one_per_config(rows) if r["top1_mean"] is not None or r.get("val_by_seed")]
     # an arm trained at two learning rates (a step-down) names the one each side has
-    tuned = {id(r): _tuned(r, _twins(r, configs)) for r in configs}
-    out = []
+    tuned = {id(r): _twins(r, configs) for r in configs}
+    pairs = []
     for factor, free in FACTORS.items():
         fixed = keys_except(*free)
         for i, a in enumerate(configs):
@@ -157,15 +156,66 @@ def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 a_, b_ = sorted((a, b), key=lambda r: _order(factor, r))
                 if factor == "conv" and (a_.get(MIX_KEY) or a_["conv"]) != "standard":
                     continue
-                if (split := _split(a_, b_)) is None:
-                    continue
-                label = "" if factor == "conv" else f"{conv_label(a_)}: "
-                sides = [label + _side(r, factor) + tuned[id(r)] for r in (a_, b_)]
-                out.append({"factor": factor, "split": split,
-                            **{k: a_[k] for k in ("dataset", "arch", "width", "image_size")},
-                            # the schedule both sides share (None where it is the factor: a and b name it)
-                            "epochs": None if factor == "epochs" else a_["epochs"],
-                            "a": sides[0], "b": sides[1], **_diff(a_, b_, split)})
+                if (split := _split(a_, b_)) is not None:
+                    pairs.append((factor, split, a_, b_))
+    # Pairs the table would show alike (same factor, split, shown keys and sides) differ in a
+    # setting no column shows, label smoothing say: each of them names it, and the rates any names.
+    alike: dict[tuple, list[tuple]] = {}
+    for pair in pairs:
+        alike.setdefault(_shown(*pair), []).append(pair)
+    for factor, split, a, b in pairs:
+        twins = alike[_shown(factor, split, a, b)]
+        unshown = [k for k in _TUNED_NAMES if k not in TUNED_KEYS and k not in FACTORS[factor]
+                   and len({(twin_a[k], twin_b[k]) for _, _, twin_a, twin_b in twins}) > 1]
+        named = [[k for k in TUNED_KEYS if any(k in tuned[id(twin[side])] for twin in twins)] + unshown
+                 for side in (2, 3)] if len(twins) > 1 else [tuned[id(a)], tuned[id(b)]]
+        yield factor, split, a, b, [_bare(factor, r) + _tuned(r, keys) for r, keys in zip((a, b), named)]
+
+
+def _bare(factor: str, row: dict[str, Any]) -> str:
+    """A side's label without its settings: ``dsconv``, ``dsconv: 80``."""
+    return ("" if factor == "conv" else f"{conv_label(row)}: ") + _side(row, factor)
+
+
+def _shown(factor: str, split: str, a: dict[str, Any], b: dict[str, Any]) -> tuple:
+    """What a comparison row shows of a pair, its sides' settings aside."""
+    return (factor, split, *(a[k] for k in _SHOWN_KEYS), _bare(factor, a), _bare(factor, b))
+
+
+_SHOWN_KEYS = ("dataset", "arch", "width", "image_size", "epochs")  # a comparison row's columns besides a and b
+
+
+def _pair_keys(factor: str, a: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
+    return {**{k: a[k] for k in _SHOWN_KEYS if k != "epochs"},
+            # the schedule both sides share (None where it is the factor: a and b name it)
+            "epochs": None if factor == "epochs" else a["epochs"], "a": labels[0], "b": labels[1]}
+
+
+def comparisons(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every pair of configurations that differ in exactly one factor of :data:`FACTORS`, on test
+    top-1 where both have it, else on validation top-1 (``split``: see the module docstring).
+
+    For the conv factor the baseline is the standard convolution, or the all-standard conv mix
+    between mixes (pairs without one are left out); the other factors compare every two values, the smaller first.
+    """
+    return [{"factor": factor, "split": split, **_pair_keys(factor, a, labels), **_diff(a, b, split)}
+            for factor, split, a, b, labels in _compared(rows)]
+
+
+def comparisons_by_seed(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conv comparisons of :func:`comparisons` seed by seed (:data:`COMPARISON_SEED_COLUMNS`):
+    each side's top-1 on the comparison's split and ``diff`` = b − a, for every seed both sides ran;
+    ``diverged`` names the sides (``a``, ``b``) whose run of that seed diverged."""
+    out = []
+    for factor, split, a, b, labels in _compared(rows):
+        if factor != "conv":
+            continue
+        key = SPLITS[split]
+        for seed in sorted(set(a[key]) & set(b[key]), key=str):
+            out.append({"split": split, **_pair_keys(factor, a, labels), "seed": seed, "a_top1": a[key][seed],
+                        "b_top1": b[key][seed], "diff": b[key][seed] - a[key][seed],
+                        "diverged": " ".join(n for n, r in (("a", a), ("b", b))
+                                             if seed in (r.get("diverged_by_seed") or {}))})
     return out
 
 

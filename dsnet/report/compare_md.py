@@ -55,8 +55,9 @@ def _seeds_cell(r: dict[str, Any]) -> str:
     return f"{r['n_pairs']} ({r['seeds']}" + (f"; diverged: {r['diverged']})" if r.get("diverged") else ")")
 
 
-def comparisons_section(rows: Sequence[dict[str, Any]]) -> str:
-    """Paired differences by seed, one row per comparison."""
+def comparisons_section(rows: Sequence[dict[str, Any]], by_seed: Sequence[dict[str, Any]] = ()) -> str:
+    """Paired differences by seed, one row per comparison; then the conv comparisons seed by seed
+    (:func:`dsnet.report.compare.comparisons_by_seed`)."""
     epochs = has_epochs(rows)
     header = ["factor", "split", "dataset", "model", "width", "resolution (px)", *(["epochs"] if epochs else []),
               "a", "b", "top-1 a (%)", "top-1 b (%)", "b − a (pp), mean ± 95% CI", "seed pairs"]
@@ -66,7 +67,26 @@ def comparisons_section(rows: Sequence[dict[str, Any]]) -> str:
              _diff_cell(r), _seeds_cell(r)] for r in rows]
     return ("## Paired differences by seed\n\n" + _PAIRED_NOTE + "\n"
             + (markdown_table(header, body) if body else
-               "No two configurations with top-1 differ in one factor only.\n"))
+               "No two configurations with top-1 differ in one factor only.\n")
+            + _conv_by_seed_table(by_seed))
+
+
+def _conv_by_seed_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The conv comparisons seed by seed: each side's top-1 and b − a, † on a diverged run."""
+    if not rows:
+        return ""
+    epochs = has_epochs(rows)
+
+    def cell(r, side):
+        return fmt(r[f"{side}_top1"], ".2f", 100) + (" †" if side in r["diverged"].split() else "")
+
+    header = ["split", "dataset", "model", "width", "resolution (px)", *(["epochs"] if epochs else []), "a", "b",
+              "seed", "top-1 a (%)", "top-1 b (%)", "b − a (pp)"]
+    body = [[r["split"], r["dataset"], r["arch"], f"{r['width']:g}", str(r["image_size"]),
+             *([fmt(r["epochs"], "d")] if epochs else []), r["a"], r["b"], str(r["seed"]),
+             cell(r, "a"), cell(r, "b"), fmt(r["diff"], "+.2f", 100)] for r in rows]
+    return ("\n### Convolution types by seed\n\nEach *conv* comparison above, one row per seed both sides "
+            "ran: top-1 in %, b − a in pp; † marks a run that diverged.\n\n" + markdown_table(header, body))
 
 
 def _matched_cell(row: dict[str, Any]) -> str:
