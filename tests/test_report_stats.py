@@ -154,9 +154,13 @@ def test_runs_without_a_test_split_compare_on_validation_and_label_smoothing_is_
     # one seed in common (a search's single trial, say) gives no interval: no row
     trial = val_run("trial", 2, 0.79, 0.2)
     assert comparisons(summarise([*runs[:3], trial])) == []
-    # a tested configuration and an untested one do not compare across splits
-    tested = train_run("tested", "standard", 0.25, 2, 0.80, **STD, epochs=10, val=0.81, label_smoothing=0.0)
-    assert comparisons(summarise([*runs[:3], tested])) == []
+    # an untested configuration meets a tested one on val, where they share two seeds
+    tested = [train_run(f"tested{s}", "standard", 0.25, s, 0.80, **STD, epochs=10, val=v, label_smoothing=0.0)
+              for s, v in ((2, 0.8100), (3, 0.8000))]
+    assert comparisons(summarise([*runs[:3], tested[0]])) == []
+    [mixed] = comparisons(summarise([*runs[:3], *tested]))
+    assert (mixed["split"], mixed["seeds"]) == ("val", "2 3")
+    assert mixed["diff_mean"] == pytest.approx((0.0034 + 0.0042) / 2)
 
 
 def test_two_conv_comparisons_alike_but_for_label_smoothing_name_it_and_list_their_seeds():

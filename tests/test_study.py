@@ -392,15 +392,27 @@ def test_the_report_of_a_tidy_table_gives_means_intervals_and_paired_differences
     assert "| 93.00 ± 2.48 (n=3) |" in tables and "| 91.00 ± 2.48 (n=3) |" in tables
 
 
-def test_a_search_stage_is_reported_on_its_own(tmp_path):
-    rows = [tidy_run(conv, 2, 0.9) for conv in ("standard", "dsconv")]
+def test_a_search_stage_is_reported_on_its_own_and_an_ablation_beside_what_it_ablates(tmp_path):
+    """A search (an arm at several rates, no test split) gets its own report; an ablation trained the
+    same way at one rate per arm (label smoothing off) stays in the study's tables and is compared
+    on validation with the tested runs it ablates."""
+    lrs = {"standard": 0.8, "dsconv": 3.2}
+    rows = [{**tidy_run(conv, seed, 0.9), "run": f"t4/{conv}_seed{seed}", "lr": lrs[conv], "label_smoothing": 0.1}
+            for conv in lrs for seed in (2, 3)]
     rows += [{**tidy_run(conv, 1, 0.0), "run": f"search/{conv}_lr{lr}", "stage": "search", "top1": None,
-              "top1_source": None, "lr": lr, "val_acc_best": 0.8 + lr / 10} for conv in ("standard", "dsconv")
+              "top1_source": None, "lr": lr, "val_acc_best": 0.8 + lr / 10} for conv in lrs
              for lr in (0.1, 0.2, 0.4)]
+    rows += [{**tidy_run(conv, seed, 0.0), "run": f"ls/{conv}_seed{seed}", "stage": "ls", "top1": None,
+              "top1_source": None, "lr": lrs[conv], "label_smoothing": 0.0, "val_acc_best": 0.9 - seed / 100}
+             for conv in lrs for seed in (2, 3)]
     write_table(tmp_path / "study" / "runs.csv", rows)
     summaries = report_study(tmp_path / "study", tmp_path / "out")
-    assert [(s.out_dir, s.n_runs) for s in summaries] == [(tmp_path / "out", 2), (tmp_path / "out" / "search", 6)]
+    assert [(s.out_dir, s.n_runs) for s in summaries] == [(tmp_path / "out", 8), (tmp_path / "out" / "search", 6)]
     assert (tmp_path / "out" / "search" / "lr_sensitivity.png").is_file()
+    ablation = {r["a"]: r for r in read_csv(tmp_path / "out" / "comparisons.csv") if r["factor"] == "label_smoothing"}
+    # val/acc_best: 0.91 (smoothed) against 0.88 and 0.87 (not), by seed
+    assert {a: (r["split"], round(float(r["diff_mean"]), 6), r["n_pairs"]) for a, r in ablation.items()} == {
+        "standard: 0": ("val", 0.035, "2"), "dsconv: 0": ("val", 0.035, "2")}
 
 
 def test_a_bad_cell_in_a_tidy_table_is_one_line_naming_the_file_and_column(tmp_path):

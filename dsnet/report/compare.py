@@ -123,12 +123,12 @@ MIN_VAL_PAIRS = 2  # seeds two validation-only configurations must share to be c
 
 
 def _split(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    """Which split compares ``a`` and ``b``: test where both have it, else validation where
-    neither has test and they share :data:`MIN_VAL_PAIRS` seeds; None: not comparable."""
+    """Which split compares ``a`` and ``b``: test where both have it, else validation where they
+    share :data:`MIN_VAL_PAIRS` seeds (an ablation trained without the test split against the runs
+    it ablates, tested or not); None: not comparable."""
     if a["top1_mean"] is not None and b["top1_mean"] is not None:
         return "test"
-    if a["top1_mean"] is None and b["top1_mean"] is None \
-            and len(set(a.get(SPLITS["val"]) or {}) & set(b.get(SPLITS["val"]) or {})) >= MIN_VAL_PAIRS:
+    if len(set(a.get(SPLITS["val"]) or {}) & set(b.get(SPLITS["val"]) or {})) >= MIN_VAL_PAIRS:
         return "val"
     return None
 
@@ -158,7 +158,7 @@ def _compared(rows: Sequence[dict[str, Any]]):
                     continue
                 if (split := _split(a_, b_)) is not None:
                     pairs.append((factor, split, a_, b_))
-    # Pairs the table would show alike (same factor, split, shown keys and sides) differ in a
+    # Pairs the table would show alike (same factor, shown keys and sides) differ in a
     # setting no column shows, label smoothing say: each of them names it, and the rates any names.
     alike: dict[tuple, list[tuple]] = {}
     for pair in pairs:
@@ -178,8 +178,9 @@ def _bare(factor: str, row: dict[str, Any]) -> str:
 
 
 def _shown(factor: str, split: str, a: dict[str, Any], b: dict[str, Any]) -> tuple:
-    """What a comparison row shows of a pair, its sides' settings aside."""
-    return (factor, split, *(a[k] for k in _SHOWN_KEYS), _bare(factor, a), _bare(factor, b))
+    """What a comparison row shows of a pair, its sides' settings aside. Not its split: an ablation
+    on val beside the pair it ablates on test still reads as the same comparison."""
+    return (factor, *(a[k] for k in _SHOWN_KEYS), _bare(factor, a), _bare(factor, b))
 
 
 _SHOWN_KEYS = ("dataset", "arch", "width", "image_size", "epochs")  # a comparison row's columns besides a and b

@@ -17,9 +17,9 @@ _PAIRED_NOTE = (
     "percentage points, mean over the n seed pairs ± the half-width of its 95% confidence interval "
     "(Student t, n − 1 degrees of freedom). An interval that excludes 0 is a difference the seeds "
     "do not explain. *conv* comparisons keep each arm's own learning rate and weight decay. The split "
-    "is *test* where both configurations were tested; configurations trained without a test split "
-    "(the runs a recipe is chosen with) compare on *val*, the best epoch's validation top-1, when "
-    "they share two seeds or more. An arm trained at two learning rates names each side's. "
+    "is *test* where both configurations were tested; where either was trained without a test split "
+    "(the runs a recipe is chosen with), the pair compares on *val*, the best epoch's validation "
+    "top-1, when they share two seeds or more. An arm trained at two learning rates names each side's. "
     + _DIVERGED_NOTE + "\n")
 _EQUAL_COST_NOTE = (
     "Configurations of two convolution types whose {metrics} agree within {tol} (max/min − 1), "

@@ -4,9 +4,9 @@ A study folder holds ``runs.csv`` and ``curves.csv`` (:mod:`dsnet.report.tidy`) 
 study matched a width by measured latency, ``latency_match*.json`` records (the equal-cost table
 pairs those two widths at the latencies the record timed in one process) and, for a study of conv
 mixes, ``latency.csv``, each mix's latency per runtime (:mod:`dsnet.report.mixes`). A stage of a study whose
-runs all lack test top-1 but have validation accuracy is a search (its trials ran with
-``test=false``): it is reported on its own, in ``<study>/<stage>/``, and left out of the study's
-tables. Each report's index of every table is ``tables.md``.
+runs all lack test top-1 but have validation accuracy, an arm at more than one learning rate or
+weight decay, is a search (its trials ran with ``test=false``): it is reported on its own, in
+``<study>/<stage>/``, and left out of the study's tables. Each report's index of every table is ``tables.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from dsnet.report import ReportSummary, write_report
 from dsnet.report.discover import ReportInputError, Run
 from dsnet.report.mixes import LATENCY_FILE, write_mix_report
-from dsnet.report.tables import summarise
+from dsnet.report.tables import TUNED_KEYS, summarise
 from dsnet.report.tidy import read_study, read_table
 
 INDEX = "tables.md"
@@ -41,13 +41,27 @@ def stage_of(run: Run) -> str | None:
 
 
 def search_stages(runs: list[Run]) -> list[str]:
-    """The stages whose runs were all trained without a test split but validated (searches)."""
+    """The stages that are searches: their runs were all trained without a test split but validated,
+    an arm at more than one learning rate or weight decay (a search's trials). An ablation trained
+    the same way at one setting per arm (label smoothing off, say) stays in the study's tables,
+    where its runs meet the runs it is compared with."""
     stages: dict[str, list[Run]] = {}
     for run in runs:
         if stage_of(run) is not None:
             stages.setdefault(stage_of(run), []).append(run)
     return sorted(s for s, members in stages.items()
-                  if all(r.top1 is None and r.values.get("val_acc_best") is not None for r in members))
+                  if all(r.top1 is None and r.values.get("val_acc_best") is not None for r in members)
+                  and _tried_several(members))
+
+
+def _tried_several(runs: list[Run]) -> bool:
+    """Whether one arm (convolution type and width) of ``runs`` ran at several learning rates or
+    weight decays."""
+    arms: dict[tuple, set[tuple]] = {}
+    for run in runs:
+        arm = tuple(run.values.get(k) for k in ("conv", "groups", "width"))
+        arms.setdefault(arm, set()).add(tuple(run.values.get(k) for k in TUNED_KEYS))
+    return any(len(tried) > 1 for tried in arms.values())
 
 
 def report_study(study_dir: str | os.PathLike, out: str | os.PathLike) -> list[ReportSummary]:
