@@ -413,6 +413,12 @@ def test_a_search_stage_is_reported_on_its_own_and_an_ablation_beside_what_it_ab
     # val/acc_best: 0.91 (smoothed) against 0.88 and 0.87 (not), by seed
     assert {a: (r["split"], round(float(r["diff_mean"]), 6), r["n_pairs"]) for a, r in ablation.items()} == {
         "standard: 0": ("val", 0.035, "2"), "dsconv: 0": ("val", 0.035, "2")}
+    # reported again without its search: the search's folder and the plots no run draws any more go
+    (tmp_path / "out" / "notes.txt").write_text("kept")
+    write_table(tmp_path / "study" / "runs.csv", rows[:4])
+    [summary] = report_study(tmp_path / "study", tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*summary.files, "notes.txt"])
+    assert not (tmp_path / "out" / "search").exists()
 
 
 def test_a_bad_cell_in_a_tidy_table_is_one_line_naming_the_file_and_column(tmp_path):

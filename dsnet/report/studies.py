@@ -3,16 +3,18 @@
 A study folder holds ``runs.csv`` and ``curves.csv`` (:mod:`dsnet.report.tidy`) and, where the
 study matched a width by measured latency, ``latency_match*.json`` records (the equal-cost table
 pairs those two widths at the latencies the record timed in one process) and, for a study of conv
-mixes, ``latency.csv``, each mix's latency per runtime (:mod:`dsnet.report.mixes`). A stage of a study whose
-runs all lack test top-1 but have validation accuracy, an arm at more than one learning rate or
-weight decay, is a search (its trials ran with ``test=false``): it is reported on its own, in
-``<study>/<stage>/``, and left out of the study's tables. Each report's index of every table is ``tables.md``.
+mixes, ``latency.csv``, each mix's latency per runtime (:mod:`dsnet.report.mixes`). A stage of a
+study whose runs all lack test top-1 but have validation accuracy, an arm at more than one learning
+rate or weight decay, is a search (its trials ran with ``test=false``): it is reported on its own,
+in ``<study>/<stage>/``, and left out of the study's tables. Each report's index of every table is
+``tables.md``; a regenerated report removes what an earlier one wrote there and it no longer does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 
 from dsnet.report import ReportSummary, write_report
@@ -77,7 +79,26 @@ def report_study(study_dir: str | os.PathLike, out: str | os.PathLike) -> list[R
         summaries[0] = dataclasses.replace(summaries[0], files=[*summaries[0].files, *files])
     for stage in searches if main else ():
         summaries.append(write_report([r for r in runs if stage_of(r) == stage], [], out / stage, index=INDEX))
-    return [_prune(s) for s in summaries]
+    summaries = [_prune(s) for s in summaries]
+    _drop_stale(out, summaries)
+    return summaries
+
+
+# What a report writes; a file of these kinds in a study's report folder that this report did not
+# write is left from an earlier one (a plot whose runs moved to a search's report, say).
+GENERATED = ("*.md", "*.csv", "*.png", "*.svg")
+
+
+def _drop_stale(out: Path, summaries: list[ReportSummary]) -> None:
+    """Removes what an earlier report of the study left in ``out`` and this one did not write: its
+    generated files, and the folders of searches the study no longer has."""
+    written = {s.out_dir / f for s in summaries for f in s.files}
+    folders = {s.out_dir for s in summaries}
+    for path in sorted(out.iterdir()):
+        if path.is_dir() and path not in folders and (path / INDEX).is_file():
+            shutil.rmtree(path)
+        elif path.is_file() and path not in written and any(path.match(p) for p in GENERATED):
+            path.unlink()
 
 
 def report_studies(results: str | os.PathLike, out: str | os.PathLike) -> list[ReportSummary]:
