@@ -7,7 +7,9 @@ mixes, ``latency.csv``, each mix's latency per runtime (:mod:`dsnet.report.mixes
 study whose runs all lack test top-1 but have validation accuracy, an arm at more than one learning
 rate or weight decay, is a search (its trials ran with ``test=false``): it is reported on its own,
 in ``<study>/<stage>/``, and left out of the study's tables. Each report's index of every table is
-``tables.md``; a regenerated report removes what an earlier one wrote there and it no longer does.
+``tables.md``. The folder is the report's: a regenerated report deletes the files of the kinds it
+writes (md, csv, png, svg) that it did not write this time, and the folders of searches the study
+no longer has; files of other kinds stay.
 """
 
 from __future__ import annotations
