@@ -18,8 +18,9 @@ Calling it again is harmless. Importing this module registers nothing.
 - ``${dsnet.match_width:dsconv,standard,0.25,params,${data.image_size},${data.num_classes},${data.in_chans}}``
   -> the width at which dsconv has the parameters (or ``macs``) of standard at width 0.25, within 2%
   (``dsnet.matching.match_width``), e.g. ``model.width='${dsnet.match_width:...}'`` on the command line.
-- ``${dsnet.tuned_lr:${oc.select:tuned.${model.conv},null},${trainer.max_epochs},0.1}`` -> the learning
-  rate an experiment's ``tuned:`` entry gives a run of that many epochs; see :func:`tuned_lr`.
+- ``${dsnet.tuned_lr:${oc.select:tuned,null},${model.conv},${trainer.max_epochs},0.1}`` -> the learning
+  rate an experiment's ``tuned:`` block gives a run of that convolution type and schedule; see
+  :func:`tuned_lr`.
 
 The resolvers import what they need when they first resolve: composing a config imports no network
 or data code.
@@ -81,27 +82,28 @@ def match_width(conv, target_conv, target_width, cost, image_size=224, num_class
                  num_classes=int(num_classes), in_chans=int(in_chans), max_width=max(1.0, 4 * float(target_width))).width
 
 
-def tuned_lr(tuned, max_epochs, default):
-    """The learning rate of a run of ``max_epochs`` epochs from its convolution type's ``tuned:`` entry.
+def tuned_lr(tuned, conv, max_epochs, default):
+    """The learning rate of a ``conv`` run of ``max_epochs`` epochs from an experiment's ``tuned:`` block.
 
-    ``tuned`` is that entry (``{lr: 3.2, lr_by_epochs: {80: 1.6}}``) or None when the experiment has
-    none for the run's convolution type (then ``default``). ``lr_by_epochs`` gives one schedule its own
+    ``tuned`` is that block (``{dsconv: {lr: 3.2, lr_by_epochs: {80: 1.6}}, ...}``) or None; a
+    convolution type without an entry gets ``default``. ``lr_by_epochs`` gives one schedule its own
     rate; its keys are epoch counts, written ``80`` or ``"80"`` alike (YAML reads the first as an int,
     and a lookup by ``${trainer.max_epochs}`` would miss it). A key that is no epoch count is an error.
     """
-    if tuned is None:
+    entry = (tuned or {}).get(conv)
+    if entry is None:
         return default
-    name = f"tuned.{tuned._key()}" if hasattr(tuned, "_key") else "tuned"
-    by_epochs = tuned.get("lr_by_epochs") or {}
+    by_epochs = entry.get("lr_by_epochs") or {}
     if not hasattr(by_epochs, "items"):
-        raise ValueError(f"{name}.lr_by_epochs={by_epochs!r} must map epoch counts to learning rates, e.g. {{80: 1.6}}")
+        raise ValueError(f"tuned.{conv}.lr_by_epochs={by_epochs!r} must map epoch counts to learning rates, "
+                         "e.g. {80: 1.6}")
     for key, lr in by_epochs.items():
         if isinstance(key, bool) or not re.fullmatch(r"[1-9]\d*", str(key).strip()):
-            raise ValueError(f"{name}.lr_by_epochs has the key {key!r}; its keys are epoch counts (integers >= 1), "
-                             "e.g. {80: 1.6}")
-        if str(int(str(key).strip())) == str(max_epochs):
+            raise ValueError(f"tuned.{conv}.lr_by_epochs has the key {key!r}; its keys are epoch counts "
+                             "(integers >= 1), e.g. {80: 1.6}")
+        if str(int(key)) == str(max_epochs):
             return lr
-    return tuned.get("lr", default)
+    return entry.get("lr", default)
 
 
 def register_resolvers() -> None:
