@@ -110,12 +110,12 @@ def _twins(row: dict[str, Any], configs: Sequence[dict[str, Any]]) -> list[str]:
 
 
 # how a label names each of TUNED_KEYS, and the settings that tell apart two pairs shown alike
-_TUNED_NAMES = {"lr": "lr", "weight_decay": "wd", "label_smoothing": "ls", "depthwise_weight_decay": "depthwise wd"}
+_SETTING_NAMES = {"lr": "lr", "weight_decay": "wd", "label_smoothing": "ls", "depthwise_weight_decay": "depthwise wd"}
 
 
 def _tuned(row: dict[str, Any], keys: Sequence[str]) -> str:
-    """`` (lr 0.8)``: the tuned settings ``keys`` of ``row``; "" without keys."""
-    shown = [f"{_TUNED_NAMES[k]} {row[k]:g}" for k in keys if row.get(k) is not None]
+    """`` (lr 0.8, ls 0.1)``: the settings ``keys`` of ``row`` (:data:`_SETTING_NAMES`); "" without keys."""
+    shown = [f"{_SETTING_NAMES[k]} {row[k]:g}" for k in keys if row.get(k) is not None]
     return f" ({', '.join(shown)})" if shown else ""
 
 
@@ -160,15 +160,18 @@ def _compared(rows: Sequence[dict[str, Any]]):
                     pairs.append((factor, split, a_, b_))
     # Pairs the table would show alike (same factor, shown keys and sides) differ in a
     # setting no column shows, label smoothing say: each of them names it, and the rates any names.
-    alike: dict[tuple, list[tuple]] = {}
-    for pair in pairs:
-        alike.setdefault(_shown(*pair), []).append(pair)
+    alike: dict[tuple, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for factor, _, a, b in pairs:
+        alike.setdefault(_shown(factor, a, b), []).append((a, b))
     for factor, split, a, b in pairs:
-        twins = alike[_shown(factor, split, a, b)]
-        unshown = [k for k in _TUNED_NAMES if k not in TUNED_KEYS and k not in FACTORS[factor]
-                   and len({(twin_a[k], twin_b[k]) for _, _, twin_a, twin_b in twins}) > 1]
-        named = [[k for k in TUNED_KEYS if any(k in tuned[id(twin[side])] for twin in twins)] + unshown
-                 for side in (2, 3)] if len(twins) > 1 else [tuned[id(a)], tuned[id(b)]]
+        twins = alike[_shown(factor, a, b)]
+        named = [tuned[id(a)], tuned[id(b)]]
+        if len(twins) > 1:
+            unshown = [k for k in _SETTING_NAMES if k not in TUNED_KEYS and k not in FACTORS[factor]
+                       and len({(twin_a[k], twin_b[k]) for twin_a, twin_b in twins}) > 1]
+            # each side names every rate any of its twins names, and the unshown settings
+            named = [[k for k in TUNED_KEYS if any(k in tuned[id(r)] for r in side)] + unshown
+                     for side in zip(*twins)]
         yield factor, split, a, b, [_bare(factor, r) + _tuned(r, keys) for r, keys in zip((a, b), named)]
 
 
@@ -177,7 +180,7 @@ def _bare(factor: str, row: dict[str, Any]) -> str:
     return ("" if factor == "conv" else f"{conv_label(row)}: ") + _side(row, factor)
 
 
-def _shown(factor: str, split: str, a: dict[str, Any], b: dict[str, Any]) -> tuple:
+def _shown(factor: str, a: dict[str, Any], b: dict[str, Any]) -> tuple:
     """What a comparison row shows of a pair, its sides' settings aside. Not its split: an ablation
     on val beside the pair it ablates on test still reads as the same comparison."""
     return (factor, *(a[k] for k in _SHOWN_KEYS), _bare(factor, a), _bare(factor, b))
@@ -311,7 +314,7 @@ def _schedule_label(short: dict[str, Any], long: dict[str, Any], ambiguous: bool
     schedule or when the long schedule ran at more than one (``dsconv (lr 3.2 → 1.6)``)."""
     if not ambiguous and all(short[k] == long[k] for k in TUNED_KEYS):
         return conv_label(short)
-    changes = [f"{_TUNED_NAMES[k]} {short[k]:g} → {long[k]:g}" for k in TUNED_KEYS
+    changes = [f"{_SETTING_NAMES[k]} {short[k]:g} → {long[k]:g}" for k in TUNED_KEYS
                if short[k] is not None and long[k] is not None and (short[k] != long[k] or k == "lr")]
     return f"{conv_label(short)} ({', '.join(changes)})" if changes else conv_label(short)
 
