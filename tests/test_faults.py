@@ -80,6 +80,14 @@ def cifar_batch(n: int = 4, seed: int = 0) -> dict:
             "labels": [int(x) for x in rng.integers(0, 10, n)], "filenames": [f"img_{i}.png" for i in range(n)]}
 
 
+def write_cifar10_layout(folder: Path, n: int = 16) -> None:
+    """``cifar-10-batches-py/`` in ``folder``'s place: five train batches and the test batch of ``n``
+    random images each, as the official files pickle them."""
+    folder.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        (folder / name).write_bytes(pickle.dumps(cifar_batch(n, seed=i), protocol=4))
+
+
 def numpy1_pickle(obj) -> bytes:
     """``obj`` pickled as the official (numpy 1, Python 2) CIFAR files are: protocol 2, numpy.core.multiarray."""
     data = pickle.dumps(obj, protocol=2)
@@ -125,9 +133,7 @@ def poisoned_cifar(tmp_path) -> tuple[Path, Path]:
     """A CIFAR-10 folder whose data_batch_1 runs ``touch PWNED`` when unpickled and is otherwise a valid
     batch (its labels too): ``pickle.load`` would run the payload and train on, unnoticed."""
     folder, marker = tmp_path / "data" / "cifar-10-batches-py", tmp_path / "PWNED"
-    folder.mkdir(parents=True)
-    for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
-        (folder / name).write_bytes(pickle.dumps(cifar_batch(16, seed=i), protocol=4))
+    write_cifar10_layout(folder)
     poisoned = {**cifar_batch(16), "batch_label": _Payload(marker)}
     (folder / "data_batch_1").write_bytes(pickle.dumps(poisoned, protocol=2))
     with open(folder / "data_batch_1", "rb") as f:

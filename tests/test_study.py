@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import pickle
 import signal
 import subprocess
 import sys
@@ -313,13 +312,10 @@ def test_an_epoch_keyed_lr_is_found_whether_its_key_was_read_as_a_number_or_a_st
 
 
 def test_an_lr_by_epochs_key_that_is_no_epoch_count_is_one_line_and_trains_nothing(tmp_path):
-    from test_faults import cifar_batch, one_line
+    from test_faults import one_line, write_cifar10_layout
     from test_robustness import assert_nothing_written, run_entry
 
-    folder = tmp_path / "data" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
-        (folder / name).write_bytes(pickle.dumps(cifar_batch(16, seed=i), protocol=4))
+    write_cifar10_layout(tmp_path / "data" / "cifar-10-batches-py")
     result = run_entry("train.py", "experiment=cifar10", "++tuned.dsconv.lr_by_epochs={eighty: 0.4}",
                        "trainer.max_epochs=1", run_dir=tmp_path)
     assert one_line(result) == ("optim.optimizer.lr: tuned.dsconv.lr_by_epochs has the key 'eighty'; its keys are "
