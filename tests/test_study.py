@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -440,7 +441,7 @@ def start(study: Path, runs: Path, log: Path) -> subprocess.Popen:
 
 
 @pytest.mark.slow  # three tiny runs on two joblib workers, twice: ~40 s idle, minutes under load
-def test_a_stage_killed_mid_way_resumes_with_the_same_command_and_finishes_every_job(tmp_path):
+def test_a_stage_killed_mid_way_resumes_with_the_same_command_and_finishes_every_job(tmp_path, capsys):
     study, runs = tmp_path / "study.yaml", tmp_path / "runs"
     tiny = ", ".join(o for o in TINY if not o.startswith(("trainer.max_epochs", "trainer.log_every")))
     study.write_text(TINY_STUDY.format(tiny=tiny))
@@ -463,7 +464,17 @@ def test_a_stage_killed_mid_way_resumes_with_the_same_command_and_finishes_every
     before = {n: (stage / n / "metrics.json").read_bytes() for n in done}
     unfinished = [n for n in names if not (stage / n / "metrics.json").is_file()]
     assert unfinished, "every job finished before the kill"
-
+    # plan says how far each unfinished job got: the epochs it trained, which it resumes after
+    assert study_main(["plan", str(study), "--runs-dir", str(runs)]) == 0
+    shown = [line for line in capsys.readouterr().out.splitlines() if "partial: " in line]
+    assert [line.split(": ")[1] for line in shown] == [n for n in unfinished if (stage / n / "config.yaml").is_file()]
+    trained = {}
+    for line in shown:
+        found = re.fullmatch(r"  partial: (\S+): (?:no checkpoint yet, starts at epoch 1|(\d) of 3 epochs"
+                             r"(, best val top-1 \d+\.\d\d%, 0\.\d\d CPU-h so far, about 0\.\d\d more)?)", line)
+        assert found, line
+        trained[found[1]] = int(found[2] or 0)
+    assert max(trained.values()) >= 1, shown  # the job killed after its checkpoint
     proc = start(study, runs, tmp_path / "second.log")
     proc.wait(timeout=600)
     out = (tmp_path / "second.log").read_text()
@@ -473,8 +484,13 @@ def test_a_stage_killed_mid_way_resumes_with_the_same_command_and_finishes_every
     for n in names:
         metrics = json.loads((stage / n / "metrics.json").read_text())
         assert (metrics["epochs"], metrics["seed"]) == (3, int(n[-1]))
-    # the partial job continued from its last checkpoint: a second CSV log, and 3 epochs in all
+    # the partial job continued from its last checkpoint: a second CSV log, and 3 epochs in all;
+    # it trained the epochs after those plan counted, and no other (none when plan counted 3)
     assert any((stage / n / "csv" / "version_1").is_dir() for n in partial)
+    for n, before_kill in ((n, k) for n, k in trained.items() if k):
+        second = stage / n / "csv" / "version_1" / "metrics.csv"
+        resumed = read_csv(second) if second.is_file() else []
+        assert [int(float(r["epoch"])) + 1 for r in resumed if r.get("val/acc")] == list(range(before_kill + 1, 4)), n
     rows, curves, missing = collect(runs)
     assert ([r["run"] for r in rows], missing) == ([f"sweep/{n}" for n in names], [])
     assert sorted({(c["run"], c["epoch"]) for c in curves}) == [(f"sweep/{n}", e) for n in names for e in (1, 2, 3)]
@@ -484,13 +500,22 @@ def test_plan_counts_each_stages_runs_and_prints_its_command(tmp_path, capsys):
     trial(tmp_path / "equal_cost", "dsconv", 0.8, "finished")
     trial(tmp_path / "equal_cost", "dsconv", 0.4, "partial")
     trial(tmp_path / "table6", "dsconv", 0.8, "failed")
+    trial(tmp_path / "table6", "dsconv", 0.4, "partial")
+    damaged = tmp_path / "table6" / "dsconv_lr0.4" / "checkpoints" / "last.ckpt"
+    damaged.parent.mkdir()
+    damaged.write_bytes(b"PK\x03\x04 cut short")
     assert study_main(["plan", "fashion_mnist", "--runs-dir", str(tmp_path), "--workers", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     command = (f"  train.py -m experiment=converged model=dsconv model.width=0.74 "
                f"hydra.sweep.dir={tmp_path / 'equal_cost'} ckpt_path=last hydra/launcher=joblib hydra.launcher.n_jobs=3")
-    assert lines[6:8] == ["equal_cost: 1 finished, 1 partial, 0 failed", command]
-    assert lines[16] == "table6: 0 finished, 0 partial, 1 failed"
-    assert lines[18] == "table4_w1: 0 finished, 0 partial, 0 failed (needs a GPU)"
+    # an unfinished run says how far it got, a failed one what it raised
+    assert lines[6:9] == ["equal_cost: 1 finished, 1 partial, 0 failed", "  partial: dsconv_lr0.4: no checkpoint yet, starts at epoch 1", command]
+    assert lines[17:19] == ["table6: 0 finished, 1 partial, 1 failed", "  partial: dsconv_lr0.4: last.ckpt: "
+                            f"{damaged} is damaged, truncated or not a PyTorch checkpoint (RuntimeError: PytorchStreamReader "
+                            "failed reading zip archive: not a ZIP archive); start again without ckpt_path (no best "
+                            "checkpoint beside it)"]
+    assert lines[19] == "  failed: dsconv_lr0.8: Traceback: loss is NaN"
+    assert lines[21] == "table4_w1: 0 finished, 0 partial, 0 failed (needs a GPU)"
 
 
 def test_match_prints_the_equal_parameter_width_of_the_study(capsys):

@@ -1,6 +1,6 @@
 """``python -m dsnet.study COMMAND STUDY``: a study's stages, run by Hydra's launchers.
 
-    python -m dsnet.study plan fashion_mnist --runs-dir DIR      # each stage's command and its runs' state
+    python -m dsnet.study plan fashion_mnist --runs-dir DIR      # each stage's command, its runs' state
     python -m dsnet.study run fashion_mnist --runs-dir DIR --workers 2   # the stages in order (joblib)
     python -m dsnet.study run fashion_mnist --runs-dir DIR --launcher slurm -- hydra.launcher.partition=cpu
     python -m dsnet.study choose fashion_mnist --runs-dir DIR    # the lr the search chose, or its next grid
@@ -39,6 +39,7 @@ from dsnet.study.stages import (
     run_stage,
     stage_command,
     stage_state,
+    unfinished_lines,
 )
 
 PROG = "python -m dsnet.study"
@@ -88,6 +89,8 @@ def cmd_plan(study: Study, args: argparse.Namespace) -> int:
         state = stage_state(stage, args.runs_dir)
         print(f"{stage.name}: {state['finished']} finished, {state['partial']} partial, {state['failed']} failed"
               + (" (needs a GPU)" if stage.gpu else ""))
+        for line in unfinished_lines(stage, args.runs_dir):
+            print("  " + line)
         print("  " + " ".join(stage_command(stage, args.runs_dir, launcher, args.overrides)[1:]))
     return 0
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 import dsnet
@@ -88,14 +89,75 @@ def stage_command(stage: Stage, runs_dir: Path, launcher: list[str], extra: list
             "ckpt_path=last", *launcher, *extra]
 
 
+def run_dirs(stage: Stage, runs_dir: Path) -> dict[Path, str]:
+    """The stage's run directories, each ``finished``, ``failed`` or ``partial`` (started, unfinished)."""
+    return {run_dir: ("finished" if (run_dir / "metrics.json").is_file() else
+                      "failed" if (run_dir / "error.txt").is_file() else "partial")
+            for run_dir in sorted(p.parent for p in (runs_dir / stage.name).glob("*/config.yaml"))}
+
+
 def stage_state(stage: Stage, runs_dir: Path) -> dict[str, int]:
-    """How many of the stage's run directories are finished, failed or partial (started, unfinished)."""
-    counts = {"finished": 0, "failed": 0, "partial": 0}
-    for run_dir in sorted(p.parent for p in (runs_dir / stage.name).glob("*/config.yaml")):
-        state = ("finished" if (run_dir / "metrics.json").is_file() else
-                 "failed" if (run_dir / "error.txt").is_file() else "partial")
-        counts[state] += 1
-    return counts
+    """How many of the stage's run directories are finished, failed or partial."""
+    states = list(run_dirs(stage, runs_dir).values())
+    return {state: states.count(state) for state in ("finished", "partial", "failed")}
+
+
+def unfinished_lines(stage: Stage, runs_dir: Path) -> list[str]:
+    """One line per unfinished run of the stage: what a failed run raised (its traceback's last
+    line), how far a partial run got (:func:`progress`)."""
+    lines = []
+    for run_dir, state in run_dirs(stage, runs_dir).items():
+        if state == "failed":
+            raised = [line for line in (run_dir / "error.txt").read_text(errors="replace").splitlines() if line.strip()]
+            lines.append(f"failed: {run_dir.name}: {raised[-1].strip() if raised else 'error.txt is empty'}")
+        elif state == "partial":
+            lines.append(f"partial: {run_dir.name}: {progress(run_dir)}")
+    return lines
+
+
+def progress(run_dir: Path) -> str:
+    """How far a partial run got, from the ``checkpoints/last.ckpt`` it resumes from (read as a resume
+    reads it: weights only, memory-mapped): the epochs it trained, of its ``trainer.max_epochs`` (it
+    resumes with the next); its best validation top-1; its CPU time so far, and what the epochs left
+    take at that rate."""
+    from dsnet.errors import InputError
+    from dsnet.guards import check_checkpoint  # lazy: torch, only where a run is partial
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    total = ((config.get("trainer") or {}) if isinstance(config, dict) else {}).get("max_epochs")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return "no checkpoint yet, starts at epoch 1"
+    try:
+        checkpoint = check_checkpoint(last, "last.ckpt")
+    except InputError as err:
+        return str(err)
+    if not isinstance(checkpoint, dict):
+        return f"{last}: not a Lightning checkpoint"
+    epochs = epochs_trained(checkpoint)
+    callbacks = checkpoint.get("callbacks") or {}
+    scores = [float(c["best_model_score"]) for name, c in callbacks.items()
+              if name.startswith("ModelCheckpoint") and c.get("monitor") == "val/acc" and c.get("best_model_score") is not None]
+    cpu_s = next((c.get("fit_cpu_s") for name, c in callbacks.items() if name == "EpochTimer"), None)
+    parts = [f"{'?' if epochs is None else epochs}{'' if total is None else f' of {total}'} epochs"]
+    if scores:
+        parts.append(f"best val top-1 {100 * max(scores):.2f}%")
+    if cpu_s:
+        left = f", about {cpu_s / epochs * (total - epochs) / 3600:.2f} more" if epochs and total else ""
+        parts.append(f"{cpu_s / 3600:.2f} CPU-h so far{left}")
+    return ", ".join(parts)
+
+
+def epochs_trained(checkpoint: dict) -> int | None:
+    """The epochs a Lightning checkpoint's run trained, as its resume counts them (``FitLoop.reset``):
+    the fit loop's processed epochs, and the one in flight when its last training batch ran (a stop
+    during that epoch's validation); None for a checkpoint without loop state."""
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs = (fit_loop.get("epoch_progress") or {}).get("total") or {}
+    if "processed" not in epochs:
+        return None
+    in_flight = epochs.get("started", 0) > epochs["processed"]
+    return epochs["processed"] + int(in_flight and bool((fit_loop.get("epoch_loop.batch_progress") or {}).get("is_last_batch")))
 
 
 # Seconds the launcher's workers get after a passed-on signal to save last.ckpt (Lightning stops after
