@@ -271,7 +271,7 @@ def test_cifar10s_schedule_check_trains_table_4s_runs_without_their_test():
     """The check's runs at either schedule are the jobs experiment=cifar10 sweeps at that schedule:
     Table 4 at width 0.25 is read from them once the schedule is chosen, not trained again."""
     study = load_study("cifar10")
-    assert [s.name for s in study.stages] == ["lr_search", "check", "label_smoothing", "equal_cost", "table4_w0.5",
+    assert [s.name for s in study.stages] == ["lr_search", "check", "label_smoothing", "table4_w0.5", "equal_cost",
                                               "table6"]
     for conv, epochs in (("conv", 10), ("dsconv", 20)):
         job = [f"model={conv}", "seed=3", f"trainer.max_epochs={epochs}"]
