@@ -123,7 +123,10 @@ def progress(run_dir: Path) -> str:
     from dsnet.errors import InputError
     from dsnet.guards import check_checkpoint  # lazy: torch, only where a run is partial
 
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        config = None  # the epochs it trains are then unknown; the checkpoint still says how far it got
     total = ((config.get("trainer") or {}) if isinstance(config, dict) else {}).get("max_epochs")
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
