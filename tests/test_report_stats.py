@@ -28,6 +28,7 @@ from dsnet.report import (
 )
 from dsnet.report.compare_md import comparisons_section, convergence_section, equal_cost_section, hparams_section
 from dsnet.report.discover import Run, read_curve
+from dsnet.report.markdown import cpu_cell
 from dsnet.report.sensitivity import lr_arms, plot_lr_sensitivity
 from dsnet.report.stats import mean_ci, paired_difference, t_quantile
 from dsnet.report.tables import diverged_epochs, hparam_columns, theory_vs_measurement
@@ -101,6 +102,20 @@ SWEEP = [
     *(train_run(f"dsm{s}", "dsconv", 0.8, s, acc, params=900_000, macs=10_300_000, lr=0.2)
       for s, acc in ((0, 0.925), (2, 0.935))),
 ]
+
+
+def test_a_configurations_cpu_hours_count_each_cpu_trained_network_once_and_say_how_many():
+    runs = [train_run("a", "dsconv", 0.25, 0, 0.9, **STD, cpu_s=1800.0, train_device="cpu"),
+            train_run("b", "dsconv", 0.25, 1, 0.9, **STD, cpu_s=5400.0),  # device unknown: counted
+            train_run("c", "dsconv", 0.25, 2, 0.9, **STD, cpu_s=900.0, train_device="gpu"),  # not its cost
+            train_run("d", "dsconv", 0.25, 3, 0.9, **STD)]  # trained before cpu_s was recorded
+    (row,) = summarise(runs)
+    assert (row["cpu_h"], row["n_cpu"], row["n_runs"]) == (2.0, 2, 4)
+    assert cpu_cell(row) == "2.00 (2 of 4 runs)"
+    (row,) = summarise(runs[:2])
+    assert cpu_cell(row) == "2.00"
+    (row,) = summarise(runs[2:])
+    assert (row["cpu_h"], row["n_cpu"], cpu_cell(row)) == (None, 0, "–")
 
 
 def test_comparisons_pair_by_seed_across_conv_type_and_schedule():

@@ -64,6 +64,7 @@ def test_a_sweep_of_training_runs_reports_without_an_eval_step(sweep):
     assert float(ds["top1_ci95"]) == pytest.approx(12.7062 * abs(accs[0] - accs[1]) / 2, rel=1e-4)
     assert float(ds["time_per_epoch_s"]) == pytest.approx(
         (m1["time_per_epoch_s"] + m2["time_per_epoch_s"]) / 2)
+    assert (float(ds["cpu_h"]), ds["n_cpu"]) == (pytest.approx((m1["cpu_s"] + m2["cpu_s"]) / 3600), "2")
     assert (ds["epochs"], ds["lr"], ds["weight_decay"], ds["in_chans"]) == ("2", "0.1", "5e-05", "3")
     assert ds["latency_ms_p50"] == "" and ds["n_timed"] == "0"
     assert sorted(p.name for p in out.glob("top1_vs_*.png")) == ["top1_vs_macs.png",

@@ -83,12 +83,23 @@ def _results_md(rows: Sequence[dict[str, Any]]) -> str:
     extra = _optional_columns(rows)
     header = [*_config_header(), *(h for _, h, _ in extra), "params (M)", "MACs (M)",
               "top-1 (%), mean ± 95% CI", "latency p50 (ms)", "throughput (img/s)"]
+    cpu = any(r.get("cpu_h") is not None for r in rows)
     body = [[*_config_cells(r, conv_label(r)),
              *("all" if k == "train_size" and r[k] is None and r["epochs"] is not None
                else fmt(r[k], f) for k, _, f in extra),
              f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e6:.2f}", top1_cell(r),
-             fmt(r["latency_ms_p50"], ".3f"), fmt(r["throughput_img_s"], ".0f")] for r in rows]
-    return markdown_table(header, body)
+             fmt(r["latency_ms_p50"], ".3f"), fmt(r["throughput_img_s"], ".0f"),
+             *([cpu_cell(r)] if cpu else [])] for r in rows]
+    return markdown_table([*header, *(["training CPU-h"] if cpu else [])], body)
+
+
+def cpu_cell(row: dict[str, Any]) -> str:
+    """``2.09``: the configuration's training CPU-hours; ``1.20 (2 of 3 runs)`` where some of its
+    runs recorded none or trained on an accelerator; ``–`` where none counts."""
+    cell = fmt(row.get("cpu_h"), ".2f")
+    if row.get("cpu_h") is not None and row["n_cpu"] < row["n_runs"]:
+        cell += f" ({row['n_cpu']} of {row['n_runs']} runs)"
+    return cell
 
 
 def _theory_md(rows: Sequence[dict[str, Any]]) -> str:

@@ -38,7 +38,7 @@ COST_KEYS = ("params", "macs", "train_macs", "activations", "memory_traffic_byte
 TIMING_KEYS = ("latency_ms_p50", "latency_ms_p90", "latency_ms_iqr", "throughput_img_s")
 SUMMARY_COLUMNS = (*CONFIG_KEYS, "n", "top1_mean", "top1_ci95", "top1_std", "top5_mean",
                    "val_acc_best_mean", *COST_KEYS, *TIMING_KEYS, "n_timed", "n_contended",
-                   "runtime_version", "time_per_epoch_s", "run_dirs")
+                   "runtime_version", "time_per_epoch_s", "cpu_h", "n_cpu", "run_dirs")
 RUN_COLUMNS = ("run_dir", "train_dir", "top1_source", "train_size", "epochs", "time_per_epoch_s",
                "val_acc_best", "lr", "weight_decay", "depthwise_weight_decay", "label_smoothing",
                *(k for k in RESULT_KEYS if k not in ("run_dir", "macs_breakdown")),
@@ -155,6 +155,15 @@ def _first(runs: Sequence[Run], key: str) -> Any:
     return next((r.values[key] for r in runs if r.values.get(key) is not None), None)
 
 
+def _cpu_hours(runs: Sequence[Run]) -> tuple[float | None, int]:
+    """The training CPU-hours of the networks among ``runs`` trained on a CPU (each counted once,
+    however many evals it has) that recorded them (``cpu_s``), and how many did. A network trained
+    on an accelerator (``train_device``) is left out: its process's CPU time is not its cost."""
+    cpu_s = {r.identity: r.values["cpu_s"] for r in runs
+             if r.values.get("cpu_s") is not None and r.values.get("train_device") in (None, "cpu")}
+    return (sum(cpu_s.values()) / 3600 if cpu_s else None), len(cpu_s)
+
+
 def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[dict[str, Any]]:
     """One row per configuration and measurement environment (see the module docstring).
 
@@ -165,7 +174,9 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
 
     ``n`` counts the trained networks with top-1 (seeds); ``top1_ci95`` is the half-width of the
     95% interval of the mean, None below two seeds; ``n_timed`` counts the timed runs of the row,
-    ``n_contended`` those of them timed under CPU contention (:func:`is_contended`).
+    ``n_contended`` those of them timed under CPU contention (:func:`is_contended`); ``cpu_h`` is
+    the training CPU-hours of the ``n_cpu`` networks trained on a CPU that recorded theirs (of
+    ``n_runs``).
     """
     timed_ids = {id(r) for r in (timed if timed is not None else runs)}
     configs: dict[tuple, list[Run]] = {}
@@ -195,6 +206,7 @@ def summarise(runs: Sequence[Run], timed: Sequence[Run] | None = None) -> list[d
                 n_contended=sum(is_contended(r) for r in in_time),
                 runtime_version=_first(env_runs, "runtime_version"),
                 time_per_epoch_s=_median(members, "time_per_epoch_s"),
+                **dict(zip(("cpu_h", "n_cpu"), _cpu_hours(members))),
                 run_dirs=";".join(sorted({show_path(r.run_dir) for r in [*members]})),
                 macs_breakdown=breakdown, top1_by_seed=by_seed,
                 val_by_seed=val_by_seed, diverged_by_seed=diverged_by_seed(members),
