@@ -519,6 +519,15 @@ def test_plan_counts_each_stages_runs_and_prints_its_command(tmp_path, capsys):
     assert lines[21] == "table4_w1: 0 finished, 0 partial, 0 failed (needs a GPU)"
 
 
+def test_plan_lists_a_partial_run_whose_config_yaml_does_not_parse(tmp_path, capsys):
+    trial(tmp_path / "table6", "dsconv", 0.4, "partial")
+    (tmp_path / "table6" / "dsconv_lr0.4" / "config.yaml").write_text("trainer: [unclosed\n")
+    assert study_main(["plan", "fashion_mnist", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "  partial: dsconv_lr0.4: no checkpoint yet, starts at epoch 1" in out.out.splitlines()
+    assert out.err == ""
+
+
 def test_match_prints_the_equal_parameter_width_of_the_study(capsys):
     assert study_main(["match", "fashion_mnist", "--cost", "params"]) == 0
     found = json.loads(capsys.readouterr().out)
