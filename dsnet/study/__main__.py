@@ -36,9 +36,10 @@ from dsnet.study.stages import (
     Study,
     launcher_overrides,
     load_study,
+    run_dirs,
     run_stage,
     stage_command,
-    stage_state,
+    state_counts,
     unfinished_lines,
 )
 
@@ -86,10 +87,11 @@ def choice_lines(study: Study, runs_dir: Path) -> tuple[bool, list[str]]:
 def cmd_plan(study: Study, args: argparse.Namespace) -> int:
     launcher = launcher_overrides(args.launcher, args.workers)
     for stage in study.stages:
-        state = stage_state(stage, args.runs_dir)
+        runs = run_dirs(args.runs_dir / stage.name)
+        state = state_counts(runs)
         print(f"{stage.name}: {state['finished']} finished, {state['partial']} partial, {state['failed']} failed"
               + (" (needs a GPU)" if stage.gpu else ""))
-        for line in unfinished_lines(stage, args.runs_dir):
+        for line in unfinished_lines(runs):
             print("  " + line)
         print("  " + " ".join(stage_command(stage, args.runs_dir, launcher, args.overrides)[1:]))
     return 0

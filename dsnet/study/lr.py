@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from dsnet.study.stages import run_dirs
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -69,16 +71,13 @@ def search_scores(stage_dir: Path) -> tuple[dict[str, dict[float, float]], list[
     """
     scores: dict[str, dict[float, float]] = {}
     unfinished = []
-    for config_file in sorted(stage_dir.glob("*/config.yaml")):
-        run_dir = config_file.parent
-        config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-        lr = float(config["optim"]["optimizer"]["lr"])
-        if (run_dir / "metrics.json").is_file():
-            score = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["val/acc_best"]
-        elif (run_dir / "error.txt").is_file():
-            score = 0.0
-        else:
+    for run_dir, state in run_dirs(stage_dir).items():
+        if state == "partial":
             unfinished.append(run_dir)
             continue
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        lr = float(config["optim"]["optimizer"]["lr"])
+        score = (json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["val/acc_best"]
+                 if state == "finished" else 0.0)
         scores.setdefault(str(config["model"]["conv"]), {})[lr] = score
     return scores, unfinished

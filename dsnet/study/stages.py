@@ -89,24 +89,25 @@ def stage_command(stage: Stage, runs_dir: Path, launcher: list[str], extra: list
             "ckpt_path=last", *launcher, *extra]
 
 
-def run_dirs(stage: Stage, runs_dir: Path) -> dict[Path, str]:
-    """The stage's run directories, each ``finished``, ``failed`` or ``partial`` (started, unfinished)."""
+def run_dirs(stage_dir: Path) -> dict[Path, str]:
+    """The run directories under ``stage_dir`` (those a job wrote its ``config.yaml`` into), each
+    ``finished``, ``failed`` or ``partial`` (started, unfinished)."""
     return {run_dir: ("finished" if (run_dir / "metrics.json").is_file() else
                       "failed" if (run_dir / "error.txt").is_file() else "partial")
-            for run_dir in sorted(p.parent for p in (runs_dir / stage.name).glob("*/config.yaml"))}
+            for run_dir in sorted(p.parent for p in stage_dir.glob("*/config.yaml"))}
 
 
-def stage_state(stage: Stage, runs_dir: Path) -> dict[str, int]:
-    """How many of the stage's run directories are finished, failed or partial."""
-    states = list(run_dirs(stage, runs_dir).values())
+def state_counts(runs: dict[Path, str]) -> dict[str, int]:
+    """How many of :func:`run_dirs`' directories are finished, partial or failed."""
+    states = list(runs.values())
     return {state: states.count(state) for state in ("finished", "partial", "failed")}
 
 
-def unfinished_lines(stage: Stage, runs_dir: Path) -> list[str]:
-    """One line per unfinished run of the stage: what a failed run raised (its traceback's last
-    line), how far a partial run got (:func:`progress`)."""
+def unfinished_lines(runs: dict[Path, str]) -> list[str]:
+    """One line per unfinished run of :func:`run_dirs`: what a failed run raised (its traceback's
+    last line), how far a partial run got (:func:`progress`)."""
     lines = []
-    for run_dir, state in run_dirs(stage, runs_dir).items():
+    for run_dir, state in runs.items():
         if state == "failed":
             raised = [line for line in (run_dir / "error.txt").read_text(errors="replace").splitlines() if line.strip()]
             lines.append(f"failed: {run_dir.name}: {raised[-1].strip() if raised else 'error.txt is empty'}")
