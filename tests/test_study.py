@@ -364,6 +364,37 @@ def test_the_collector_turns_a_real_run_into_one_row_and_its_epochs(tmp_path):
         metrics["test/acc"], metrics["time_per_epoch_s"], dict(enumerate(logged, 1)))
 
 
+def test_collect_replaces_its_runs_rows_and_keeps_those_of_runs_not_under_the_runs_dir(tmp_path, capsys):
+    from dsnet.task import train
+
+    # the table before: a run collected earlier from elsewhere, and an older result of the job below
+    results = tmp_path / "results" / "study"
+    elsewhere = tidy_run("standard", 2, 0.92)
+    write_table(results / "runs.csv", [elsewhere, tidy_run("dsconv", 3, 0.5) | {"run": "stage/job", "stage": "stage"}])
+    write_table(results / "curves.csv", [{"run": run, "epoch": e, "val/acc": 0.1 * e}
+                                         for run in ("stage/job", elsewhere["run"]) for e in (1, 2, 3)])
+    metrics, _ = train(compose_train("model=dsconv", "trainer.max_epochs=2", run_dir=tmp_path / "runs" / "stage" / "job"))
+    collect_cli = ["collect", "study", "--runs-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    assert study_main(collect_cli) == 0
+    out = capsys.readouterr().out
+    assert (f"kept 1 row of {results / 'runs.csv'} whose runs are not under {tmp_path / 'runs'} (t4 1); "
+            "--replace drops them") in out
+    assert "(1 runs collected, 1 kept)" in out and "(5 epochs)" in out
+    rows = read_table(results / "runs.csv")
+    assert [r["run"] for r in rows] == ["stage/job", "t4/standard_seed2"]
+    assert (rows[0]["top1"], rows[0]["conv"]) == (metrics["test/acc"], "dsconv")
+    assert {k: v for k, v in rows[1].items() if v is not None} == elsewhere  # the columns it lacked are empty
+    curves = read_table(results / "curves.csv")
+    assert [(c["run"], c["epoch"]) for c in curves] == [("stage/job", 1), ("stage/job", 2)] + [
+        ("t4/standard_seed2", e) for e in (1, 2, 3)]
+    assert [c["val/acc"] for c in curves[2:]] == [0.1, 0.2, 0.1 * 3]
+    # --replace: the runs under the runs dir alone
+    assert study_main([*collect_cli, "--replace"]) == 0
+    assert "(1 runs collected, 0 kept)" in capsys.readouterr().out
+    assert [r["run"] for r in read_table(results / "runs.csv")] == ["stage/job"]
+    assert [c["run"] for c in read_table(results / "curves.csv")] == ["stage/job"] * 2
+
+
 def tidy_run(conv: str, seed: int, top1: float) -> dict:
     params, macs = {"standard": (1771650, 22896256), "dsconv": (215498, 2895136)}[conv]
     return {"run": f"t4/{conv}_seed{seed}", "stage": "t4", "top1_source": "metrics.json", "arch": "mobilenet_v1",

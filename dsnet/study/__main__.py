@@ -10,12 +10,14 @@
 
 STUDY is a file of ``configs/study/`` or a path to a study YAML; ``collect`` takes any name (the
 folder ``results/<name>/`` it writes), so a sweep run without a study config collects too, e.g.
-``python -m dsnet.study collect cifar10 --runs-dir /path/to/cifar10_runs``. ``run`` runs each stage's
-``train.py -m`` command to its end, then the next; stopped at any point, the same command resumes
-(finished jobs are skipped, partial ones continue from their last checkpoint). It stops after the
-search stage when the search's choice is not what the experiment config holds (``choose`` says what
-to write there), and leaves out stages that need a GPU on a machine without one. Overrides after
-``--`` go to every stage (``trainer.max_epochs=1`` for a smoke run, SLURM settings).
+``python -m dsnet.study collect cifar10 --runs-dir /path/to/cifar10_runs``; the runs it finds replace
+their rows there, and the rows of runs not under ``--runs-dir`` stay (``--replace`` drops them).
+``run`` runs each stage's ``train.py -m`` command to its end, then the next; stopped at any point,
+the same command resumes (finished jobs are skipped, partial ones continue from their last
+checkpoint). It stops after the search stage when the search's choice is not what the experiment
+config holds (``choose`` says what to write there), and leaves out stages that need a GPU on a
+machine without one. Overrides after ``--`` go to every stage (``trainer.max_epochs=1`` for a smoke
+run, SLURM settings).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import functools
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from dsnet.config import register_resolvers
@@ -187,10 +190,15 @@ def cmd_collect(study: Study, args: argparse.Namespace) -> int:
     from dsnet.study.collect import write_study
 
     out = args.results / study.name
-    n_runs, n_epochs, missing = write_study(args.runs_dir, out)
-    for run_dir, reason in missing:
+    done = write_study(args.runs_dir, out, replace=args.replace)
+    for run_dir, reason in done.missing:
         print(f"no results: {run_dir}: {reason}")
-    print(f"wrote {out / 'runs.csv'} ({n_runs} runs) and {out / 'curves.csv'} ({n_epochs} epochs)")
+    if done.kept:
+        stages = Counter(row.get("stage") or row["run"].split("/")[0] for row in done.kept)
+        print(f"kept {len(done.kept)} row{'s' * (len(done.kept) != 1)} of {out / 'runs.csv'} whose runs are not under {args.runs_dir} ("
+              + ", ".join(f"{stage} {n}" for stage, n in sorted(stages.items())) + "); --replace drops them")
+    print(f"wrote {out / 'runs.csv'} ({done.runs} runs collected, {len(done.kept)} kept) and "
+          f"{out / 'curves.csv'} ({done.epochs} epochs)")
     return 0
 
 
@@ -216,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", help="run, evaluate: this stage only")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="collect, match --cost latency: where study folders go (default: results)")
+    parser.add_argument("--replace", action="store_true",
+                        help="collect: rows of runs not under --runs-dir are dropped (default: kept)")
     parser.add_argument("--cost", choices=("params", "macs", "latency"), default="params", help="match: the cost")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="match --cost latency: seconds per timing")
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -10,13 +10,14 @@ study's runs dir), and one row per epoch of its CSV logs. Checkpoints and logs s
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from dsnet.report.discover import ReportInputError, Run, collect_runs, read_curves
-from dsnet.report.tidy import run_row, write_table
+from dsnet.report.tidy import read_table, run_row, write_table
 
 # Paths an eval records (results.json): kept relative to the root collected, as the run keys are,
 # so that a study's tables say where a file lies among its runs, not on the machine that ran them.
@@ -66,17 +67,41 @@ def collect(root: str | os.PathLike) -> tuple[list[dict[str, Any]], list[dict[st
     return rows, curves, missing
 
 
-def write_study(root: str | os.PathLike, out: str | os.PathLike) -> tuple[int, int, list[tuple[Path, str]]]:
-    """Collects ``root`` into ``out/runs.csv`` and ``out/curves.csv``; returns the row counts and
-    what gave no run. Nothing is written when no run has results."""
+@dataclass(frozen=True)
+class Collected:
+    """What :func:`write_study` wrote: the runs collected, the epochs in ``curves.csv``, the rows
+    kept from the table before (runs not under the root), and the run directories that gave no run."""
+
+    runs: int
+    epochs: int
+    kept: list[dict[str, Any]]
+    missing: list[tuple[Path, str]]
+
+
+def write_study(root: str | os.PathLike, out: str | os.PathLike, *, replace: bool = False) -> Collected:
+    """Collects ``root`` into ``out/runs.csv`` and ``out/curves.csv``. A run collected replaces its
+    row and its epochs; the rows already there of runs not under ``root`` stay (a study collected
+    from several machines, or after a finished stage's folders were cleared), unless ``replace``.
+    Nothing is written when no run under ``root`` has results.
+
+    Raises:
+        ReportInputError: ``root`` holds no run with results, or a table in ``out`` is unreadable.
+    """
     rows, curves, missing = collect(root)
     if not rows:
         d, reason = missing[0]
         raise ReportInputError(f"none of the {len(missing)} run directories under {root} has results (e.g. {d}: {reason})")
     out = Path(out)
-    write_table(out / "runs.csv", rows, first=("run", "stage", "eval", "top1_source"))
-    write_table(out / "curves.csv", curves, first=("run", "epoch"))
-    return len(rows), len(curves), missing
+    kept: list[dict[str, Any]] = []
+    if not replace and (out / "runs.csv").is_file():
+        collected = {row["run"] for row in rows}
+        kept = [row for row in read_table(out / "runs.csv") if row["run"] not in collected]
+        kept_runs = {row["run"] for row in kept}
+        if kept_runs and (out / "curves.csv").is_file():
+            curves += [c for c in read_table(out / "curves.csv") if c["run"] in kept_runs]
+    write_table(out / "runs.csv", sorted([*rows, *kept], key=lambda r: r["run"]), first=("run", "stage", "eval", "top1_source"))
+    write_table(out / "curves.csv", sorted(curves, key=lambda c: (c["run"], c["epoch"])), first=("run", "epoch"))
+    return Collected(len(rows), len(curves), kept, missing)
 
 
-__all__ = ["Run", "collect", "read_curves", "write_study"]
+__all__ = ["Collected", "Run", "collect", "read_curves", "write_study"]
