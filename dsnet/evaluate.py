@@ -313,8 +313,8 @@ def print_summary(record: ResultsRecord, latency: dict[str, Any]) -> None:
         (f"throughput (batch {r.batch_size})", f"{r.throughput_img_s:.1f} img/s"),
         ("runtime", f"{r.runtime} {r.runtime_version}, allocator {r.allocator}"),
         ("device", f"{r.device_name}, threads={r.num_threads}, {r.precision}"
-         + (", channels_last" if r.channels_last else "")
-         + (", deploy form (batch norm folded)" if r.deploy else ", training graph")),
+         + (", channels_last" if r.channels_last else "")),
+        ("network timed", "deploy form (batch norm folded)" if r.deploy else "training graph"),
         ("results", f"{r.run_dir}/results.json"),
     ]
     for row in rows:
