@@ -45,7 +45,6 @@ from torch.utils import benchmark  # noqa: E402
 CLOCK = time.perf_counter  # --timer cpu: time.thread_time, this thread's CPU seconds
 LEVELS = {"L2": 256 * 2**10, "L3": 32 * 2**20, "DRAM": 2**30}  # bytes per array
 BYTES_PER_ELEMENT = {"copy": 8, "triad": 12}  # fp32: copy reads 1 and writes 1, triad reads 2 and writes 1
-FP32_LANES_AVX512 = 16
 CSV_FIELDS = ("machine", "date", "timer", "quantity", "threads", "size", "value", "unit", "median_s", "iqr_s")
 
 # A chain of dependent 64-bit multiplies, 100 per loop trip so the loop's own branch hides behind
@@ -75,6 +74,11 @@ def cpu_flags() -> set[str]:
         if line.startswith("flags"):
             return set(line.split(":", 1)[1].split())
     return set()
+
+
+def fp32_lanes(flags: set[str]) -> int:
+    """fp32 lanes of the widest vector the CPU's flags name: 16 with AVX-512F, 8 with AVX2, 4 (SSE) else."""
+    return 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
 
 
 def cpuinfo_mhz() -> float | None:
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--gemm-sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096], help="n of the n x n GEMMs")
     parser.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds timed per number")
-    parser.add_argument("--fma-units", type=int, default=2, help="512-bit FMA units per core, for the theoretical peak")
+    parser.add_argument("--fma-units", type=int, default=2, help="vector FMA units per core, for the theoretical peak")
     parser.add_argument("--timer", choices=["wall", "cpu"], default="wall",
                         help="cpu: time this thread's CPU seconds, not wall time (one thread only): on a shared "
                              "machine the time other processes hold the core is left out, their cache traffic is not")
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     flags = cpu_flags()
     clock = measured_clock_ghz()
-    per_cycle = (FP32_LANES_AVX512 if "avx512f" in flags else 8) * 2 * args.fma_units
+    per_cycle = fp32_lanes(flags) * 2 * args.fma_units
     print(f"# bench_roofline  {tag}  {date}  load {os.getloadavg()[0]:.2f}  timer {args.timer}")
     print("# " + "  ".join(f"{k}={v}" for k, v in environment().items() if k != "num_threads"))
     print(f"# flags: {' '.join(sorted(f for f in flags if f.startswith(('avx512f', 'avx2', 'fma', 'amx'))))}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 from torch import nn
@@ -92,8 +91,7 @@ def test_bench_roofline_writes_ceilings_that_read_back(tmp_path, capsys):
     rows = bench.main(["--threads", "1", "--gemm-sizes", "64", "--levels", "L2", "--min-run-time", "0.01",
                        "--tag", "m", "--csv", str(path)])
     out = capsys.readouterr().out
-    # 16 fp32 lanes with AVX-512 (Intel Xeon here), 8 with AVX2 alone (AMD EPYC here)
-    lanes = 16 if "avx512f" in Path("/proc/cpuinfo").read_text() else 8
+    lanes = bench.fp32_lanes(bench.cpu_flags())
     assert f"theoretical fp32 peak: {2 * lanes * 2} FLOP/cycle/core (2 FMA units x {lanes} lanes x 2)" in out
     gemm = next(r for r in rows if r["quantity"] == "gemm_fp32")
     triad = next(r for r in rows if r["quantity"] == "triad_L2")
@@ -103,6 +101,13 @@ def test_bench_roofline_writes_ceilings_that_read_back(tmp_path, capsys):
     assert (roof.peak_gflops, roof.bandwidth_gbs) == (gemm["value"], triad["value"])
     with pytest.raises(ValueError, match=r"no gemm_fp32 and triad_DRAM rows at threads=1; it has threads \['1'\]"):
         read_ceilings(path, threads=1)
+
+
+def test_fp32_lanes_follow_the_widest_vector_flag():
+    bench = load_script("bench_roofline")
+    assert bench.fp32_lanes({"sse2", "avx", "avx2", "fma", "avx512f", "avx512bw"}) == 16  # Intel Xeon (Skylake-SP on)
+    assert bench.fp32_lanes({"sse2", "avx", "avx2", "fma"}) == 8  # AMD EPYC before Zen 4
+    assert bench.fp32_lanes({"sse2", "sse4_2"}) == 4
 
 
 def test_read_ceilings_names_a_missing_or_foreign_file(tmp_path):
