@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,21 @@ ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 register_resolvers()  # the configs' ${dsnet.*}, for every test that composes them
 CONFIG_DIR = ROOT / "configs"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with the most slow tests first, then those with the most tests; a file's own order kept.
+
+    xdist hands whole files to the workers in this order (``--no-loadscope-reorder``, pyproject.toml).
+    Its own order, most tests first, left the files of a few long tests (SLURM, DDP, interrupted
+    runs) for the end, where one worker waited on SLURM's one-minute time limit while the other sat
+    idle; started first, their waits overlap the short files' work.
+    """
+    slow, tests = Counter(), Counter()
+    for item in items:
+        tests[item.path] += 1
+        slow[item.path] += item.get_closest_marker("slow") is not None
+    items.sort(key=lambda item: (-slow[item.path], -tests[item.path]))  # stable: files stay contiguous
 
 # Small enough for seconds on 2 CPU cores, big enough for every code path (several batches,
 # a validation split, top-5 on 10 classes).
