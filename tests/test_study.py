@@ -300,6 +300,19 @@ def test_cifar10s_schedule_check_trains_table_4s_runs_without_their_test():
     assert job_name(*search, "model=dsconv", "optim.optimizer.lr=3.2", "seed=1") == "dsconv_w0.25_lr3.2_e10_seed1"
 
 
+def test_cifar10s_equal_cost_stage_trains_dsconv_at_standard_w025s_parameters():
+    """Seeds 2-4 at the width whose parameters match standard w0.25 (0.74, its MACs within 5%);
+    the MACs-matched width (0.72) only when asked for."""
+    def cfg(*overrides: str):
+        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+            return compose("train", overrides=["experiment=cifar10_equal_cost", *overrides], return_hydra_config=True)
+
+    params = cfg()
+    assert dict(params.hydra.sweeper.params) == {"seed": "2,3,4", "model": "dsconv", "equal_cost": "params"}
+    assert (params.model.conv, params.model.width, params.equal_cost) == ("dsconv", 0.74, "params")
+    assert cfg("equal_cost=macs").model.width == 0.72
+
+
 def test_an_epoch_keyed_lr_is_found_whether_its_key_was_read_as_a_number_or_a_string():
     """YAML reads `{40: 0.4}` with an int key and `{"80": 1.6}` with a string key; both select their
     schedule, and every other schedule keeps the search's lr."""
