@@ -37,8 +37,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     xdist hands whole files to the workers in this order (``--no-loadscope-reorder``, pyproject.toml).
     Its own order, most tests first, left the files of a few long tests (SLURM, DDP, interrupted
-    runs) for the end, where one worker waited on SLURM's one-minute time limit while the other sat
-    idle; started first, their waits overlap the short files' work.
+    runs) for the end, where one worker waited on their processes while the other had nothing left
+    (the last 90 s kept two cores 15-20% busy); started first, their waits overlap the short files' work.
     """
     slow, tests = Counter(), Counter()
     for item in items:
