@@ -29,13 +29,15 @@ def readme_result_rows() -> list[tuple[str, list[str]]]:
 def test_each_readme_result_row_is_a_row_of_its_studys_generated_tables():
     rows = readme_result_rows()
     assert {study for study, _ in rows} == set(STUDIES.values()) and len(rows) >= 5, rows
+    folders = {study: ROOT / "docs" / "studies" / study for study in STUDIES.values()}
+    generated = {study: "\n".join(path.read_text() for path in sorted(folder.rglob("*.md")))
+                 for study, folder in folders.items()}
+    tables = {study: (folder / "tables.md").read_text() for study, folder in folders.items()}
     for study, cells in rows:
         comparison, data, standard, dsconv, difference = cells[:5]
         (a, a_ci), (b, b_ci), (d, d_ci) = (MEAN_CI.fullmatch(cell).groups() for cell in (standard, dsconv, difference))
         d = d.replace("−", "-")
-        generated = "\n".join(path.read_text() for path in sorted((ROOT / "docs" / "studies" / study).rglob("*.md")))
         # the paired comparison: both arms' means and their difference by seed, on one line
-        assert f"| {a} | {b} | {d} ± {d_ci} |" in generated, (comparison, data)
+        assert f"| {a} | {b} | {d} ± {d_ci} |" in generated[study], (comparison, data)
         # each arm's mean and interval over seeds, in the per-configuration table
-        tables = (ROOT / "docs" / "studies" / study / "tables.md").read_text()
-        assert f"| {a} ± {a_ci} (n=" in tables and f"| {b} ± {b_ci} (n=" in tables, (comparison, data)
+        assert f"| {a} ± {a_ci} (n=" in tables[study] and f"| {b} ± {b_ci} (n=" in tables[study], (comparison, data)
